@@ -1,1 +1,5 @@
+pub mod codegen;
 pub mod ir;
+pub mod passes;
+pub mod reference;
+pub mod runtime;

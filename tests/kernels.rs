@@ -329,3 +329,347 @@ mod conv {
         case.check(y, Mode::Eval);
     }
 }
+
+mod norm {
+    use super::support::{assert_close, Case};
+    use netc::codegen::wgsl::RunValues;
+    use netc::codegen::Mode;
+    use netc::ir::Op;
+    use netc::reference::Tensor;
+
+    fn batch_norm_case(dims: &[usize], seed: u64) -> (Case, netc::ir::NodeId) {
+        let mut case = Case::new(seed);
+        let c = dims[1];
+        let x = case.input("x", dims);
+        let scale = case.param("scale", &[c]);
+        let offset = case.param("offset", &[c]);
+        let mean = case.random(&[c], -0.5, 0.5);
+        let var = case.random(&[c], 0.5, 2.0);
+        let (_, running_mean) = case.param_with("running_mean", mean);
+        let (_, running_var) = case.param_with("running_var", var);
+        let op = Op::BatchNorm { eps: 1e-5, momentum: 0.1, running_mean, running_var };
+        let y = case.op(op, &[x, scale, offset]);
+        (case, y)
+    }
+
+    #[test]
+    fn batch_norm_training_uses_batch_statistics() {
+        for dims in [&[4, 3, 5, 7][..], &[1, 5, 1, 1], &[2, 13, 9, 9], &[3, 6]] {
+            let (case, y) = batch_norm_case(dims, 20);
+            let outcome = case.check(y, Mode::Train);
+            for id in 2..4 {
+                let want = outcome.reference_params[id].as_ref().expect("running statistics");
+                assert_close("running statistics", &outcome.device_params[id], &want.data, 1e-4);
+            }
+            assert_eq!(outcome.kernels.len(), 3, "stats, normalize, update");
+        }
+    }
+
+    #[test]
+    fn batch_norm_evaluation_uses_running_statistics() {
+        let (case, y) = batch_norm_case(&[2, 7, 6, 5], 21);
+        let outcome = case.check(y, Mode::Eval);
+        assert_eq!(outcome.kernels.len(), 1);
+        for id in 2..4 {
+            assert_eq!(
+                outcome.device_params[id], case.params[id].data,
+                "evaluation changed parameter {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_norm_statistics_of_large_offset_data() {
+        // A large common offset makes a one-pass variance lose every digit.
+        let (mut case, y) = batch_norm_case(&[8, 3, 32, 32], 22);
+        let x = case.random(&[8, 3, 32, 32], 999.0, 1001.0);
+        case.inputs[0].1 = x;
+        case.check(y, Mode::Train);
+    }
+
+    fn dropout_case(p: f32, dims: &[usize]) -> (Case, netc::ir::NodeId) {
+        let mut case = Case::new(30);
+        let x = case.input("x", dims);
+        let y = case.op(Op::Dropout { p }, &[x]);
+        (case, y)
+    }
+
+    #[test]
+    fn dropout_mask_matches_reference_exactly() {
+        let (case, y) = dropout_case(0.5, &[2, 3, 17, 19]);
+        let outcome =
+            case.run(y, Mode::Train, RunValues { seed: 11, step: 4, ..Default::default() }, None);
+        assert_eq!(outcome.device, outcome.reference.data);
+        let zeros = outcome.device.iter().filter(|&&v| v == 0.0).count() as f64;
+        let fraction = zeros / outcome.device.len() as f64;
+        assert!((fraction - 0.5).abs() < 0.05, "dropped fraction {fraction}");
+    }
+
+    #[test]
+    fn dropout_mask_changes_with_step_and_seed() {
+        let (case, y) = dropout_case(0.5, &[1, 1, 16, 16]);
+        let run = |seed, step| {
+            case.run(y, Mode::Train, RunValues { seed, step, ..Default::default() }, None).device
+        };
+        let base = run(1, 1);
+        assert_eq!(base, run(1, 1), "same seed and step");
+        assert_ne!(base, run(1, 2), "next step");
+        assert_ne!(base, run(2, 1), "other seed");
+    }
+
+    #[test]
+    fn dropout_is_identity_in_evaluation() {
+        let (case, y) = dropout_case(0.5, &[3, 7]);
+        let outcome = case.check(y, Mode::Eval);
+        assert_eq!(outcome.device, case.inputs[0].1.data);
+        assert!(outcome.kernels.is_empty());
+    }
+
+    #[test]
+    fn dropout_scales_kept_values() {
+        let x = Tensor::new(vec![1000], vec![1.0; 1000]);
+        let mut case = Case::new(31);
+        let input = case.input_with("x", x);
+        let y = case.op(Op::Dropout { p: 0.25 }, &[input]);
+        let outcome = case.run(y, Mode::Train, RunValues::default(), None);
+        for &v in &outcome.device {
+            assert!(v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6, "value {v}");
+        }
+    }
+}
+
+mod layout {
+    use super::support::Case;
+    use netc::codegen::Mode;
+    use netc::ir::Op;
+
+    #[test]
+    fn concat_channels_like_a_skip() {
+        let mut case = Case::new(40);
+        let a = case.input("a", &[2, 3, 5, 7]);
+        let b = case.input("b", &[2, 5, 5, 7]);
+        let y = case.op(Op::Concat { axis: 1 }, &[a, b]);
+        case.check(y, Mode::Eval);
+    }
+
+    #[test]
+    fn concat_along_every_axis() {
+        for axis in 0..4 {
+            let mut case = Case::new(41);
+            let mut dims_a = vec![2, 3, 4, 5];
+            let mut dims_b = dims_a.clone();
+            dims_a[axis] = 1;
+            dims_b[axis] = 3;
+            let a = case.input("a", &dims_a);
+            let b = case.input("b", &dims_b);
+            let c = case.input("c", &dims_a);
+            let y = case.op(Op::Concat { axis }, &[a, b, c]);
+            case.check(y, Mode::Eval);
+        }
+    }
+
+    #[test]
+    fn flatten_then_linear() {
+        let mut case = Case::new(42);
+        let x = case.input("x", &[3, 2, 5, 7]);
+        let flat = case.op(Op::Flatten, &[x]);
+        let w = case.param("w", &[11, 70]);
+        let b = case.param("b", &[11]);
+        let y = case.op(Op::Linear, &[flat, w, b]);
+        let outcome = case.check(y, Mode::Eval);
+        assert_eq!(outcome.kernels.len(), 1, "flatten needs no kernel");
+    }
+
+    #[test]
+    fn linear_without_bias() {
+        let mut case = Case::new(43);
+        let x = case.input("x", &[1, 1]);
+        let w = case.param("w", &[3, 1]);
+        let y = case.op(Op::Linear, &[x, w]);
+        case.check(y, Mode::Eval);
+    }
+
+    #[test]
+    fn max_pool2d_matches_reference() {
+        for (dims, kernel, stride) in
+            [([2, 3, 9, 7], [2, 2], [2, 2]), ([1, 5, 8, 8], [3, 3], [1, 2])]
+        {
+            let mut case = Case::new(44);
+            let x = case.input("x", &dims);
+            let y = case.op(Op::MaxPool2d { kernel, stride }, &[x]);
+            case.check(y, Mode::Eval);
+        }
+    }
+}
+
+mod reduce {
+    use super::support::Case;
+    use netc::codegen::Mode;
+    use netc::ir::Op;
+    use netc::reference::Tensor;
+
+    #[test]
+    fn sum_and_mean_over_axes() {
+        let cases: [&[usize]; 5] = [&[], &[1], &[0, 2, 3], &[3], &[0]];
+        for axes in cases {
+            for mean in [false, true] {
+                let mut case = Case::new(50);
+                let x = case.input("x", &[3, 5, 7, 2]);
+                let op = if mean {
+                    Op::Mean { axes: axes.to_vec() }
+                } else {
+                    Op::Sum { axes: axes.to_vec() }
+                };
+                let y = case.op(op, &[x]);
+                case.check(y, Mode::Eval);
+            }
+        }
+    }
+
+    #[test]
+    fn full_mean_over_many_workgroups() {
+        let mut case = Case::new(51);
+        let x = case.input("x", &[4, 3, 61, 67]);
+        let y = case.op(Op::Mean { axes: vec![] }, &[x]);
+        case.check(y, Mode::Eval);
+    }
+
+    fn loss(op: Op, dims: &[usize], target: Option<Tensor>) {
+        let mut case = Case::new(52);
+        let a = case.input("a", dims);
+        let b = match target {
+            Some(t) => case.input_with("b", t),
+            None => case.input("b", dims),
+        };
+        let y = case.op(op, &[a, b]);
+        case.check(y, Mode::Eval);
+    }
+
+    #[test]
+    fn l1_and_mse_match_reference() {
+        loss(Op::L1Loss, &[2, 3, 31, 29], None);
+        loss(Op::MseLoss, &[1, 1, 1, 1], None);
+        loss(Op::MseLoss, &[5, 7], None);
+    }
+
+    #[test]
+    fn bce_with_logits_matches_reference() {
+        let mut case = Case::new(53);
+        let target = case.random(&[1, 1, 30, 30], 0.0, 1.0);
+        loss(Op::BceWithLogits, &[1, 1, 30, 30], Some(target));
+        loss(Op::BceWithLogits, &[2, 1, 7, 7], Some(Tensor::scalar(1.0)));
+        loss(Op::BceWithLogits, &[2, 1, 7, 7], Some(Tensor::scalar(0.0)));
+    }
+
+    #[test]
+    fn bce_with_logits_is_finite_at_extremes() {
+        let logits = Tensor::new(vec![6], vec![-100.0, -30.0, 0.0, 30.0, 100.0, 1e4]);
+        let mut case = Case::new(54);
+        let a = case.input_with("a", logits);
+        let b = case.input_with("b", Tensor::scalar(1.0));
+        let y = case.op(Op::BceWithLogits, &[a, b]);
+        let outcome = case.check(y, Mode::Eval);
+        assert!(outcome.device[0].is_finite());
+    }
+
+    #[test]
+    fn cross_entropy_matches_reference() {
+        let mut case = Case::new(55);
+        let logits = case.input("logits", &[7, 5]);
+        let labels = Tensor::new(vec![7], vec![0.0, 4.0, 2.0, 1.0, 3.0, 3.0, 0.0]);
+        let labels = case.input_with("labels", labels);
+        let y = case.op(Op::CrossEntropy, &[logits, labels]);
+        case.check(y, Mode::Eval);
+    }
+}
+
+mod limits {
+    use super::support::{assert_close, Case};
+    use netc::codegen::wgsl::RunValues;
+    use netc::codegen::{lower_graph, CodegenError, Mode, Target, Tuning};
+    use netc::ir::Op;
+
+    #[test]
+    fn elementwise_over_65535_workgroups_and_binding_limit() {
+        // Batch 16 at 256x256 with 64 channels: 67,108,864 elements, 256 MiB, so more than
+        // one binding on adapters that allow 128 MiB, and more than 65,535 workgroups.
+        let dims = [16, 64, 256, 256];
+        let mut case = Case::new(60);
+        let x = case.input("x", &dims);
+        let y = case.op(Op::LeakyRelu { slope: 0.2 }, &[x]);
+        let gpu_target = super::support::gpu().lock().unwrap_or_else(|e| e.into_inner()).target();
+        let target =
+            Target { tuning: Tuning { elementwise_items: 1, ..Tuning::default() }, ..gpu_target };
+        let outcome = case.run(y, Mode::Eval, RunValues::default(), Some(target));
+        assert_close("leaky_relu", &outcome.device, &outcome.reference.data, 1e-6);
+        assert!(
+            outcome.kernels.iter().any(|k| k.grid.workgroups[1] > 1),
+            "no kernel folded its grid: {:?}",
+            outcome.kernels.iter().map(|k| k.grid).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn oversize_binding_is_rejected_before_running() {
+        let mut case = Case::new(61);
+        let x = case.input("x", &[1, 65, 64, 64]);
+        let w = case.param("w", &[8, 65, 3, 3]);
+        let y = case.op(Op::Conv2d { stride: [1, 1], padding: [1, 1] }, &[x, w]);
+        let target = Target { max_storage_buffer_binding_size: 1 << 20, ..Target::default() };
+        let error = lower_graph(&case.graph, &target, Mode::Eval).unwrap_err();
+        assert!(matches!(error, CodegenError::BindingTooLarge { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains(&case.graph.node(y).name), "{message}");
+        assert!(message.contains("1048576"), "{message}");
+        assert!(message.contains(&(65 * 64 * 64 * 4).to_string()), "{message}");
+    }
+
+    #[test]
+    fn too_many_storage_buffers_is_rejected() {
+        let mut case = Case::new(62);
+        let x = case.input("x", &[1, 3, 8, 8]);
+        let w = case.param("w", &[4, 3, 3, 3]);
+        let b = case.param("b", &[4]);
+        case.op(Op::Conv2d { stride: [1, 1], padding: [1, 1] }, &[x, w, b]);
+        let target = Target { max_storage_buffers_per_shader_stage: 3, ..Target::default() };
+        let error = lower_graph(&case.graph, &target, Mode::Eval).unwrap_err();
+        assert!(
+            matches!(error, CodegenError::TooManyStorageBuffers { count: 4, limit: 3, .. }),
+            "{error}"
+        );
+    }
+
+    fn small_binding_target() -> Target {
+        let gpu_target = super::support::gpu().lock().unwrap_or_else(|e| e.into_inner()).target();
+        Target { max_storage_buffer_binding_size: 1024, ..gpu_target }
+    }
+
+    #[test]
+    fn chunked_dropout_keeps_element_indices() {
+        // A tiny binding limit splits the kernel into chunks; the mask must not move.
+        let mut case = Case::new(63);
+        let x = case.input("x", &[2, 3, 17, 19]);
+        let y = case.op(Op::Dropout { p: 0.3 }, &[x]);
+        let run = RunValues { seed: 5, step: 9, ..Default::default() };
+        let outcome = case.run(y, Mode::Train, run, Some(small_binding_target()));
+        assert!(outcome.kernels.len() > 4, "{} kernels", outcome.kernels.len());
+        assert_eq!(outcome.device, outcome.reference.data);
+    }
+
+    #[test]
+    fn chunked_batch_norm_keeps_channel_indices() {
+        let mut case = Case::new(64);
+        let x = case.input("x", &[2, 3, 17, 19]);
+        let scale = case.param("scale", &[3]);
+        let offset = case.param("offset", &[3]);
+        let mean = case.random(&[3], -0.1, 0.1);
+        let var = case.random(&[3], 0.5, 1.5);
+        let (_, running_mean) = case.param_with("mean", mean);
+        let (_, running_var) = case.param_with("var", var);
+        let op = Op::BatchNorm { eps: 1e-5, momentum: 0.1, running_mean, running_var };
+        let y = case.op(op, &[x, scale, offset]);
+        let outcome = case.run(y, Mode::Eval, RunValues::default(), Some(small_binding_target()));
+        assert!(outcome.kernels.len() > 4, "{} kernels", outcome.kernels.len());
+        assert_close("output", &outcome.device, &outcome.reference.data, 1e-4);
+    }
+}

@@ -199,7 +199,9 @@ impl Program {
         let mut nodes = HashMap::new();
         let mut pinned_bytes = 0;
         for (node, name) in graph.input_nodes() {
-            let buffer = storage_buffer(gpu, &name, bytes_of(node), BufferUsages::COPY_DST)?;
+            // Inputs can be read back too, when a requested output aliases one.
+            let usage = BufferUsages::COPY_DST | BufferUsages::COPY_SRC;
+            let buffer = storage_buffer(gpu, &name, bytes_of(node), usage)?;
             pinned_bytes += buffer.size();
             nodes.insert(node, buffer);
         }

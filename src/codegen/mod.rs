@@ -225,9 +225,15 @@ impl LowerContext<'_> {
         self.graph.shape(self.node).numel()
     }
 
-    /// The kernel name for `role`: the node's name, then the role.
+    /// The kernel name for `role`: the node's name, then the role unless the name already
+    /// ends with it (`e1.relu`, not `e1.relu.relu`).
     pub fn kernel_name(&self, role: &str) -> String {
-        format!("{}.{role}", self.graph.node(self.node).name)
+        let name = &self.graph.node(self.node).name;
+        if name.rsplit('.').next() == Some(role) {
+            name.clone()
+        } else {
+            format!("{name}.{role}")
+        }
     }
 
     /// Builds a kernel from a template body, checking it against the target's limits.

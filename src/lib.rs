@@ -1,4 +1,5 @@
 pub mod codegen;
+pub mod infer;
 pub mod ir;
 pub mod passes;
 pub mod reference;

@@ -26,6 +26,11 @@ pub fn initial_values(decl: &ParamDecl, seed: u64) -> Result<Vec<f32>, RuntimeEr
     match decl.init {
         Init::Constant { value } => Ok(vec![value; count]),
         Init::Normal { mean, std } => {
+            if !(std >= 0.0) || !std.is_finite() || !mean.is_finite() {
+                return Err(invalid(format!(
+                    "normal needs a finite mean and std >= 0, got {mean} and {std}"
+                )));
+            }
             let normal = rand_distr::Normal::new(mean, std)
                 .map_err(|e| invalid(format!("normal(mean {mean}, std {std}): {e}")))?;
             Ok((0..count).map(|_| rng.sample(normal)).collect())

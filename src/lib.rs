@@ -1,2 +1,7 @@
+pub mod codegen;
 pub mod frontend;
+pub mod infer;
 pub mod ir;
+pub mod passes;
+pub mod reference;
+pub mod runtime;

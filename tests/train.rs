@@ -1,0 +1,315 @@
+//! Training-side tests that need no GPU: the paired-image loader on the real facades files
+//! and on broken files written to a temporary folder.
+
+use std::path::{Path, PathBuf};
+
+/// Returns the folder of the 400 facades training pairs (512x256 JPEGs, photo left, label map right).
+fn facades_train() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/facades/train");
+    let fallback = PathBuf::from("/work/shared/data/facades/train");
+    if dir.is_dir() {
+        dir
+    } else {
+        fallback
+    }
+}
+
+mod data {
+    use super::*;
+    use image::{Rgb, RgbImage};
+    use netc::ir::{DataSpec, Half};
+    use netc::train::data::{locate, DataCursor, DataError, Mode, PairedDataset};
+
+    fn pix2pix_spec() -> DataSpec {
+        DataSpec {
+            input: Half::Right,
+            target: Half::Left,
+            resize: Some(286),
+            crop: Some(256),
+            flip: true,
+            batch: 1,
+        }
+    }
+
+    fn plain_spec(batch: usize) -> DataSpec {
+        DataSpec { resize: None, crop: None, flip: false, batch, ..pix2pix_spec() }
+    }
+
+    /// Writes a `2 * side` x `side` PNG pair whose halves come from `left` and `right`.
+    fn write_pair(
+        path: &Path,
+        side: u32,
+        left: impl Fn(u32, u32) -> [u8; 3],
+        right: impl Fn(u32, u32) -> [u8; 3],
+    ) {
+        let img = RgbImage::from_fn(2 * side, side, |x, y| {
+            if x < side {
+                Rgb(left(x, y))
+            } else {
+                Rgb(right(x - side, y))
+            }
+        });
+        img.save(path).expect("temporary folder is writable");
+    }
+
+    /// Returns a pixel of a pattern that differs at every position, so a wrong crop or flip shows.
+    fn ramp(x: u32, y: u32) -> [u8; 3] {
+        [(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + 3 * y) % 256) as u8]
+    }
+
+    #[test]
+    fn loads_every_facades_pair() {
+        let start = std::time::Instant::now();
+        let set = PairedDataset::load(&facades_train(), &pix2pix_spec(), Mode::Train, 3).unwrap();
+        eprintln!("decoded and resized 400 pairs in {:?}", start.elapsed());
+        assert_eq!(set.len(), 400);
+        assert_eq!(set.batches_per_epoch(), 400);
+        assert_eq!(set.sample_size(), 256);
+
+        let batch = set.batch(7, DataCursor { epoch: 0, batch: 0 });
+        assert_eq!(batch.shape, [1, 3, 256, 256]);
+        assert_eq!(batch.input.len(), 3 * 256 * 256);
+        assert!(batch.input.iter().chain(&batch.target).all(|v| (-1.0..=1.0).contains(v)));
+        let spread =
+            batch.target.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        assert!(spread.0 < -0.5, "photo values span {spread:?}");
+        assert!(spread.1 > 0.5, "photo values span {spread:?}");
+    }
+
+    #[test]
+    fn binds_right_half_as_input() {
+        // Without resize, crop or flip, the values are the decoded pixels themselves.
+        let dir = facades_train();
+        let set = PairedDataset::load(&dir, &plain_spec(1), Mode::Eval, 3).unwrap();
+        let batch = set.fixed_samples(1);
+        let file = &set.files()[batch.indices[0]];
+        let img = image::open(file).unwrap().to_rgb8();
+        let plane = 256 * 256;
+        for (x, y) in [(0u32, 0u32), (17, 200), (255, 255)] {
+            let at = (y * 256 + x) as usize;
+            for c in 0..3 {
+                let right = img.get_pixel(256 + x, y).0[c] as f32 / 127.5 - 1.0;
+                let left = img.get_pixel(x, y).0[c] as f32 / 127.5 - 1.0;
+                assert_eq!(
+                    batch.input[c * plane + at],
+                    right,
+                    "input pixel ({x}, {y}) channel {c}"
+                );
+                assert_eq!(
+                    batch.target[c * plane + at],
+                    left,
+                    "target pixel ({x}, {y}) channel {c}"
+                );
+            }
+        }
+
+        let swapped = DataSpec { input: Half::Left, target: Half::Right, ..plain_spec(1) };
+        let other = PairedDataset::load(&dir, &swapped, Mode::Eval, 3).unwrap().fixed_samples(1);
+        assert_eq!(other.input, batch.target);
+        assert_eq!(other.target, batch.input);
+    }
+
+    #[test]
+    fn augmentation_identical_for_both_halves() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..6 {
+            write_pair(&dir.path().join(format!("{i}.png")), 40, ramp, ramp);
+        }
+        let spec = DataSpec { resize: Some(40), crop: Some(31), batch: 2, ..pix2pix_spec() };
+        let set = PairedDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
+        let mut flipped = 0;
+        let mut origins = std::collections::HashSet::new();
+        for epoch in 0..4 {
+            for b in 0..set.batches_per_epoch() {
+                let batch = set.batch(3, DataCursor { epoch, batch: b });
+                assert_eq!(batch.shape, [2, 3, 31, 31]);
+                assert_eq!(batch.input, batch.target, "epoch {epoch} batch {b}");
+                // Channel 0 is 7x mod 256, so the first row shows the crop origin and the flip.
+                let row: Vec<f32> = batch.input[..31].to_vec();
+                if row[0] > row[30] {
+                    flipped += 1;
+                }
+                origins.insert(batch.input[0].to_bits());
+            }
+        }
+        assert!(flipped > 0, "{flipped} of 12 batches start flipped");
+        assert!(flipped < 12, "{flipped} of 12 batches start flipped");
+        assert!(origins.len() > 3, "only {} distinct crop origins", origins.len());
+    }
+
+    #[test]
+    fn crop_and_flip_match_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(&dir.path().join("a.png"), 20, ramp, |x, y| ramp(y, x));
+        let spec = DataSpec { resize: None, crop: Some(13), batch: 1, ..pix2pix_spec() };
+        let set = PairedDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
+        let plane = 13 * 13;
+        for epoch in 0..8 {
+            let batch = set.batch(11, DataCursor { epoch, batch: 0 });
+            // The input is the right half, ramp(y, x); find the window it came from.
+            let first = batch.input[0];
+            let found =
+                (0..=7).flat_map(|y0| (0..=7).map(move |x0| (x0, y0))).find_map(|(x0, y0)| {
+                    [false, true].into_iter().find_map(|flip| {
+                        let matches = (0..13).all(|y| {
+                            (0..13).all(|x| {
+                                let sx = if flip { x0 + 12 - x } else { x0 + x };
+                                let expected = ramp(y0 + y, sx);
+                                (0..3).all(|c| {
+                                    let got = batch.input[c * plane + (y * 13 + x) as usize];
+                                    got == expected[c] as f32 / 127.5 - 1.0
+                                })
+                            })
+                        });
+                        matches.then_some((x0, y0, flip))
+                    })
+                });
+            let (x0, y0, flip) = found.unwrap_or_else(|| {
+                panic!("epoch {epoch}: input {first} is no window of the right half")
+            });
+            // The target must be the same window of the left half, ramp(x, y).
+            for y in 0..13u32 {
+                for x in 0..13u32 {
+                    let sx = if flip { x0 + 12 - x } else { x0 + x };
+                    let expected = ramp(sx, y0 + y);
+                    let got = batch.target[(y * 13 + x) as usize];
+                    assert_eq!(got, expected[0] as f32 / 127.5 - 1.0, "epoch {epoch} ({x}, {y})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn order_reproducible_from_seed() {
+        let set = PairedDataset::load(&facades_train(), &plain_spec(4), Mode::Train, 3).unwrap();
+        let order = set.order(5, 2);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..400).collect::<Vec<_>>());
+        assert_eq!(order, set.order(5, 2));
+        assert_ne!(order, set.order(5, 3));
+        assert_ne!(order, set.order(6, 2));
+
+        assert_eq!(set.batches_per_epoch(), 100);
+        let cursor = set.cursor_at(250);
+        assert_eq!(cursor, DataCursor { epoch: 2, batch: 50 });
+        let batch = set.batch(5, cursor);
+        assert_eq!(batch.indices, order[200..204].to_vec());
+        let again = set.batch(5, cursor);
+        assert_eq!(batch.input, again.input);
+        assert_eq!(batch.target, again.target);
+    }
+
+    #[test]
+    fn drops_last_partial_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..7 {
+            write_pair(&dir.path().join(format!("{i}.png")), 8, ramp, ramp);
+        }
+        let set = PairedDataset::load(dir.path(), &plain_spec(3), Mode::Train, 3).unwrap();
+        assert_eq!(set.batches_per_epoch(), 2);
+        assert_eq!(set.cursor_at(2), DataCursor { epoch: 1, batch: 0 });
+    }
+
+    #[test]
+    fn luma_channel_when_network_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(&dir.path().join("g.png"), 8, |_, _| [255, 255, 255], |_, _| [0, 0, 0]);
+        let set = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Eval, 1).unwrap();
+        let batch = set.fixed_samples(4);
+        assert_eq!(batch.shape, [1, 1, 8, 8]);
+        assert!(batch.input.iter().all(|&v| v == -1.0));
+        assert!(batch.target.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn broken_files_named_in_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = facades_train().join("1.jpg");
+        std::fs::copy(&good, dir.path().join("good.jpg")).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        std::fs::write(dir.path().join("truncated.jpg"), &bytes[..bytes.len() / 3]).unwrap();
+        std::fs::write(dir.path().join("notes.jpg"), b"this is not an image").unwrap();
+        RgbImage::new(300, 256).save(dir.path().join("wide.png")).unwrap();
+        std::fs::write(dir.path().join("README.txt"), b"skipped: not an image extension").unwrap();
+
+        let err = PairedDataset::load(dir.path(), &pix2pix_spec(), Mode::Train, 3).unwrap_err();
+        let DataError::BadFiles { files, total, .. } = &err else {
+            panic!("unexpected error {err:?}")
+        };
+        assert_eq!(*total, 4);
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["notes.jpg", "truncated.jpg", "wide.png"]);
+        let message = err.to_string();
+        assert!(message.contains("truncated.jpg: not a readable image"), "{message}");
+        assert!(message.contains("wide.png: is 300x256"), "{message}");
+        assert!(message.contains("notes.jpg"), "{message}");
+    }
+
+    #[test]
+    fn mismatched_sizes_rejected_without_resize() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(&dir.path().join("a.png"), 16, ramp, ramp);
+        write_pair(&dir.path().join("b.png"), 12, ramp, ramp);
+        let err = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("b.png: halves are 12x12"), "{message}");
+
+        let resized = DataSpec { resize: Some(10), ..plain_spec(1) };
+        let set = PairedDataset::load(dir.path(), &resized, Mode::Train, 3).unwrap();
+        assert_eq!(set.sample_size(), 10);
+    }
+
+    #[test]
+    fn too_few_pairs_for_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(&dir.path().join("a.png"), 8, ramp, ramp);
+        let err = PairedDataset::load(dir.path(), &plain_spec(2), Mode::Train, 3).unwrap_err();
+        assert!(matches!(err, DataError::TooFewPairs { count: 1, batch: 2, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn empty_folder_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
+        assert!(matches!(err, DataError::Empty { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn locate_prefers_flag_then_env() {
+        let flag = tempfile::tempdir().unwrap();
+        let env = tempfile::tempdir().unwrap();
+        for root in [flag.path(), env.path()] {
+            std::fs::create_dir_all(root.join("facades/train")).unwrap();
+        }
+        std::fs::create_dir_all(env.path().join("facades/val")).unwrap();
+
+        let dirs = locate("facades", Some(flag.path()), Some(env.path().into())).unwrap();
+        assert_eq!(dirs.train, flag.path().join("facades/train"));
+        assert!(dirs.val.is_none());
+
+        let dirs = locate("facades", None, Some(env.path().into())).unwrap();
+        assert_eq!(dirs.train, env.path().join("facades/train"));
+        assert_eq!(dirs.val, Some(env.path().join("facades/val")));
+        assert!(dirs.test.is_none());
+    }
+
+    #[test]
+    fn missing_data_says_how_to_fetch() {
+        let root = tempfile::tempdir().unwrap();
+        let err = locate("facades", Some(root.path()), None).unwrap_err();
+        let message = err.to_string();
+        let looked = root.path().join("facades/train");
+        assert!(message.contains(&looked.display().to_string()), "{message}");
+        let DataError::NotFound { hint, .. } = &err else { panic!("unexpected error {err:?}") };
+        assert!(hint.contains("netc data fetch facades --data"), "{hint}");
+
+        let err = locate("maps2", None, Some(root.path().into())).unwrap_err();
+        let DataError::NotFound { hint, .. } = &err else { panic!("unexpected error {err:?}") };
+        assert!(!hint.contains("netc data fetch"), "{hint}");
+        assert!(hint.contains("$NETC_DATA"), "{hint}");
+    }
+}

@@ -313,3 +313,231 @@ mod data {
         assert!(hint.contains("$NETC_DATA"), "{hint}");
     }
 }
+
+mod checkpoint {
+    use netc::ir::Shape;
+    use netc::train::checkpoint::{
+        check_tensors, load, resolve, save, Checkpoint, CheckpointError, DataRecord, ModelRecord,
+        Record, Tensor, CHECKPOINTS_DIR, LATEST_FILE, RECORD_FILE, WEIGHTS_FILE,
+    };
+    use netc::train::data::DataCursor;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    const SOURCE: &str = "param ngf = 64\nnet generator(x: [1, 3, 256, 256]) { }\n";
+
+    fn tensor(name: &str, dims: &[usize], offset: f32) -> Tensor {
+        let shape = Shape::new(dims);
+        let data = (0..shape.numel()).map(|i| (i as f32 * 0.37 + offset).sin() * 1e-3).collect();
+        Tensor { name: name.to_string(), shape, data }
+    }
+
+    fn sample(step: u64) -> Checkpoint {
+        let mut awkward = tensor("generator.e1.conv.weight", &[7, 3, 4, 4], step as f32);
+        // Values that a text or rounding round trip would damage.
+        awkward.data[..5].copy_from_slice(&[
+            -0.0,
+            f32::MIN_POSITIVE / 3.0,
+            f32::MAX,
+            1.0 / 3.0,
+            -7e-39,
+        ]);
+        let record = Record {
+            format: 1,
+            netc_version: env!("CARGO_PKG_VERSION").to_string(),
+            step,
+            epoch: 2,
+            learning_rates: BTreeMap::from([
+                ("discriminator".into(), 2e-4),
+                ("generator".into(), 1.5e-4),
+            ]),
+            seed: 42,
+            rng: serde_json::json!({ "dropout": [1, 2, 3] }),
+            data: DataRecord {
+                dataset: "facades".into(),
+                pairs: 5,
+                cursor: DataCursor { epoch: 2, batch: 3 },
+                order: vec![3, 0, 4, 1, 2],
+            },
+            model: ModelRecord::new("pix2pix", SOURCE, &["ngf=16".to_string()]),
+        };
+        Checkpoint {
+            record,
+            weights: vec![
+                awkward,
+                tensor("generator.e1.bn.running_mean", &[7], 0.5),
+                tensor("discriminator.scalar", &[], 1.0),
+            ],
+            moments: vec![tensor("generator.e1.conv.weight.adam_m", &[7, 3, 4, 4], 2.0)],
+        }
+    }
+
+    fn sorted(mut tensors: Vec<Tensor>) -> Vec<Tensor> {
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact() {
+        let run = tempfile::tempdir().unwrap();
+        let original = sample(400);
+        let dir = save(run.path(), &original, 2).unwrap();
+        assert_eq!(dir, run.path().join("checkpoints/step-00000400"));
+
+        let loaded = load(run.path()).unwrap();
+        assert_eq!(loaded.record, original.record);
+        assert_eq!(loaded.weights.len(), 3);
+        for (got, want) in loaded.weights.iter().zip(sorted(original.weights.clone())) {
+            assert_eq!(got.name, want.name);
+            assert_eq!(got.shape, want.shape);
+            let got_bits: Vec<u32> = got.data.iter().map(|v| v.to_bits()).collect();
+            let want_bits: Vec<u32> = want.data.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got_bits, want_bits, "tensor {}", got.name);
+        }
+        assert_eq!(loaded.moments, original.moments);
+        assert_eq!(loaded.record.model.sha256.len(), 64);
+    }
+
+    #[test]
+    fn weights_readable_by_safetensors() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = save(run.path(), &sample(1), 2).unwrap();
+        let bytes = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = file.tensor("generator.e1.bn.running_mean").unwrap();
+        assert_eq!(view.dtype(), safetensors::Dtype::F32);
+        assert_eq!(view.shape(), &[7]);
+        let first = f32::from_le_bytes(view.data()[..4].try_into().unwrap());
+        assert_eq!(first, 0.5f32.sin() * 1e-3);
+
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(RECORD_FILE)).unwrap()).unwrap();
+        assert_eq!(record["step"], 1);
+        assert_eq!(record["model"]["source"], SOURCE);
+        assert_eq!(record["model"]["overrides"][0], "ngf=16");
+        assert_eq!(record["data"]["cursor"]["batch"], 3);
+    }
+
+    #[test]
+    fn latest_moves_and_old_pruned() {
+        let run = tempfile::tempdir().unwrap();
+        for step in [100, 200, 300] {
+            save(run.path(), &sample(step), 2).unwrap();
+        }
+        let parent = run.path().join(CHECKPOINTS_DIR);
+        let latest = std::fs::read_to_string(parent.join(LATEST_FILE)).unwrap();
+        assert_eq!(latest, "step-00000300");
+        assert!(!parent.join("step-00000100").exists());
+        assert!(parent.join("step-00000200").exists());
+        assert_eq!(load(run.path()).unwrap().record.step, 300);
+        assert_eq!(load(&parent.join("step-00000200")).unwrap().record.step, 200);
+
+        // Saving the same step again replaces that checkpoint.
+        let mut again = sample(300);
+        again.record.epoch = 9;
+        save(run.path(), &again, 2).unwrap();
+        assert_eq!(load(run.path()).unwrap().record.epoch, 9);
+        let names: Vec<String> = std::fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "leftover temporary entries {names:?}");
+    }
+
+    #[test]
+    fn interrupted_save_keeps_previous() {
+        let run = tempfile::tempdir().unwrap();
+        save(run.path(), &sample(100), 2).unwrap();
+        let parent = run.path().join(CHECKPOINTS_DIR);
+
+        // What a crash in the middle of a save leaves: a half-written staging folder, and a
+        // renamed folder that `latest` does not point to yet.
+        let staging = parent.join(".tmp-checkpoint-crash");
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join(WEIGHTS_FILE), b"partial").unwrap();
+        let unfinished = parent.join("step-00000200");
+        std::fs::create_dir(&unfinished).unwrap();
+
+        let loaded = load(run.path()).unwrap();
+        assert_eq!(loaded.record.step, 100);
+    }
+
+    #[test]
+    fn missing_checkpoint_names_folder() {
+        let run = tempfile::tempdir().unwrap();
+        let err = resolve(run.path()).unwrap_err();
+        assert!(matches!(err, CheckpointError::NotFound { .. }), "{err:?}");
+        assert!(err.to_string().contains(&run.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn damaged_files_named_in_error() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = save(run.path(), &sample(5), 2).unwrap();
+        let weights = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() - 9]).unwrap();
+        let err = load(run.path()).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Invalid { path, .. } if path == &weights),
+            "{err:?}"
+        );
+
+        std::fs::remove_file(&weights).unwrap();
+        let err = load(run.path()).unwrap_err();
+        assert!(matches!(&err, CheckpointError::Read { path, .. } if path == &weights), "{err:?}");
+        assert!(err.to_string().contains(WEIGHTS_FILE), "{err}");
+    }
+
+    #[test]
+    fn edited_record_rejected() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = save(run.path(), &sample(5), 2).unwrap();
+        let path = dir.join(RECORD_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+
+        let edited = text.replace("param ngf = 64", "param ngf = 32");
+        std::fs::write(&path, &edited).unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(err.to_string().contains("hashes to"), "{err}");
+
+        let newer = text.replace("\"format\": 1", "\"format\": 7");
+        std::fs::write(&path, &newer).unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(matches!(err, CheckpointError::Version { found: 7, .. }), "{err:?}");
+
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn tensor_mismatches_listed_together() {
+        let checkpoint = sample(1);
+        let file = Path::new("run/checkpoints/step-00000001/weights.safetensors");
+        let expected = vec![
+            ("generator.e1.conv.weight".to_string(), Shape::new([8, 3, 4, 4])),
+            ("generator.e1.bn.running_mean".to_string(), Shape::new([7])),
+            ("generator.e2.conv.weight".to_string(), Shape::new([8, 8, 4, 4])),
+        ];
+        let err = check_tensors(file, &checkpoint.weights, &expected).unwrap_err();
+        let CheckpointError::Mismatch { path, problems } = &err else { panic!("{err:?}") };
+        assert_eq!(path, file);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(
+                "`generator.e1.conv.weight` has shape [7, 3, 4, 4], the model expects [8, 3, 4, 4]"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("missing tensor `generator.e2.conv.weight`"), "{message}");
+        assert!(message.contains("unknown tensor `discriminator.scalar` []"), "{message}");
+        assert!(message.contains("weights.safetensors"), "{message}");
+
+        let exact: Vec<(String, Shape)> =
+            checkpoint.weights.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+        check_tensors(file, &checkpoint.weights, &exact).unwrap();
+    }
+}

@@ -3,4 +3,5 @@
 //! `data` turns a folder of paired images into batches, `checkpoint` saves and restores a
 //! run, and `report` writes `losses.csv`, image grids, the loss plot and `index.html`.
 
+pub mod checkpoint;
 pub mod data;

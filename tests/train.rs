@@ -541,3 +541,160 @@ mod checkpoint {
         check_tensors(file, &checkpoint.weights, &exact).unwrap();
     }
 }
+
+mod report {
+    use netc::train::report::{
+        grid, read_losses, write_grid, write_index, write_plot, LossLog, LossRow, PageInfo, Panel,
+        ReportError, INDEX_FILE, LOSSES_FILE, PLOT_FILE,
+    };
+
+    fn columns() -> Vec<String> {
+        ["d_real", "d_fake", "g_gan", "g_l1"].map(String::from).to_vec()
+    }
+
+    fn row(step: u64) -> LossRow {
+        let s = step as f32;
+        LossRow {
+            step,
+            epoch: (step / 400) as usize,
+            lr: 2e-4,
+            losses: vec![0.7 - s * 1e-4, 0.69, 1.0 / (1.0 + s), 40.0 * (-s / 300.0).exp() + 10.0],
+            seconds_per_step: 0.25,
+        }
+    }
+
+    #[test]
+    fn losses_csv_header_and_rows() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = LossLog::create(run.path(), &columns()).unwrap();
+        log.append(&row(1)).unwrap();
+        log.append(&row(2)).unwrap();
+        let text = std::fs::read_to_string(run.path().join(LOSSES_FILE)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "step,epoch,lr,d_real,d_fake,g_gan,g_l1,seconds_per_step");
+        assert_eq!(lines[1], "1,0,0.0002,0.6999,0.69,0.5,49.86689,0.250000");
+        assert_eq!(lines.len(), 3);
+
+        let (names, rows) = read_losses(&run.path().join(LOSSES_FILE)).unwrap();
+        assert_eq!(names, columns());
+        assert_eq!(rows, vec![row(1), row(2)]);
+    }
+
+    #[test]
+    fn resume_drops_rows_after_checkpoint() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = LossLog::create(run.path(), &columns()).unwrap();
+        for step in 1..=5 {
+            log.append(&row(step)).unwrap();
+        }
+        drop(log);
+        // A crash can leave a cut last row.
+        let path = run.path().join(LOSSES_FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("6,0,0.0002,0.69");
+        std::fs::write(&path, text).unwrap();
+
+        let mut log = LossLog::resume(run.path(), &columns(), 3).unwrap();
+        log.append(&row(4)).unwrap();
+        let (_, rows) = read_losses(&path).unwrap();
+        let steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
+        assert_eq!(steps, [1, 2, 3, 4]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 5);
+    }
+
+    #[test]
+    fn resume_rejects_other_columns() {
+        let run = tempfile::tempdir().unwrap();
+        LossLog::create(run.path(), &columns()).unwrap();
+        let other = vec!["loss".to_string()];
+        let err = LossLog::resume(run.path(), &other, 3).err().unwrap();
+        assert!(matches!(err, ReportError::Columns { .. }), "{err:?}");
+        assert!(err.to_string().contains("step,epoch,lr,loss,seconds_per_step"), "{err}");
+    }
+
+    #[test]
+    fn plot_draws_every_term() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = LossLog::create(run.path(), &columns()).unwrap();
+        for step in 1..=900 {
+            let mut r = row(step);
+            if step == 450 {
+                r.losses[0] = f32::NAN;
+            }
+            log.append(&r).unwrap();
+        }
+        let path = write_plot(run.path()).unwrap();
+        assert_eq!(path, run.path().join(PLOT_FILE));
+        if let Some(keep) = std::env::var_os("NETC_TEST_KEEP") {
+            std::fs::copy(&path, std::path::Path::new(&keep).join("plot.png")).unwrap();
+        }
+        let image = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(image.width(), 960);
+        assert!(image.height() > 4 * 150);
+
+        // Each panel draws its average in its own strong colour.
+        for colour in [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189]] {
+            let count = image.pixels().filter(|p| p.0 == colour).count();
+            assert!(count > 500, "colour {colour:?} drawn on {count} pixels");
+        }
+    }
+
+    #[test]
+    fn grid_places_panels_in_columns() {
+        let black = vec![-1.0f32; 3 * 5 * 7];
+        let white = vec![1.0f32; 3 * 5 * 7];
+        let grey = vec![0.0f32; 5 * 7];
+        fn panel(data: &[f32], channels: usize) -> Panel<'_> {
+            Panel { channels, height: 5, width: 7, data }
+        }
+        let rows = vec![
+            vec![panel(&black, 3), panel(&white, 3), panel(&grey, 1)],
+            vec![panel(&white, 3), panel(&black, 3), panel(&white, 3)],
+        ];
+        let image = grid(&["input", "output", "target"], &rows);
+        // Gaps of 4 pixels; the header is 18 pixels tall.
+        assert_eq!(image.width(), 4 + 3 * (7 + 4));
+        assert_eq!(image.height(), 18 + 2 * (5 + 4));
+        assert_eq!(image.get_pixel(4, 18).0, [0, 0, 0]);
+        assert_eq!(image.get_pixel(4 + 11, 18).0, [255, 255, 255]);
+        assert_eq!(image.get_pixel(4 + 22 + 6, 18 + 4).0, [128, 128, 128]);
+        assert_eq!(image.get_pixel(4 + 11, 18 + 9).0, [0, 0, 0]);
+        assert_eq!(image.get_pixel(4 + 11 + 6, 18 + 9 + 4).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn index_links_plot_and_grids() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = LossLog::create(run.path(), &columns()).unwrap();
+        log.append(&row(1)).unwrap();
+        write_plot(run.path()).unwrap();
+        let data = vec![0.5f32; 3 * 4 * 4];
+        let panel = Panel { channels: 3, height: 4, width: 4, data: &data };
+        for step in [200, 400] {
+            write_grid(run.path(), step, &[vec![panel; 3]]).unwrap();
+        }
+        let overrides = vec!["ngf=16".to_string(), "name=<b>".to_string()];
+        let info = PageInfo {
+            model: "pix2pix",
+            dataset: "facades",
+            step: 400,
+            total_steps: 1000,
+            epoch: 0,
+            overrides: &overrides,
+            seed: 3,
+            checkpoint: Some("checkpoints/step-00000400".into()),
+        };
+        let path = write_index(run.path(), &info).unwrap();
+        assert_eq!(path, run.path().join(INDEX_FILE));
+        let html = std::fs::read_to_string(&path).unwrap();
+        assert!(html.contains("<img src=\"losses.png\""), "{html}");
+        let newer = html.find("images/step-00000400.png").expect("grid of step 400 listed");
+        let older = html.find("images/step-00000200.png").expect("grid of step 200 listed");
+        assert!(newer < older, "grids are not newest first");
+        assert!(html.contains("name=&lt;b&gt;"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(html.contains("<td>400 of 1000</td>"), "{html}");
+        assert!(html.contains("<th>g_l1</th>"), "{html}");
+    }
+}

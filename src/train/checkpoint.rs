@@ -16,6 +16,7 @@
 //! error names the file.
 
 use crate::ir::Shape;
+use crate::train::atomic::{sync_dir, write_atomic};
 use crate::train::data::DataCursor;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -184,7 +185,8 @@ pub fn save(
     let staged = staging.keep();
     std::fs::rename(&staged, &dir).map_err(|source| write_err(&dir, source))?;
     sync_dir(&parent);
-    write_atomic(&parent.join(LATEST_FILE), name.as_bytes())?;
+    let latest = parent.join(LATEST_FILE);
+    write_atomic(&latest, name.as_bytes()).map_err(|source| write_err(&latest, source))?;
     if let Some(old) = replaced {
         remove_quietly(&old);
     }
@@ -348,28 +350,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let mut file = File::create(path).map_err(|source| write_err(path, source))?;
     file.write_all(bytes).map_err(|source| write_err(path, source))?;
     file.sync_all().map_err(|source| write_err(path, source))
-}
-
-/// Replaces `path` with `bytes` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(parent)
-        .map_err(|source| write_err(path, source))?;
-    file.write_all(bytes).map_err(|source| write_err(path, source))?;
-    file.as_file().sync_all().map_err(|source| write_err(path, source))?;
-    file.persist(path).map_err(|e| write_err(path, e.error))?;
-    sync_dir(parent);
-    Ok(())
-}
-
-/// Flushes a folder's entries, so a rename inside it survives a power loss. Failure only
-/// weakens that guarantee, so it is logged, not returned.
-fn sync_dir(dir: &Path) {
-    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(dir = %dir.display(), %error, "failed to sync folder");
-    }
 }
 
 /// Removes checkpoint folders other than the newest `keep`, never `current`.

@@ -3,5 +3,7 @@
 //! `data` turns a folder of paired images into batches, `checkpoint` saves and restores a
 //! run, and `report` writes `losses.csv`, image grids, the loss plot and `index.html`.
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod data;
+pub mod report;

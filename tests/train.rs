@@ -698,3 +698,217 @@ mod report {
         assert!(html.contains("<th>g_l1</th>"), "{html}");
     }
 }
+
+mod fetch {
+    use super::facades_train;
+    use indicatif::ProgressBar;
+    use netc::train::fetch::{fetch, FetchError, Fetched};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::path::Path;
+
+    /// What the loopback server sends for each request.
+    #[derive(Clone)]
+    struct Reply {
+        status: u16,
+        body: Vec<u8>,
+        /// `Content-Length` to declare, when it differs from the body's length.
+        declared: Option<usize>,
+    }
+
+    /// Serves `reply` to `requests` connections on 127.0.0.1 and returns the address of
+    /// `/name.tar.gz` there. Nothing leaves the machine.
+    fn serve(reply: Reply, requests: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(requests) {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let length = reply.declared.unwrap_or(reply.body.len());
+                let head = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/gzip\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
+                    reply.status
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&reply.body);
+            }
+        });
+        format!("http://127.0.0.1:{port}/facades.tar.gz")
+    }
+
+    fn ok(body: Vec<u8>) -> Reply {
+        Reply { status: 200, body, declared: None }
+    }
+
+    /// Builds a pix2pix-style `facades.tar.gz`: three real training pairs, one val pair and
+    /// a README, under `facades/`.
+    fn facades_archive() -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let train = facades_train();
+        for (i, name) in ["1.jpg", "2.jpg", "3.jpg"].iter().enumerate() {
+            tar.append_path_with_name(train.join(name), format!("facades/train/{}.jpg", i + 1))
+                .unwrap();
+        }
+        tar.append_path_with_name(train.join("4.jpg"), "facades/val/1.jpg").unwrap();
+        let text = b"facades, as published with pix2pix\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "facades/README", &text[..]).unwrap();
+        tar.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// Builds an archive with one entry whose raw name is `name`, bypassing the tar crate's
+    /// own path checks.
+    fn archive_with_raw_name(name: &str) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let body = b"escaped";
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        tar.append(&header, &body[..]).unwrap();
+        tar.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn only_entry(root: &Path) -> Vec<String> {
+        std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fetch_unpacks_served_archive() {
+        let archive = facades_archive();
+        let url = serve(ok(archive.clone()), 1);
+        let root = tempfile::tempdir().unwrap();
+        let progress = ProgressBar::hidden();
+        let fetched = fetch("facades", Some(&url), root.path(), &progress).unwrap();
+
+        let dir = root.path().join("facades");
+        assert_eq!(
+            fetched,
+            Fetched::Unpacked { dir: dir.clone(), files: 5, bytes: archive.len() as u64 }
+        );
+        assert_eq!(progress.position(), archive.len() as u64);
+        for name in ["1.jpg", "2.jpg", "3.jpg"] {
+            let got = std::fs::read(dir.join("train").join(name)).unwrap();
+            let want = std::fs::read(facades_train().join(name)).unwrap();
+            assert_eq!(got, want, "train/{name}");
+        }
+        assert!(dir.join("val/1.jpg").is_file());
+        // The staging folder and the archive are gone.
+        assert_eq!(only_entry(root.path()), ["facades"]);
+
+        // The unpacked folder is what the loader finds.
+        let dirs = netc::train::data::locate("facades", Some(root.path()), None).unwrap();
+        assert_eq!(dirs.val, Some(dir.join("val")));
+
+        let again =
+            fetch("facades", Some("http://127.0.0.1:9/unused"), root.path(), &progress).unwrap();
+        assert_eq!(again, Fetched::AlreadyPresent { dir });
+    }
+
+    #[test]
+    fn fetch_rejects_escaping_paths() {
+        for name in ["../escape.txt", "facades/../../escape.txt", "/tmp/netc-escape.txt"] {
+            let url = serve(ok(archive_with_raw_name(name)), 1);
+            let outer = tempfile::tempdir().unwrap();
+            let root = outer.path().join("data");
+            let err = fetch("facades", Some(&url), &root, &ProgressBar::hidden()).unwrap_err();
+            assert!(
+                matches!(&err, FetchError::UnsafePath { entry, .. } if entry == name),
+                "{name}: {err:?}"
+            );
+            assert!(!outer.path().join("escape.txt").exists(), "{name}");
+            assert!(!Path::new("/tmp/netc-escape.txt").exists(), "{name}");
+            assert!(only_entry(&root).is_empty(), "{name}: staging left behind");
+        }
+    }
+
+    #[test]
+    fn fetch_reports_http_errors() {
+        let url = serve(Reply { status: 404, body: b"not here".to_vec(), declared: None }, 1);
+        let root = tempfile::tempdir().unwrap();
+        let err = fetch("facades", Some(&url), root.path(), &ProgressBar::hidden()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&url), "{message}");
+        assert!(message.contains("404"), "{message}");
+        assert!(only_entry(root.path()).is_empty());
+    }
+
+    #[test]
+    fn fetch_detects_cut_download() {
+        let archive = facades_archive();
+        let reply = Reply { status: 200, declared: Some(archive.len() + 1000), body: archive };
+        let url = serve(reply, 1);
+        let root = tempfile::tempdir().unwrap();
+        let err = fetch("facades", Some(&url), root.path(), &ProgressBar::hidden()).unwrap_err();
+        assert!(matches!(err, FetchError::Download { .. }), "{err:?}");
+        assert!(only_entry(root.path()).is_empty());
+    }
+
+    #[test]
+    fn fetch_rejects_non_archive() {
+        let url = serve(ok(b"<html>moved</html>".to_vec()), 1);
+        let root = tempfile::tempdir().unwrap();
+        let err = fetch("facades", Some(&url), root.path(), &ProgressBar::hidden()).unwrap_err();
+        assert!(matches!(err, FetchError::Archive { .. }), "{err:?}");
+        assert!(!root.path().join("facades").exists());
+    }
+
+    #[test]
+    fn fetch_requires_train_folder() {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.append_path_with_name(facades_train().join("1.jpg"), "photos/1.jpg").unwrap();
+        let url = serve(ok(tar.into_inner().unwrap().finish().unwrap()), 1);
+        let root = tempfile::tempdir().unwrap();
+        let err = fetch("facades", Some(&url), root.path(), &ProgressBar::hidden()).unwrap_err();
+        assert!(matches!(err, FetchError::Layout { .. }), "{err:?}");
+        assert!(only_entry(root.path()).is_empty());
+    }
+
+    #[test]
+    fn unknown_data_set_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let err = fetch("imagenet", None, root.path(), &ProgressBar::hidden()).unwrap_err();
+        assert!(matches!(err, FetchError::Unknown { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn cli_fetch_prints_summary() {
+        let url = serve(ok(facades_archive()), 1);
+        let root = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+            .args(["data", "fetch", "facades", "--url", &url, "--data"])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "stdout {stdout}\nstderr {stderr}");
+        assert!(stdout.contains("unpacked 5 files"), "{stdout}");
+        assert!(root.path().join("facades/train/3.jpg").is_file());
+
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+            .args(["data", "fetch", "nope", "--data"])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains("unknown data set `nope`"), "{stderr}");
+    }
+}

@@ -6,4 +6,5 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod data;
+pub mod fetch;
 pub mod report;

@@ -912,3 +912,388 @@ mod fetch {
         assert!(stderr.contains("unknown data set `nope`"), "{stderr}");
     }
 }
+
+/// The run driver, on a small deterministic CPU engine: a per-channel affine map
+/// `output = a * input + b` trained with SGD and momentum on the L1 loss. Its gradients
+/// get a random scale from a ChaCha8 stream whose position the checkpoint must carry, so
+/// the generator-state plumbing is exercised too.
+mod run {
+    use super::*;
+    use image::{Rgb, RgbImage};
+    use netc::ir::{DataSpec, Graph, Half, Module, Op, Schedule, Shape, TrainSpec};
+    use netc::train::checkpoint::{self, Tensor};
+    use netc::train::data::Batch;
+    use netc::train::report::{read_losses, INDEX_FILE, LOSSES_FILE, PLOT_FILE};
+    use netc::train::run::{train, Engine, RunError, RunOptions};
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    use std::collections::BTreeMap;
+
+    const SIDE: usize = 12;
+
+    struct Affine {
+        a: Vec<f32>,
+        b: Vec<f32>,
+        va: Vec<f32>,
+        vb: Vec<f32>,
+        rng: rand_chacha::ChaCha8Rng,
+        steps_run: usize,
+        fail_at: Option<u64>,
+    }
+
+    impl Affine {
+        fn new(seed: u64) -> Self {
+            Affine {
+                a: vec![0.1; 3],
+                b: vec![0.0; 3],
+                va: vec![0.0; 3],
+                vb: vec![0.0; 3],
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+                steps_run: 0,
+                fail_at: None,
+            }
+        }
+
+        fn forward(&self, input: &[f32], plane: usize) -> Vec<f32> {
+            input
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| self.a[i / plane % 3] * x + self.b[i / plane % 3])
+                .collect()
+        }
+    }
+
+    fn named(name: &str, data: &[f32]) -> Tensor {
+        Tensor { name: name.into(), shape: Shape::new([data.len()]), data: data.to_vec() }
+    }
+
+    impl Engine for Affine {
+        fn loss_names(&self) -> Vec<String> {
+            vec!["l1".into(), "noise".into()]
+        }
+
+        fn learning_rates(&self, epoch: usize) -> BTreeMap<String, f32> {
+            BTreeMap::from([("generator".into(), 0.05 / (1.0 + epoch as f32))])
+        }
+
+        fn step(&mut self, step: u64, epoch: usize, batch: &Batch) -> Result<Vec<f32>, String> {
+            self.steps_run += 1;
+            let plane = batch.shape[2] * batch.shape[3];
+            let output = self.forward(&batch.input, plane);
+            let n = output.len() as f32;
+            let mut loss = 0.0;
+            let (mut ga, mut gb) = (vec![0.0f32; 3], vec![0.0f32; 3]);
+            for (i, (&o, &t)) in output.iter().zip(&batch.target).enumerate() {
+                let c = i / plane % 3;
+                loss += (o - t).abs() / n;
+                let sign = (o - t).signum() / n;
+                ga[c] += sign * batch.input[i];
+                gb[c] += sign;
+            }
+            let noise = 0.5 + (self.rng.next_u32() % 1000) as f32 / 1000.0;
+            let lr = self.learning_rates(epoch)["generator"];
+            for c in 0..3 {
+                self.va[c] = 0.9 * self.va[c] + ga[c] * noise;
+                self.vb[c] = 0.9 * self.vb[c] + gb[c] * noise;
+                self.a[c] -= lr * self.va[c];
+                self.b[c] -= lr * self.vb[c];
+            }
+            let loss = if self.fail_at == Some(step) { f32::NAN } else { loss };
+            Ok(vec![loss, noise])
+        }
+
+        fn generate(&mut self, batch: &Batch) -> Result<(usize, Vec<f32>), String> {
+            Ok((3, self.forward(&batch.input, batch.shape[2] * batch.shape[3])))
+        }
+
+        fn tensors(&mut self) -> Result<(Vec<Tensor>, Vec<Tensor>), String> {
+            let weights = vec![named("generator.a", &self.a), named("generator.b", &self.b)];
+            let moments = vec![
+                named("generator.a.momentum_buffer", &self.va),
+                named("generator.b.momentum_buffer", &self.vb),
+            ];
+            Ok((weights, moments))
+        }
+
+        fn tensor_shapes(&self) -> (Vec<(String, Shape)>, Vec<(String, Shape)>) {
+            let shape = || Shape::new([3]);
+            let weights = vec![("generator.a".into(), shape()), ("generator.b".into(), shape())];
+            let moments = vec![
+                ("generator.a.momentum_buffer".into(), shape()),
+                ("generator.b.momentum_buffer".into(), shape()),
+            ];
+            (weights, moments)
+        }
+
+        fn restore(&mut self, weights: &[Tensor], moments: &[Tensor]) -> Result<(), String> {
+            let find = |list: &[Tensor], name: &str| {
+                list.iter().find(|t| t.name == name).map(|t| t.data.clone())
+            };
+            self.a = find(weights, "generator.a").ok_or("no a")?;
+            self.b = find(weights, "generator.b").ok_or("no b")?;
+            self.va = find(moments, "generator.a.momentum_buffer").ok_or("no va")?;
+            self.vb = find(moments, "generator.b.momentum_buffer").ok_or("no vb")?;
+            Ok(())
+        }
+
+        fn rng_state(&self) -> serde_json::Value {
+            serde_json::json!({ "word_pos": self.rng.get_word_pos().to_string() })
+        }
+
+        fn restore_rng(&mut self, state: &serde_json::Value) -> Result<(), String> {
+            let pos = state["word_pos"].as_str().ok_or("missing word_pos")?;
+            self.rng.set_word_pos(pos.parse().map_err(|e| format!("{e}"))?);
+            Ok(())
+        }
+    }
+
+    fn module(batch: usize) -> Module {
+        let spec = DataSpec {
+            input: Half::Right,
+            target: Half::Left,
+            resize: Some(SIDE + 3),
+            crop: Some(SIDE),
+            flip: true,
+            batch,
+        };
+        let mut graph = Graph::new();
+        for name in ["input", "target"] {
+            graph.add_leaf(
+                Op::Input { name: name.into() },
+                Shape::new([batch, 3, SIDE, SIDE]),
+                name,
+                None,
+            );
+        }
+        let train = TrainSpec {
+            data: spec,
+            graph,
+            steps: vec![],
+            schedule: Schedule::Constant,
+            epochs: 2,
+            generator: "generator".into(),
+            span: None,
+        };
+        Module {
+            name: "affine".into(),
+            params: vec![],
+            nets: vec![],
+            train: Some(train),
+            settings: vec![],
+        }
+    }
+
+    /// Writes `count` pairs under `root/pairs/train/` (and 2 under `val/`) whose target is
+    /// a per-channel affine map of the input.
+    fn data_root(count: usize) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (split, n) in [("train", count), ("val", 2)] {
+            let dir = root.path().join("pairs").join(split);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let side = 20u32;
+                let img = RgbImage::from_fn(2 * side, side, |x, y| {
+                    let (u, v) = (x % side, y);
+                    let base = ((u * 11 + v * 5 + i as u32 * 17) % 200) as u8 + 20;
+                    if x < side {
+                        Rgb([base / 2 + 60, 255 - base, base / 3])
+                    } else {
+                        Rgb([base, base, base])
+                    }
+                });
+                img.save(dir.join(format!("{split}-{i}.png"))).unwrap();
+            }
+        }
+        root
+    }
+
+    fn options(data: &Path, out: &Path, steps: u64) -> RunOptions {
+        RunOptions {
+            source: "net affine".into(),
+            overrides: vec!["ngf=4".into()],
+            dataset: "pairs".into(),
+            data: Some(data.to_path_buf()),
+            steps: Some(steps),
+            seed: 9,
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            images_every: 4,
+            checkpoint_every: 3,
+            ..RunOptions::default()
+        }
+    }
+
+    fn weight_bits(run: &Path) -> Vec<(String, Vec<u32>)> {
+        let saved = checkpoint::load(run).unwrap();
+        saved
+            .weights
+            .iter()
+            .chain(&saved.moments)
+            .map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect()))
+            .collect()
+    }
+
+    /// The losses.csv rows without the timing column.
+    fn loss_rows(run: &Path) -> Vec<(u64, usize, u32, Vec<u32>)> {
+        let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        rows.iter()
+            .map(|r| {
+                (r.step, r.epoch, r.lr.to_bits(), r.losses.iter().map(|v| v.to_bits()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resume_matches_straight_run() {
+        let data = data_root(7);
+        let runs = tempfile::tempdir().unwrap();
+        let straight = runs.path().join("straight");
+        let split = runs.path().join("split");
+
+        // 2 pairs per batch and 7 files give 3 batches an epoch, so 10 steps cross epochs.
+        let summary =
+            train(&module(2), &mut Affine::new(1), &options(data.path(), &straight, 10)).unwrap();
+        assert_eq!(summary.steps, 10);
+        train(&module(2), &mut Affine::new(1), &options(data.path(), &split, 5)).unwrap();
+
+        // The resumed engine starts from fresh weights and state; the checkpoint restores them.
+        let mut resumed = Affine::new(1);
+        let resume = RunOptions {
+            resume: Some(split.clone()),
+            out: None,
+            ..options(data.path(), &split, 10)
+        };
+        let summary = train(&module(2), &mut resumed, &resume).unwrap();
+        assert_eq!(summary.first_step, 5);
+        assert_eq!(summary.steps, 5);
+        assert_eq!(resumed.steps_run, 5);
+        assert_eq!(summary.run_dir, split);
+
+        assert_eq!(weight_bits(&split), weight_bits(&straight));
+        assert_eq!(loss_rows(&split), loss_rows(&straight));
+        assert_eq!(loss_rows(&split).len(), 10);
+        let record = checkpoint::load(&split).unwrap().record;
+        assert_eq!(record.step, 10);
+        assert_eq!(record.data.cursor, netc::train::data::DataCursor { epoch: 3, batch: 1 });
+    }
+
+    #[test]
+    fn run_folder_has_every_output() {
+        let data = data_root(5);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        let mut engine = Affine::new(2);
+        let summary = train(&module(1), &mut engine, &options(data.path(), &run, 9)).unwrap();
+        assert_eq!(summary.checkpoint, run.join("checkpoints/step-00000009"));
+
+        let csv = std::fs::read_to_string(run.join(LOSSES_FILE)).unwrap();
+        assert!(csv.starts_with("step,epoch,lr,l1,noise,seconds_per_step\n"), "{csv}");
+        assert_eq!(csv.lines().count(), 10);
+        for name in [
+            PLOT_FILE,
+            INDEX_FILE,
+            "images/step-00000004.png",
+            "images/step-00000008.png",
+            "images/step-00000009.png",
+        ] {
+            assert!(run.join(name).is_file(), "{name} missing");
+        }
+        let grid = image::open(run.join("images/step-00000009.png")).unwrap();
+        assert_eq!(grid.height(), 18 + 2 * (SIDE as u32 + 4), "two val samples, one row each");
+        let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+        assert_eq!(latest, "step-00000009");
+        // Checkpoints at 3 and 6 came first; only the newest two are kept.
+        assert!(!run.join("checkpoints/step-00000003").exists());
+        assert!(run.join("checkpoints/step-00000006").exists());
+        let html = std::fs::read_to_string(run.join(INDEX_FILE)).unwrap();
+        assert!(html.contains("images/step-00000009.png"), "{html}");
+
+        let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        let first = rows.first().unwrap().losses[0];
+        let last = rows.last().unwrap().losses[0];
+        assert!(last < first, "L1 went from {first} to {last}");
+    }
+
+    #[test]
+    fn existing_run_needs_resume() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        train(&module(1), &mut Affine::new(0), &options(data.path(), &run, 2)).unwrap();
+        let err =
+            train(&module(1), &mut Affine::new(0), &options(data.path(), &run, 2)).unwrap_err();
+        assert!(matches!(err, RunError::RunExists { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn resume_rejects_changed_source() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        train(&module(1), &mut Affine::new(0), &options(data.path(), &run, 2)).unwrap();
+        let changed = RunOptions {
+            source: "net affine2".into(),
+            resume: Some(run.clone()),
+            ..options(data.path(), &run, 4)
+        };
+        let err = train(&module(1), &mut Affine::new(0), &changed).unwrap_err();
+        assert!(matches!(err, RunError::SourceChanged { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn diverged_loss_stops_without_checkpoint() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        let mut engine = Affine::new(0);
+        engine.fail_at = Some(4);
+        let err = train(&module(1), &mut engine, &options(data.path(), &run, 8)).unwrap_err();
+        assert!(
+            matches!(&err, RunError::NonFiniteLoss { step: 5, term, .. } if term == "l1"),
+            "{err:?}"
+        );
+        let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+        assert_eq!(latest, "step-00000003");
+    }
+
+    #[test]
+    fn bad_data_stops_before_first_step() {
+        let data = data_root(3);
+        std::fs::write(data.path().join("pairs/train/broken.png"), b"not a png").unwrap();
+        let runs = tempfile::tempdir().unwrap();
+        let mut engine = Affine::new(0);
+        let err = train(&module(1), &mut engine, &options(data.path(), &runs.path().join("r"), 8))
+            .unwrap_err();
+        assert!(err.to_string().contains("broken.png"), "{err}");
+        assert_eq!(engine.steps_run, 0);
+        assert!(!runs.path().join("r").exists());
+    }
+
+    #[test]
+    fn data_shape_must_match_input() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let mut wrong = module(1);
+        let spec = &mut wrong.train.as_mut().unwrap().data;
+        spec.crop = Some(SIDE - 1);
+        let err =
+            train(&wrong, &mut Affine::new(0), &options(data.path(), &runs.path().join("r"), 2))
+                .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, RunError::ShapeMismatch { .. }), "{err:?}");
+        assert!(message.contains("[1, 3, 11, 11]"), "{message}");
+        assert!(message.contains("[1, 3, 12, 12]"), "{message}");
+    }
+
+    #[test]
+    fn missing_data_names_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let runs = tempfile::tempdir().unwrap();
+        let err = train(
+            &module(1),
+            &mut Affine::new(0),
+            &options(root.path(), &runs.path().join("r"), 2),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pairs/train"), "{err}");
+    }
+}

@@ -8,3 +8,4 @@ pub mod checkpoint;
 pub mod data;
 pub mod fetch;
 pub mod report;
+pub mod run;

@@ -50,7 +50,7 @@ pub fn run(command: &DataCommand) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The data folder: `--data`, else `$NETC_DATA`, else `./data`.
+/// Returns the data folder: `--data`, else `$NETC_DATA`, else `./data`.
 pub fn data_root(flag: Option<&PathBuf>) -> PathBuf {
     match (flag, std::env::var_os("NETC_DATA")) {
         (Some(dir), _) => dir.clone(),

@@ -1,4 +1,4 @@
-//! Checkpoints: a run's tensors as safetensors plus a JSON record of where the run stands.
+//! Checkpoints: a run's tensors as safetensors plus a JSON record of the run's position.
 //!
 //! A checkpoint is a folder with three files:
 //! - `weights.safetensors`: every parameter and buffer of the model, f32, keyed by the
@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Version of the checkpoint layout; [`load`] rejects other versions.
+/// Version of the checkpoint layout. [`load`] rejects other versions.
 pub const FORMAT_VERSION: u32 = 1;
 
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
@@ -102,7 +102,7 @@ impl ModelRecord {
     }
 }
 
-/// Where the run is in its data.
+/// The run's position in its data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataRecord {
     /// The data set name given to `--train`.
@@ -176,7 +176,7 @@ pub fn save(
         .expect("a Record contains only JSON-representable values");
     write_synced(&staging.path().join(RECORD_FILE), &record)?;
 
-    // A folder of the same step exists when a resumed run saves again at that step; move it
+    // A folder of the same step exists when a resumed run saves again at that step. Move it
     // aside first, because a rename cannot replace a non-empty folder.
     let replaced = dir.exists().then(|| parent.join(format!(".old-{name}")));
     if let Some(old) = &replaced {

@@ -66,7 +66,7 @@ pub enum Fetched {
     AlreadyPresent { dir: PathBuf },
 }
 
-/// Returns the published archive address of a data set that netc knows.
+/// Returns the published archive address of a data set that netc can fetch.
 pub fn default_url(name: &str) -> Option<&'static str> {
     match name {
         "facades" => Some(FACADES_URL),

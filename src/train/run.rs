@@ -2,9 +2,10 @@
 //!
 //! Needs a checked module with a `train` section and an engine that runs one training
 //! iteration (on the device, through the `Trainer`). [`train`] finds and validates the
-//! data before the first step, opens or resumes the run folder, then loops: batch, step,
-//! `losses.csv` row, progress bar; an image grid, the loss plot and `index.html` every
-//! `images_every` steps; a checkpoint every `checkpoint_every` steps and at the end.
+//! data before the first step and opens or resumes the run folder. Each iteration then
+//! takes a batch, runs the step, appends a `losses.csv` row and moves the progress bar.
+//! Every `images_every` steps it writes an image grid, the loss plot and `index.html`, and
+//! every `checkpoint_every` steps and at the end a checkpoint.
 //!
 //! Guarantees: `--steps` and `--epochs` count from the start of the run, so a resumed run
 //! stops at the same total. A resume restores every tensor, the data cursor and the
@@ -138,7 +139,7 @@ pub struct RunOptions {
     pub checkpoint_every: u64,
 }
 
-/// What a finished run reports.
+/// Summary of a finished run.
 #[derive(Clone, Debug)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
@@ -162,7 +163,7 @@ struct Resumed {
     checkpoint: PathBuf,
 }
 
-/// Trains `module` with `engine` as `options` say and returns a summary.
+/// Trains `module` with `engine` as `options` set and returns a summary.
 pub fn train(
     module: &Module,
     engine: &mut dyn Engine,
@@ -248,7 +249,7 @@ fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError>
     Ok(RunData { train, grid })
 }
 
-/// The shape of the train graph's `Input` node called `name`.
+/// Returns the shape of the train graph's `Input` node called `name`.
 fn graph_input(module: &Module, name: &str) -> Option<Shape> {
     let graph = &module.train.as_ref()?.graph;
     graph.inner.node_weights().find_map(|node| match &node.op {
@@ -257,7 +258,7 @@ fn graph_input(module: &Module, name: &str) -> Option<Shape> {
     })
 }
 
-/// The run folder: `--out`, else the run that `--resume` names, else
+/// Picks the run folder: `--out`, else the run that `--resume` names, else
 /// `runs/<model>-<dataset>/`.
 fn run_folder(module: &Module, options: &RunOptions) -> Result<PathBuf, RunError> {
     if let Some(out) = &options.out {

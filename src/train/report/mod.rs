@@ -201,7 +201,7 @@ pub fn write_png(path: &Path, image: &image::RgbImage) -> Result<(), ReportError
     write_atomic(path, &bytes).map_err(|source| write_err(path, source))
 }
 
-/// What `index.html` shows besides the files it finds in the run folder.
+/// Run details for `index.html`, besides the files it finds in the run folder.
 pub struct PageInfo<'a> {
     pub model: &'a str,
     pub dataset: &'a str,

@@ -1,8 +1,8 @@
 //! The loss curves as a PNG: one panel per loss term, stacked, each scaled to its own range.
 //!
 //! Each panel draws the raw per-step values in a light colour and a moving average over
-//! about a fiftieth of the run in a strong one, with the term's name, the y range and, on
-//! the last panel, the first and last step. Non-finite values are skipped, so a NaN
+//! about a fiftieth of the run in a strong one. Labels give the term's name and the y
+//! range, and below the last panel the first and last step. Non-finite values are skipped, so a NaN
 //! loss leaves a gap instead of breaking the plot.
 
 use super::font::{draw_text, put, GLYPH_HEIGHT};
@@ -123,7 +123,7 @@ fn draw_panel(
     polyline(image, &moving_average(&series.points, window), &to_pixel, Rgb(color));
 }
 
-/// The y range to draw: the finite values' range padded by 5 %, or around the value when
+/// Computes the y range to draw: the finite values' range padded by 5 %, or around the value when
 /// all values are equal.
 fn value_range(points: &[(f64, f64)]) -> (f64, f64) {
     let (lo, hi) =

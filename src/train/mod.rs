@@ -7,5 +7,6 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod fetch;
+pub mod progress;
 pub mod report;
 pub mod run;

@@ -21,8 +21,9 @@ use crate::train::checkpoint::{
     self, Checkpoint, CheckpointError, DataRecord, ModelRecord, Record, Tensor,
 };
 use crate::train::data::{self, Batch, DataError, Mode, PairedDataset};
+use crate::train::progress;
 use crate::train::report::{self, LossLog, LossRow, PageInfo, Panel, ReportError};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -206,12 +207,12 @@ pub fn train(
         seed,
         total,
         columns,
-        progress: progress_bar(options.quiet, first_step, total, per_epoch),
+        progress: progress::training_bar(options.quiet, first_step, total, per_epoch),
         last_checkpoint: resumed.map(|r| r.checkpoint),
     };
     tracing::info!(model = %module.name, dataset = %options.dataset, run = %run_dir.display(), first_step, total, "training");
     let outcome = looper.run(first_step, &mut log);
-    looper.progress.finish_and_clear();
+    progress::finish(&looper.progress);
     let summary = outcome?;
     tracing::info!(steps = summary.steps, checkpoint = %summary.checkpoint.display(), "stopped training");
     Ok(summary)
@@ -330,24 +331,6 @@ fn resume(
     Ok(Resumed { step, checkpoint: folder })
 }
 
-fn progress_bar(quiet: bool, position: u64, total: u64, per_epoch: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] step {pos}/{len} {msg} {per_sec}, {eta} left",
-    )
-    .expect("the progress template is valid")
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_position(position);
-    bar.reset_eta();
-    let epochs = total.div_ceil(per_epoch.max(1));
-    bar.set_prefix(format!("epoch {}/{epochs}", position / per_epoch.max(1) + 1));
-    bar
-}
-
 /// The state of the training loop.
 struct Looper<'a> {
     module: &'a Module,
@@ -425,9 +408,7 @@ impl Looper<'_> {
 
     fn show_progress(&self, step: u64, per_epoch: u64, losses: &[f32]) {
         self.progress.set_position(step);
-        let epoch = (step.saturating_sub(1)) / per_epoch.max(1) + 1;
-        let epochs = self.total.div_ceil(per_epoch.max(1));
-        self.progress.set_prefix(format!("epoch {epoch}/{epochs}"));
+        progress::set_epoch(&self.progress, step, self.total, per_epoch);
         let text: Vec<String> =
             self.columns.iter().zip(losses).map(|(n, v)| format!("{n} {v:.4}")).collect();
         self.progress.set_message(text.join(" "));

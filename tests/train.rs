@@ -77,6 +77,28 @@ mod data {
     }
 
     #[test]
+    fn pix2pix_batches_fit_its_graph() {
+        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+        for (size, resize) in [(256, 286), (128, 158)] {
+            let set = vec![format!("size={size}")];
+            let module = netc::frontend::compile_file(&model, &set).unwrap();
+            let train = module.train.as_ref().unwrap();
+            assert_eq!(train.data.resize, Some(resize));
+            let set = PairedDataset::load(&facades_train(), &train.data, Mode::Train, 3).unwrap();
+            let batch = set.batch(0, DataCursor::default());
+            for name in ["input", "target"] {
+                let node = train
+                    .graph
+                    .inner
+                    .node_weights()
+                    .find(|n| matches!(&n.op, netc::ir::Op::Input { name: n } if n == name))
+                    .unwrap();
+                assert_eq!(node.shape.dims(), batch.shape, "{name} at size {size}");
+            }
+        }
+    }
+
+    #[test]
     fn binds_right_half_as_input() {
         // Without resize, crop or flip, the values are the decoded pixels themselves.
         let dir = facades_train();

@@ -495,3 +495,315 @@ mod errors {
         insta::assert_snapshot!(diags.render_plain());
     }
 }
+
+/// The `netc check` and `netc graph` commands, run as a user runs them.
+mod cli {
+    use std::process::{Command, Output};
+
+    fn netc(args: &[&str]) -> Output {
+        let output = Command::new(env!("CARGO_BIN_EXE_netc"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("the netc binary runs");
+        output
+    }
+
+    fn stdout(output: &Output) -> String {
+        String::from_utf8(output.stdout.clone()).expect("netc writes UTF-8")
+    }
+
+    fn stderr(output: &Output) -> String {
+        String::from_utf8(output.stderr.clone()).expect("netc writes UTF-8")
+    }
+
+    #[test]
+    fn check_pix2pix_prints_table() {
+        let out = netc(&["check", "models/pix2pix.net"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("trainable parameters: 54,414,976"), "{text}");
+        assert!(text.contains("trainable parameters: 2,768,640"), "{text}");
+        assert!(text.contains("[1, 1, 30, 30]"), "{text}");
+        assert!(text.contains("input x: height and width must be multiples of 256"), "{text}");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn check_set_ngf_changes_count() {
+        let out = netc(&["check", "models/pix2pix.net", "--set", "ngf=32"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("trainable parameters: 13,608,768"));
+        let out = netc(&["check", "models/pix2pix.net", "--set", "size=128"]);
+        let text = stdout(&out);
+        assert!(text.contains("input x: height and width must be multiples of 128"), "{text}");
+        assert!(text.contains("[1, 1, 14, 14]"), "{text}");
+    }
+
+    #[test]
+    fn check_classifier_prints_table() {
+        let out = netc(&["check", "models/classifier.net"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        insta::assert_snapshot!(stdout(&out));
+    }
+
+    #[test]
+    fn check_bad_file_exits_nonzero() {
+        let out = netc(&["check", "tests/net/errors/many_errors.net"]);
+        assert!(!out.status.success());
+        assert!(stdout(&out).is_empty());
+        let text = stderr(&out);
+        assert!(text.contains("many_errors.net has 5 errors"), "{text}");
+        assert!(text.contains("many_errors.net:4:28"), "{text}");
+        assert!(text.contains("did you mean `kernel`?"), "{text}");
+        assert!(text.contains("did you mean `batch_norm`?"), "{text}");
+    }
+
+    #[test]
+    fn check_unknown_set_exits_nonzero() {
+        let out = netc(&["check", "models/pix2pix.net", "--set", "nfg=32"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("did you mean `ngf`?"), "{}", stderr(&out));
+    }
+
+    #[test]
+    fn check_grad_not_supported_yet() {
+        for flag in ["--grad", "--watch"] {
+            let out = netc(&["check", "models/pix2pix.net", flag]);
+            assert!(!out.status.success());
+            assert!(stderr(&out).contains("not supported yet"), "{}", stderr(&out));
+        }
+    }
+
+    #[test]
+    fn graph_dot_has_every_graph() {
+        let out = netc(&["graph", "models/pix2pix.net", "--format", "dot"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let dot = stdout(&out);
+        assert!(dot.starts_with("digraph \"pix2pix\" {"));
+        for cluster in ["cluster_n0", "cluster_n1", "cluster_t", "cluster_t_p0", "cluster_t_p2"] {
+            assert!(dot.contains(cluster), "{cluster}");
+        }
+        assert!(dot.contains("\"generator.e3.conv\\nconv2d\\n[1, 256, 32, 32]\""));
+        assert_eq!(dot.matches('{').count(), dot.matches('}').count());
+    }
+
+    #[test]
+    fn graph_json_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pix2pix.json");
+        let path_text = path.to_str().unwrap();
+        let out = netc(&["graph", "models/pix2pix.net", "--format", "json", "-o", path_text]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let json = std::fs::read_to_string(&path).unwrap();
+        let module: netc::ir::Module = serde_json::from_str(&json).expect("the JSON is a Module");
+        assert_eq!(module.trainable_count("generator"), 54_414_976);
+        assert_eq!(module.train.as_ref().unwrap().steps.len(), 2);
+        assert!(netc::ir::verify::verify_module(&module).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+    }
+
+    #[test]
+    fn graph_bad_file_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.dot");
+        let out = netc(&["graph", "tests/net/errors/cycle.net", "-o", path.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary file is left");
+    }
+}
+
+/// A proptest fuzz target: random edits of a kept corpus (the shipped models, every error
+/// file and the edge cases in `tests/fuzz/corpus/`) and random text must never make the
+/// front end panic, and every rendered diagnostic must render.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Tokens that edits insert: brackets, operators, keywords, odd numbers and text.
+    const TOKENS: &[&str] = &[
+        "(",
+        ")",
+        "{",
+        "}",
+        "[",
+        "]",
+        "->",
+        "..",
+        "=",
+        ":",
+        ",",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "^",
+        "\r\n",
+        "\t",
+        "\u{feff}",
+        "é",
+        "0",
+        "1",
+        "-1",
+        "2.5",
+        "1e309",
+        "99999999999999999999",
+        "x",
+        "e{levels}",
+        "d{0}",
+        "skip",
+        "net",
+        "block",
+        "param",
+        "train",
+        "step",
+        "minimize",
+        "conv2d(",
+        "relu",
+        "concat(",
+        "generator(",
+        "discriminator(",
+        "#",
+        "\"",
+        "require",
+        "defaults",
+        "stop_gradient(",
+        "input",
+        "target",
+        "true",
+        "not",
+        "and",
+        "log2(",
+    ];
+
+    fn corpus() -> Vec<(String, String)> {
+        let mut files = Vec::new();
+        for dir in ["models", "tests/net/errors", "tests/fuzz/corpus"] {
+            let mut entries: Vec<_> =
+                std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            entries.sort();
+            for path in entries {
+                let bytes = std::fs::read(&path).unwrap();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                files.push((path.display().to_string(), text));
+            }
+        }
+        files
+    }
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Delete { at: usize, len: usize },
+        Insert { at: usize, token: usize },
+        Duplicate { at: usize, len: usize },
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<usize>(), 1usize..24).prop_map(|(at, len)| Edit::Delete { at, len }),
+            (any::<usize>(), 0..TOKENS.len()).prop_map(|(at, token)| Edit::Insert { at, token }),
+            (any::<usize>(), 1usize..80).prop_map(|(at, len)| Edit::Duplicate { at, len }),
+        ]
+    }
+
+    fn apply(text: &str, edits: &[Edit]) -> String {
+        let mut chars: Vec<char> = text.chars().collect();
+        for e in edits {
+            let n = chars.len();
+            match *e {
+                Edit::Delete { at, len } if n > 0 => {
+                    let at = at % n;
+                    chars.drain(at..(at + len).min(n));
+                }
+                Edit::Insert { at, token } => {
+                    let at = if n == 0 { 0 } else { at % (n + 1) };
+                    chars.splice(at..at, TOKENS[token].chars());
+                }
+                Edit::Duplicate { at, len } if n > 0 => {
+                    let at = at % n;
+                    let piece: Vec<char> = chars[at..(at + len).min(n)].to_vec();
+                    chars.splice(at..at, piece);
+                }
+                _ => {}
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    /// Compiles and renders; a panic anywhere fails the property.
+    fn exercise(name: &str, text: &str, overrides: &[String]) {
+        match compile_source(name, text, overrides) {
+            Ok(module) => assert!(ir::verify::verify_module(&module).is_ok()),
+            Err(diags) => {
+                assert!(!diags.is_empty(), "an error result carries at least one diagnostic");
+                for d in &diags.errors {
+                    if let Some(span) = d.span {
+                        assert!(span.start <= span.end && span.end <= text.len(), "{d:?}");
+                    }
+                }
+                let _ = diags.render_plain();
+            }
+        }
+    }
+
+    #[test]
+    fn corpus_compiles_without_panic() {
+        for (name, text) in corpus() {
+            exercise(&name, &text, &[]);
+        }
+    }
+
+    #[test]
+    fn forward_reference_to_long_chain() {
+        let text = std::fs::read_to_string("tests/fuzz/corpus/forward_chain.net").unwrap();
+        let m = compile_source("forward_chain.net", &text, &[]).unwrap();
+        let g = &m.net("chain").unwrap().graph;
+        assert_eq!(g.node_count(), 4004, "input, first, 4000 chained relus, mid and out");
+    }
+
+    #[test]
+    fn deep_input_is_rejected_cleanly() {
+        for (file, kind) in [("too_deep", ErrorKind::Range), ("too_long_sum", ErrorKind::Range)] {
+            let text = std::fs::read_to_string(format!("tests/fuzz/corpus/{file}.net")).unwrap();
+            let diags = compile_errors(file, &text, &[]);
+            assert_eq!(diags.kinds(), [kind], "{file}");
+        }
+        let text = std::fs::read_to_string("tests/fuzz/corpus/block_recursion.net").unwrap();
+        assert_eq!(compile_errors("block_recursion", &text, &[]).kinds(), [ErrorKind::Cycle]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn edited_corpus_never_panics(file in any::<prop::sample::Index>(), edits in prop::collection::vec(edit(), 1..6)) {
+            let corpus = corpus();
+            let (name, text) = &corpus[file.index(corpus.len())];
+            exercise(name, &apply(text, &edits), &[]);
+        }
+
+        #[test]
+        fn random_text_never_panics(text in "\\PC{0,200}") {
+            exercise("random.net", &text, &[]);
+        }
+
+        #[test]
+        fn random_token_soup_never_panics(tokens in prop::collection::vec(0..TOKENS.len(), 0..60)) {
+            let text: Vec<&str> = tokens.iter().map(|&t| TOKENS[t]).collect();
+            exercise("soup.net", &text.join(" "), &[]);
+        }
+
+        #[test]
+        fn random_overrides_never_panic(name in "[a-z]{1,5}", value in "[-0-9a-z.=~()*+e]{0,12}") {
+            let text = std::fs::read_to_string("models/pix2pix.net").unwrap();
+            exercise("pix2pix.net", &text, &[format!("{name}={value}"), "ngf=8".into()]);
+        }
+    }
+}

@@ -47,7 +47,7 @@ const MAX_FILE_BYTES: usize = 4 << 20;
 /// Parses a whole file.
 pub fn parse_file(text: &str) -> Result<File, Diagnostic> {
     check_limits(text)?;
-    let mut pairs = NetParser::parse(Rule::file, text).map_err(syntax_error)?;
+    let mut pairs = NetParser::parse(Rule::file, text).map_err(|e| syntax_error(e, text))?;
     let file = pairs.next().expect("the file rule always yields one pair");
     let mut items = Vec::new();
     for pair in file.into_inner() {
@@ -62,7 +62,7 @@ pub fn parse_file(text: &str) -> Result<File, Diagnostic> {
 /// Parses an expression alone, as `--set name=value` values are.
 pub fn parse_expr(text: &str) -> Result<Expr, Diagnostic> {
     check_limits(text)?;
-    let mut pairs = NetParser::parse(Rule::expr, text).map_err(syntax_error)?;
+    let mut pairs = NetParser::parse(Rule::expr, text).map_err(|e| syntax_error(e, text))?;
     let pair = pairs.next().expect("the expr rule always yields one pair");
     if pair.as_str().len() != text.trim_end().len() {
         let at = pair.as_str().len();
@@ -416,17 +416,24 @@ fn next<'a>(pairs: &mut pest::iterators::Pairs<'a, Rule>) -> Pair<'a, Rule> {
 }
 
 /// Converts a pest error into a diagnostic with readable names for the expected tokens.
-fn syntax_error(error: pest::error::Error<Rule>) -> Diagnostic {
+fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
-    let span = match error.location {
-        InputLocation::Pos(p) => Span::new(p, p + 1),
-        InputLocation::Span((s, e)) => Span::new(s, e.max(s + 1)),
+    // The span covers the character at the error, or nothing at the end of the text.
+    let (start, end) = match error.location {
+        InputLocation::Pos(p) => (p, p + 1),
+        InputLocation::Span((s, e)) => (s, e.max(s + 1)),
     };
+    let end =
+        (start..=end.min(text.len())).rev().find(|&e| text.is_char_boundary(e)).unwrap_or(start);
+    let span = Span::new(start.min(text.len()), end.max(start.min(text.len())));
     let (message, label) = match &error.variant {
         ErrorVariant::ParsingError { positives, negatives: _ } => {
             let mut expected: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
             expected.sort_unstable();
             expected.dedup();
+            if expected.contains(&"an expression") {
+                expected.retain(|e| !EXPRESSION_PARTS.contains(e));
+            }
             match expected.as_slice() {
                 [] => ("invalid syntax".to_string(), "unexpected text".to_string()),
                 [one] => (format!("expected {one}"), format!("expected {one} here")),
@@ -441,6 +448,10 @@ fn syntax_error(error: pest::error::Error<Rule>) -> Diagnostic {
     };
     Diagnostic::new(ErrorKind::Syntax, span, message).with_label(label)
 }
+
+/// Expected-token names that "an expression" already covers.
+const EXPRESSION_PARTS: &[&str] =
+    &["`true` or `false`", "a layer name", "a name", "a number", "a string"];
 
 fn rule_name(rule: Rule) -> Option<&'static str> {
     Some(match rule {

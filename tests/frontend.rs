@@ -22,7 +22,7 @@ fn compile_errors(name: &str, text: &str, overrides: &[&str]) -> Diagnostics {
     }
 }
 
-/// The generator's parameter count from the pix2pix spec, computed independently of the
+/// Computes the generator's parameter count from the pix2pix spec, independently of the
 /// front end: no convolution has a bias, batch norm (scale and offset) follows e2..e_L
 /// and d_L..d2, and d_k for k < L reads twice the channels of e_k.
 fn unet_params(ngf: usize, levels: usize) -> usize {
@@ -182,7 +182,8 @@ mod pix2pix {
         assert_eq!(names(gen), ["g_gan", "g_l1"]);
         assert_eq!(g.node(d.loss).phase, 1);
         assert_eq!(g.node(gen.loss).phase, 2);
-        assert!(g.shape(d.loss).is_scalar() && g.shape(gen.loss).is_scalar());
+        assert!(g.shape(d.loss).is_scalar());
+        assert!(g.shape(gen.loss).is_scalar());
         let count =
             |s: &ir::StepSpec| s.params.iter().map(|&p| m.params[p].shape.numel()).sum::<usize>();
         assert_eq!(count(d), 2_768_640);
@@ -218,7 +219,8 @@ mod pix2pix {
             .map(|(n, _)| g.node(n).phase)
             .collect();
         assert_eq!(readers.len(), 2);
-        assert!(readers.contains(&1) && readers.contains(&2));
+        assert!(readers.contains(&1));
+        assert!(readers.contains(&2));
         let mut names: Vec<&str> =
             g.inner.node_indices().map(|n| g.node(n).name.as_str()).collect();
         let total = names.len();
@@ -316,7 +318,8 @@ mod text {
     #[test]
     fn empty_file_is_valid() {
         let m = compile_source("empty.net", "", &[]).unwrap();
-        assert!(m.nets.is_empty() && m.train.is_none());
+        assert!(m.nets.is_empty());
+        assert!(m.train.is_none());
         let m = compile_source("bom.net", "\u{feff}# only a comment\r\n", &[]).unwrap();
         assert!(m.nets.is_empty());
     }
@@ -422,7 +425,8 @@ mod errors {
     #[test]
     fn shape_mismatch_names_both_shapes() {
         let out = check("shape_mismatch", &[], &[Shape, Shape]);
-        assert!(out.contains("[1, 8, 30, 30]") && out.contains("[1, 8, 32, 32]"), "{out}");
+        assert!(out.contains("[1, 8, 30, 30]"), "{out}");
+        assert!(out.contains("[1, 8, 32, 32]"), "{out}");
     }
 
     #[test]
@@ -745,7 +749,8 @@ mod fuzz {
                 assert!(!diags.is_empty(), "an error result carries at least one diagnostic");
                 for d in &diags.errors {
                     if let Some(span) = d.span {
-                        assert!(span.start <= span.end && span.end <= text.len(), "{d:?}");
+                        assert!(span.start <= span.end, "{d:?}");
+                        assert!(span.end <= text.len(), "{d:?}");
                     }
                 }
                 let _ = diags.render_plain();

@@ -40,7 +40,7 @@ impl ParamTable {
     }
 }
 
-/// What a name means in the innermost scope.
+/// A scope: the meaning of names in the innermost block, network or train section.
 pub(super) enum Frame<'a> {
     /// A block body: its arguments, then the params.
     Block(HashMap<String, Value>),
@@ -127,7 +127,7 @@ impl<'p, 'a> Builder<'p, 'a> {
 
     // ---- Node construction -------------------------------------------------------------
 
-    /// A unique node name for a role (`conv`, `norm`) in the current layer.
+    /// Returns a unique node name for a role (`conv`, `norm`) in the current layer.
     pub(super) fn node_name(&mut self, role: &str) -> String {
         let count = self.roles.entry(role.to_string()).or_insert(0);
         *count += 1;
@@ -150,7 +150,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         name
     }
 
-    /// The stable name of a parameter of the current layer: `generator.e3.conv.weight`.
+    /// Returns the stable name of a parameter of the current layer: `generator.e3.conv.weight`.
     pub(super) fn param_name(&self, role_node: &str, tensor: &str) -> String {
         let role = role_node.rsplit('.').next().unwrap_or(role_node);
         format!("{}.{role}.{tensor}", self.param_prefix)
@@ -552,7 +552,7 @@ impl<'p, 'a> Builder<'p, 'a> {
 
     // ---- Expressions -------------------------------------------------------------------
 
-    /// Whether the first stage of a chain is a layer written without its input, as in
+    /// Returns whether the first stage of a chain is a layer written without its input, as in
     /// `e2 = down(128)`, so that it reads the layer above.
     pub(super) fn needs_implicit_input(&self, expr: &Expr) -> bool {
         match &expr.kind {
@@ -578,7 +578,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         ops::signature(name).is_some_and(|s| s.layer) || self.prog.blocks.contains_key(name)
     }
 
-    /// Whether `name` is a value (an argument, layer, let or block argument) in scope.
+    /// Returns whether `name` is a value (an argument, layer, let or block argument) in scope.
     fn is_value_name(&self, name: &str) -> bool {
         match self.frames.last() {
             Some(Frame::Block(locals)) => locals.contains_key(name),
@@ -689,7 +689,8 @@ impl<'p, 'a> Builder<'p, 'a> {
         self.add_op(ir_op, &[a, b], name, span)
     }
 
-    /// A tensor operand: a tensor as it is, a number as a scalar constant.
+    /// Converts a value to a tensor operand: a tensor as it is, a number as a scalar
+    /// constant.
     pub(super) fn as_tensor(&mut self, value: Value, span: Span) -> Option<NodeId> {
         match value {
             Value::Tensor(t) => Some(t),
@@ -735,7 +736,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         self.undefined(name, &text)
     }
 
-    /// The full name a reference denotes: `e{levels}` becomes `e8`.
+    /// Resolves the full name a reference denotes: `e{levels}` becomes `e8`.
     fn resolve_name(&mut self, name: &Name) -> Option<String> {
         let Some(index) = &name.index else { return Some(name.ident.text.clone()) };
         match program::eval_param_expr(index, &self.prog.params) {

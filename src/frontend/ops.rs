@@ -1,6 +1,6 @@
 //! The op catalogue of the language: each op's arguments, defaults and parameters, and
 //! how a call of it becomes IR nodes. The shape rules themselves live with the IR ops in
-//! `ir::op`; this file adds the parameters (weights, batch-norm statistics) that the
+//! `ir::op`. This file adds the parameters (weights, batch-norm statistics) that the
 //! front end infers from the input shape.
 //!
 //! Defaults follow PyTorch 2.x where it has one: `stride=1`, `padding=0`, `bias=true`,
@@ -16,15 +16,15 @@ use super::value::{format_float, type_error, Value};
 use crate::ir::{Init, NodeId, Op, ParamKind, Shape, Span};
 use std::collections::HashMap;
 
-/// The most channels or features one layer may have.
+/// The maximum number of channels or features of one layer.
 const MAX_CHANNELS: i64 = 1 << 20;
 /// The largest kernel, stride or padding.
 const MAX_WINDOW: i64 = 1 << 12;
-/// The most elements one parameter or activation may have. WGSL indexes buffers with
-/// 32-bit integers, so larger tensors could not run.
+/// The maximum number of elements of one parameter or activation. WGSL indexes buffers
+/// with 32-bit integers, so larger tensors could not run.
 const MAX_ELEMENTS: usize = 1 << 31;
 
-/// How an op is called.
+/// The calling convention of an op.
 pub struct Signature {
     pub name: &'static str,
     /// The allowed number of tensor operands, inclusive.
@@ -93,7 +93,7 @@ pub fn all_names() -> impl Iterator<Item = &'static str> + Clone {
     layer_op_names()
 }
 
-/// Whether a block or net may not take `name`.
+/// Returns whether `name` belongs to the language, so that no block or net may take it.
 pub fn is_builtin(name: &str) -> bool {
     signature(name).is_some()
         || super::program::FUNCTIONS.contains(&name)
@@ -473,7 +473,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         }
     }
 
-    /// An initializer argument: `Some(None)` when it is absent.
+    /// Reads an initializer argument: `Some(None)` when it is absent, `None` after an error.
     fn init_value(&mut self, b: &Bound, key: &str) -> Option<Option<Init>> {
         match b.values.get(key) {
             None => Some(None),

@@ -37,8 +37,8 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 /// recurse once per level, so the limit keeps deep input from overflowing the stack.
 const MAX_NESTING: usize = 64;
 
-/// The most operands and operators one expression may have, for the same reason: the
-/// tree of `1 + 1 + ...` is as deep as it is long.
+/// The maximum number of operands and operators in one expression, for the same reason:
+/// the tree of `1 + 1 + ...` is as deep as it is long.
 const MAX_EXPR_PARTS: usize = 2_000;
 
 /// The largest file the parser accepts.

@@ -19,7 +19,7 @@ use crate::ir::{Graph, Op, Shape};
 /// The largest trial size.
 const MAX_TRIAL: usize = 2048;
 
-/// What a network accepts for the height and width of one image argument.
+/// The heights and widths a network accepts for one image argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SizeReport {
     pub net: String,
@@ -52,7 +52,7 @@ impl SizeReport {
         }
     }
 
-    /// The legal sizes as a phrase: "multiples of 256", "at least 24".
+    /// Formats the legal sizes as a phrase: "multiples of 256", "at least 24".
     fn rule(&self) -> String {
         match &self.legal {
             Legal::Progression { first, step } if first == step => format!("multiples of {step}"),
@@ -71,8 +71,8 @@ impl SizeReport {
         }
     }
 
-    /// A help line for a shape error: the rule, the declared size and the nearest legal
-    /// sizes.
+    /// Formats a help line for a shape error: the rule, the declared size and the nearest
+    /// legal sizes.
     pub fn suggest(&self) -> String {
         let (arg, net, d) = (&self.arg, &self.net, self.declared);
         let mut line = format!(
@@ -89,7 +89,7 @@ impl SizeReport {
         line
     }
 
-    /// The legal sizes just below and above the declared one.
+    /// Returns the legal sizes just below and above the declared one.
     fn nearest(&self) -> Vec<usize> {
         let legal: Vec<usize> = match &self.legal {
             Legal::Progression { first, step } => (*first..=self.tried).step_by(*step).collect(),
@@ -165,7 +165,7 @@ fn try_lower(prog: &Program, net: &NetDecl, dims: &[Vec<usize>]) -> Option<Vec<S
     ok.then(|| params.decls.into_iter().map(|p| p.shape).collect())
 }
 
-/// Whether a strided window leaves input rows or columns unread, as a stride-2 conv does
+/// Returns whether a strided window leaves input rows or columns unread, as a stride-2 conv does
 /// on an odd size. PyTorch rounds such sizes down without an error, so a U-Net then
 /// returns an image smaller than its input.
 fn drops_pixels(graph: &Graph) -> bool {

@@ -1,7 +1,7 @@
 //! The train section: builds one iteration of training as a single flat graph with
 //! phases, and checks its settings. Needs the module's parameters from the standalone
-//! networks; afterwards each step's loss is a scalar node of its phase that depends on the
-//! parameters the step updates.
+//! networks. Afterwards each step's loss is a scalar node of its phase that depends on
+//! the parameters the step updates.
 //!
 //! Phase 0 holds `input`, `target` and the `let` values; step `k` (1-based, in file
 //! order) holds its loss terms. Each network call instantiates the network's nodes again,
@@ -28,25 +28,16 @@ pub fn lower_train(
     params: &mut ParamTable,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<TrainSpec> {
+    // Settings first. An unknown setting is often a misspelt required one, so the
+    // missing-setting errors would only repeat it.
     let errors_before = diags.len();
     let settings = collect_settings(train, diags);
-    // NOTE: an unknown setting is often a misspelt required one, so the missing-setting
-    // errors would only repeat it.
     let misspelt = diags.len() > errors_before;
     let data = match settings.get("data") {
         Some(expr) => data_spec(prog, expr, diags),
         None if misspelt => None,
         None => {
-            let d = Diagnostic::new(
-                ErrorKind::Missing,
-                train_head(train),
-                "the train section has no `data` setting",
-            )
-            .with_label("in this train section")
-            .with_help(
-                "bind the images, for example `data: paired(input=right, target=left, crop=256)`",
-            );
-            diags.push(d);
+            diags.push(missing_data(train));
             None
         }
     };
@@ -54,33 +45,39 @@ pub fn lower_train(
         Some(expr) => schedule(prog, expr, diags),
         None => Some(Schedule::Constant),
     };
-    let schedule_ok = schedule.is_some();
-    let schedule = schedule.unwrap_or(Schedule::Constant);
-    let epochs = match (settings.get("epochs"), misspelt || !schedule_ok) {
+    let epochs = match (settings.get("epochs"), misspelt || schedule.is_none()) {
         (None, true) => None,
-        (expr, _) => epochs(prog, expr.copied(), &schedule, train, diags),
+        (expr, _) => schedule.as_ref().and_then(|s| epochs(prog, expr.copied(), s, train, diags)),
     };
-    let Some(data) = data else {
+    let (Some(data), Some(schedule)) = (data, schedule) else {
         check_steps_alone(prog, train, diags);
         return None;
     };
     let epochs = epochs?;
-    if !schedule_ok {
-        return None;
-    }
+
+    // Then the iteration graph and the checks that need it.
     let mut builder = Builder::new(prog, params);
-    let spec = build_graph(&mut builder, train, &data, &settings);
+    let spec = build_graph(&mut builder, train, &data);
     diags.append(&mut builder.diags);
     let (graph, steps, first_net) = spec?;
     let generator = match settings.get("infer") {
         Some(expr) => infer_net(prog, expr, diags)?,
         None => first_net?,
     };
-    let mut spec =
-        TrainSpec { data, graph, steps, schedule, epochs, generator, span: Some(train.span) };
+    let span = Some(train.span);
+    let mut spec = TrainSpec { data, graph, steps, schedule, epochs, generator, span };
     fill_step_params(&mut spec, params);
     check_steps_reach_params(&spec, params, train, diags);
     Some(spec)
+}
+
+fn missing_data(train: &TrainDecl) -> Diagnostic {
+    let message = "the train section has no `data` setting";
+    Diagnostic::new(ErrorKind::Missing, train_head(train), message)
+        .with_label("in this train section")
+        .with_help(
+            "bind the images, for example `data: paired(input=right, target=left, crop=256)`",
+        )
 }
 
 fn train_head(train: &TrainDecl) -> Span {
@@ -566,7 +563,6 @@ fn build_graph(
     b: &mut Builder,
     train: &TrainDecl,
     data: &DataSpec,
-    _settings: &HashMap<&str, &Expr>,
 ) -> Option<(Graph, Vec<StepSpec>, Option<String>)> {
     let size = data.crop.or(data.resize).expect("data_spec requires crop or resize");
     let (input_shape, target_shape) = match &data.labeled {
@@ -739,7 +735,7 @@ fn lower_step(
     })
 }
 
-/// The name of a term: its label, else `<step>` for a single term or `<step>_<k>`.
+/// Returns the name of a term: its label, else `<step>` for a single term or `<step>_<k>`.
 fn term_name(term: &LossTerm, step: &str, k: usize, count: usize) -> String {
     match &term.name {
         Some(n) => n.text.clone(),

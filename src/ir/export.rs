@@ -5,7 +5,7 @@ use super::{Graph, Module, Op};
 use std::fmt::Write;
 
 /// Writes every network of the module and its train graph as one Graphviz digraph, each
-/// graph in its own cluster; the train graph has one nested cluster per phase.
+/// graph in its own cluster. The train graph has one nested cluster per phase.
 pub fn module_to_dot(module: &Module) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph {} {{", quote(&module.name));

@@ -8,6 +8,7 @@
 //! - the graph is acyclic and each node has exactly the operands its op takes, in slot order;
 //! - every `Param` node refers to a declared parameter whose shape is the node's shape.
 
+pub mod export;
 mod graph;
 mod module;
 mod op;
@@ -15,8 +16,8 @@ pub mod verify;
 
 pub use graph::{Graph, Node, NodeId, Operand};
 pub use module::{
-    DataSpec, Half, Init, LossTerm, Module, Net, NetInput, Optimizer, ParamDecl, ParamId,
-    ParamKind, Schedule, StepSpec, TrainSpec,
+    DataSpec, Half, Init, LabeledData, LossTerm, Module, Net, NetInput, Optimizer, ParamDecl,
+    ParamId, ParamKind, Schedule, StepSpec, TrainSpec,
 };
 pub use op::{Op, ShapeError};
 

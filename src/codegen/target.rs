@@ -26,7 +26,7 @@ impl Default for Tuning {
             workgroup_size: 256,
             elementwise_items: 4,
             conv_out_channel_tile: 8,
-            conv_pixel_tile: 4,
+            conv_pixel_tile: 8,
             reduce_max_groups: 256,
         }
     }

@@ -1,1 +1,2 @@
+pub mod autodiff;
 pub mod ir;

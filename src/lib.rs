@@ -1,2 +1,3 @@
 pub mod autodiff;
 pub mod ir;
+pub mod train;

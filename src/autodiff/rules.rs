@@ -111,7 +111,7 @@ pub(super) fn grad(
         }
 
         Op::Dropout { p } => {
-            let op = Op::DropoutGrad { p: *p, forward: forward.name.clone() };
+            let op = Op::DropoutGrad { p: *p, forward: node };
             out[0] = Some(e.op(op, &[dy], "dx")?);
         }
 

@@ -1,6 +1,6 @@
 //! The op set and each op's shape rule.
 
-use super::{ParamId, Shape};
+use super::{NodeId, ParamId, Shape};
 use serde::{Deserialize, Serialize};
 
 /// A typed tensor operation. Operands are listed in slot order in each variant's doc.
@@ -148,12 +148,12 @@ pub enum Op {
     LeakyReluGrad {
         slope: f32,
     },
-    /// `dy` with the mask of the forward dropout node named `forward` applied and the kept
-    /// elements scaled by `1 / (1 - p)`. The mask is drawn again from the same
-    /// counter-based hash as the forward node's, so nothing is stored. Operand: dy.
+    /// `dy` with the mask of the forward dropout node `forward` applied and the kept
+    /// elements scaled by `1 / (1 - p)`. The mask is drawn again from the counter-based
+    /// hash keyed by the forward node's id, so nothing is stored. Operand: dy.
     DropoutGrad {
         p: f32,
-        forward: String,
+        forward: NodeId,
     },
     /// Routes each element of dy to the first maximum of its window in x. Operands: x, dy.
     /// Output: x's shape.

@@ -1,3 +1,4 @@
 pub mod autodiff;
 pub mod ir;
+pub mod reference;
 pub mod train;

@@ -1,4 +1,9 @@
 pub mod autodiff;
+pub mod codegen;
+pub mod frontend;
+pub mod infer;
 pub mod ir;
+pub mod passes;
 pub mod reference;
+pub mod runtime;
 pub mod train;

@@ -39,7 +39,7 @@ pub struct StepGradients {
 }
 
 /// An error that stops a step from being differentiated.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, miette::Diagnostic)]
 pub enum AutodiffError {
     #[error("the loss of step {step} must be a scalar, got shape {shape}")]
     LossNotScalar { step: String, shape: Shape, span: Option<Span> },

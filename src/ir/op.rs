@@ -326,8 +326,9 @@ impl Op {
             }
             Op::BatchNormScaleGrad { .. } => batch_norm_scale_grad_shape(operands),
             Op::BatchNormInputGrad { .. } => batch_norm_input_grad_shape(operands),
-            Op::LeakyReluGrad { .. } | Op::MaxPool2dGrad { .. } => {
-                same_shapes(self.name(), operands[0], operands[1])
+            Op::LeakyReluGrad { .. } => same_shapes(self.name(), operands[0], operands[1]),
+            Op::MaxPool2dGrad { kernel, stride } => {
+                max_pool2d_grad_shape(operands[0], operands[1], *kernel, *stride)
             }
             Op::DropoutGrad { .. } => Ok(operands[0].clone()),
             Op::BceWithLogitsGrad | Op::L1LossGrad | Op::CrossEntropyGrad => {
@@ -604,6 +605,21 @@ fn batch_norm_input_grad_shape(ops: &[&Shape]) -> Result<Shape, ShapeError> {
                 "batch_norm_input_grad {what} must have shape {channels}, got {s}"
             ));
         }
+    }
+    Ok(x.clone())
+}
+
+fn max_pool2d_grad_shape(
+    x: &Shape,
+    dy: &Shape,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> Result<Shape, ShapeError> {
+    let y = max_pool2d_shape(x, kernel, stride)?;
+    if &y != dy {
+        return fail(format!(
+            "max_pool2d_grad output gradient must have max_pool2d's output shape {y}, got {dy}"
+        ));
     }
     Ok(x.clone())
 }

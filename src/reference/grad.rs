@@ -5,6 +5,52 @@
 //! Batch statistics use the biased variance (divided by the element count per channel),
 //! as training-mode batch norm does in the forward direction.
 
+use super::random::random_bits;
+use super::Tensor;
+use crate::codegen::dropout_threshold;
+use crate::codegen::wgsl::RunValues;
+use crate::ir::Op;
+
+/// Evaluates one of the ops that autodiff adds on its operands' values; `dims` is the
+/// node's output shape.
+pub fn evaluate(op: &Op, x: &[&Tensor], dims: &[usize], run: &RunValues) -> Tensor {
+    let data = match op {
+        Op::MatMul { transpose_a, transpose_b } => {
+            matmul(&x[0].data, &x[0].dims, &x[1].data, &x[1].dims, *transpose_a, *transpose_b)
+        }
+        Op::Reshape { .. } => x[0].data.clone(),
+        Op::Broadcast { axes, .. } => broadcast(&x[0].data, dims, axes),
+        Op::Slice { axis, start, len } => slice(&x[0].data, &x[0].dims, *axis, *start, *len),
+        Op::Conv2dWeightGrad { kernel, stride, padding } => conv2d_weight_grad(
+            &x[0].data, &x[0].dims, &x[1].data, &x[1].dims, *kernel, *stride, *padding,
+        ),
+        Op::BatchNormScaleGrad { eps } => {
+            batch_norm_scale_grad(&x[0].data, &x[0].dims, &x[1].data, *eps)
+        }
+        Op::BatchNormInputGrad { eps } => batch_norm_input_grad(
+            &x[0].data, &x[0].dims, &x[1].data, &x[2].data, &x[3].data, &x[4].data, *eps,
+        ),
+        Op::LeakyReluGrad { slope } => leaky_relu_grad(&x[0].data, &x[1].data, *slope),
+        Op::DropoutGrad { p, forward } => {
+            let threshold = dropout_threshold(*p);
+            let node = forward.index() as u32;
+            let kept =
+                |i: usize| (random_bits(run.seed, run.step, node, i as u32) >> 8) >= threshold;
+            dropout_grad(&x[0].data, *p, kept)
+        }
+        Op::MaxPool2dGrad { kernel, stride } => {
+            max_pool2d_grad(&x[0].data, &x[0].dims, &x[1].data, *kernel, *stride)
+        }
+        Op::BceWithLogitsGrad => bce_logits_grad(&x[0].data, &x[1].data, x[2].data[0]),
+        Op::L1LossGrad => l1_grad(&x[0].data, &x[1].data, x[2].data[0]),
+        Op::CrossEntropyGrad => {
+            cross_entropy_grad(&x[0].data, &x[0].dims, &x[1].data, x[2].data[0])
+        }
+        other => unreachable!("{} is a forward op, evaluated in ops", other.name()),
+    };
+    Tensor::new(dims.to_vec(), data)
+}
+
 /// Computes the row-major strides of `dims`.
 fn strides(dims: &[usize]) -> Vec<usize> {
     let mut strides = vec![1; dims.len()];

@@ -1198,3 +1198,88 @@ mod gan {
         }
     }
 }
+
+mod pix2pix {
+    use super::common::gpu;
+    use netc::ir::Module;
+    use netc::train::Trainer;
+    use std::path::Path;
+
+    /// The repository's pix2pix at its smallest legal size, 4 filters at 64x64.
+    fn small_pix2pix() -> Module {
+        let set = ["ngf=4", "ndf=4", "size=64"].map(String::from);
+        netc::frontend::compile_file(Path::new("models/pix2pix.net"), &set)
+            .expect("models/pix2pix.net compiles")
+    }
+
+    fn batch(module: &Module) -> (Vec<f32>, Vec<f32>) {
+        let train = module.train.as_ref().expect("a train section");
+        let (node, _) = train
+            .graph
+            .input_nodes()
+            .into_iter()
+            .find(|(_, name)| name == "input")
+            .expect("an input node");
+        let count = train.graph.shape(node).numel();
+        let wave = |i: usize, k: usize| ((i * k % 2001) as f32) / 1000.0 - 1.0;
+        (
+            (0..count).map(|i| wave(i, 7919)).collect(),
+            (0..count).map(|i| wave(i, 104_729)).collect(),
+        )
+    }
+
+    fn trainable_bits(trainer: &Trainer<'_>, net: &str) -> Vec<Vec<u32>> {
+        trainer
+            .trainable_names(net)
+            .iter()
+            .map(|name| {
+                let tensor = trainer.tensor(name).expect("the tensor exists");
+                tensor.data.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pix2pix_fits_one_batch() {
+        let module = small_pix2pix();
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let mut trainer = Trainer::new(&gpu, &module, 0).expect("the trainer compiles");
+        let (input, target) = batch(&module);
+        let mut l1 = Vec::new();
+        for _ in 0..6 {
+            let losses = trainer.step(&input, &target).expect("the iteration runs");
+            assert!(losses.iter().all(|(_, v)| v.is_finite()), "{losses:?}");
+            l1.push(losses.iter().find(|(n, _)| n == "g_l1").expect("the g_l1 term").1);
+        }
+
+        // Adam moves each weight by about the learning rate (2e-4) per step, so six steps
+        // lower the L1 term by about a percent.
+        assert!(l1.windows(2).all(|w| w[1] < w[0]), "the L1 term does not fall: {l1:?}");
+        assert!(l1[5] < 0.995 * l1[0], "the L1 term falls too little: {l1:?}");
+        assert_eq!(trainer.state().iteration, 6);
+        assert_eq!(trainer.state().updates, [("discriminator".into(), 6), ("generator".into(), 6)]);
+    }
+
+    #[test]
+    fn pix2pix_steps_freeze_other_network() {
+        let module = small_pix2pix();
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let (input, target) = batch(&module);
+        for (kept, frozen) in [("discriminator", "generator"), ("generator", "discriminator")] {
+            let mut single = module.clone();
+            let train = single.train.as_mut().expect("a train section");
+            train.steps.retain(|s| s.name == kept);
+            let mut trainer = Trainer::new(&gpu, &single, 1).expect("the trainer compiles");
+            let frozen_before = trainable_bits(&trainer, frozen);
+            let kept_before = trainable_bits(&trainer, kept);
+            trainer.step(&input, &target).expect("the iteration runs");
+
+            assert_eq!(
+                trainable_bits(&trainer, frozen),
+                frozen_before,
+                "step {kept} changed {frozen}"
+            );
+            assert_ne!(trainable_bits(&trainer, kept), kept_before, "step {kept} changed nothing");
+        }
+    }
+}

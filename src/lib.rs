@@ -1,4 +1,5 @@
 pub mod codegen;
+pub mod edit;
 pub mod frontend;
 pub mod infer;
 pub mod ir;

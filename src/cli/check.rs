@@ -17,7 +17,7 @@ pub fn run(
         return Err(miette::miette!("netc check --grad is not supported yet"));
     }
     if watch {
-        return Err(miette::miette!("netc check --watch is not supported yet"));
+        return super::watch::check(model);
     }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
     print!("{}", render(&module));

@@ -6,3 +6,4 @@ pub mod ir;
 pub mod passes;
 pub mod reference;
 pub mod runtime;
+pub mod train;

@@ -46,10 +46,15 @@ pub fn check(model: &ModelArgs) -> miette::Result<ExitCode> {
 fn check_once(model: &ModelArgs, bytes: &[u8], count: usize) {
     let started = Instant::now();
     let name = model.file.display().to_string();
-    let result = match std::str::from_utf8(bytes) {
+    let text = std::str::from_utf8(bytes);
+    let result = match text {
         Ok(text) => frontend::compile_source(&name, text, &model.set),
         // The file's own read reports the invalid byte with the usual message.
         Err(_) => frontend::compile_file(&model.file, &model.set),
+    };
+    let sizes = match (&result, text) {
+        (Ok(_), Ok(text)) => frontend::sizes::legal_input_sizes(text, &model.set),
+        _ => Vec::new(),
     };
     let elapsed = started.elapsed().as_millis();
 
@@ -61,7 +66,7 @@ fn check_once(model: &ModelArgs, bytes: &[u8], count: usize) {
     match result {
         Ok(module) => {
             let _ = writeln!(stdout, "check {count}: {name} is valid ({elapsed} ms)");
-            let _ = write!(stdout, "{}", super::check::render(&module));
+            let _ = write!(stdout, "{}", super::check::render(&module, &sizes));
         }
         Err(diagnostics) => {
             let errors = diagnostics.len();

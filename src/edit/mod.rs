@@ -3,9 +3,11 @@
 //!
 //! Needs: modules that the front end checked. Nothing here touches a device: [`diff`]
 //! compares two modules layer by layer, and [`transfer`] matches checkpoint tensors to the
-//! parameters of a module by name and shape. [`watch`] reports saves of a model file.
+//! parameters of a module by name and shape, and [`restore`] applies that to a training
+//! engine. [`watch`] reports saves of a model file.
 
 pub mod diff;
 pub mod layers;
+pub mod restore;
 pub mod transfer;
 pub mod watch;

@@ -13,6 +13,7 @@
 //! layer is dropped and re-initialised, never matched by position.
 
 use crate::ir::{ParamDecl, ParamId, ParamKind, Shape};
+use crate::train::checkpoint::Tensor;
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -25,6 +26,26 @@ pub struct SavedTensor {
     pub shape: Shape,
     pub values: Vec<f32>,
     pub moments: Vec<(String, Vec<f32>)>,
+}
+
+/// A parameter or buffer that the new module expects, by name and shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSlot {
+    pub name: String,
+    pub shape: Shape,
+    pub kind: ParamKind,
+}
+
+impl ParamSlot {
+    /// Lists the slots of a module's declared parameters, indexed by [`ParamId`].
+    pub fn of_params(params: &[ParamDecl]) -> Vec<ParamSlot> {
+        let slot = |p: &ParamDecl| ParamSlot {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            kind: p.kind,
+        };
+        params.iter().map(slot).collect()
+    }
 }
 
 /// The reason a parameter of the new module starts from its initializer.
@@ -100,10 +121,10 @@ pub enum TransferError {
     MomentCount { name: String, moment: String, expected: usize, got: usize },
 }
 
-/// Matches `saved` to `params` by name and shape. With `force`, a checkpoint that matches
+/// Matches `saved` to `params` (indexed by [`ParamId`]) by name and shape. With `force`, a checkpoint that matches
 /// no trainable parameter is accepted and every parameter is re-initialised.
 pub fn transfer(
-    params: &[ParamDecl],
+    params: &[ParamSlot],
     saved: Vec<SavedTensor>,
     force: bool,
 ) -> Result<Transfer, TransferError> {
@@ -163,6 +184,33 @@ pub fn transfer(
         "matched checkpoint tensors to parameters"
     );
     Ok(Transfer { tensors, report })
+}
+
+/// Pairs each checkpoint weight with its optimizer moments. A moment belongs to the
+/// weight whose name followed by a dot starts the moment's name, the longest such name
+/// when several do (`generator.e1.conv.weight.adam_m`). Returns the paired tensors and
+/// the moments that belong to no weight.
+pub fn pair_moments(weights: Vec<Tensor>, moments: Vec<Tensor>) -> (Vec<SavedTensor>, Vec<Tensor>) {
+    let mut saved: Vec<SavedTensor> = weights
+        .into_iter()
+        .map(|t| SavedTensor { name: t.name, shape: t.shape, values: t.data, moments: Vec::new() })
+        .collect();
+    let index: HashMap<String, usize> =
+        saved.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let mut unpaired = Vec::new();
+    for moment in moments {
+        // Try the longest dotted prefix first: `a.b.c.m` looks up `a.b.c`, then `a.b`, `a`.
+        let owner = moment
+            .name
+            .rmatch_indices('.')
+            .map(|(at, _)| &moment.name[..at])
+            .find_map(|prefix| index.get(prefix).copied());
+        match owner {
+            Some(i) => saved[i].moments.push((moment.name, moment.data)),
+            None => unpaired.push(moment),
+        }
+    }
+    (saved, unpaired)
 }
 
 fn describe_saved(t: &SavedTensor) -> String {
@@ -235,17 +283,9 @@ impl TransferReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::Init;
 
-    fn decl(name: &str, dims: &[usize], kind: ParamKind) -> ParamDecl {
-        ParamDecl {
-            name: name.into(),
-            shape: Shape::new(dims.to_vec()),
-            init: Init::Constant { value: 0.0 },
-            kind,
-            net: name.split('.').next().unwrap_or_default().into(),
-            span: None,
-        }
+    fn decl(name: &str, dims: &[usize], kind: ParamKind) -> ParamSlot {
+        ParamSlot { name: name.into(), shape: Shape::new(dims.to_vec()), kind }
     }
 
     fn saved(name: &str, dims: &[usize], first: f32) -> SavedTensor {
@@ -381,6 +421,27 @@ mod tests {
         twice.push(saved("g.e1.conv.weight", &[4, 3, 2, 2], 0.0));
         let error = transfer(&params, twice, true).expect_err("a repeated name");
         assert!(matches!(error, TransferError::DuplicateTensor { .. }));
+    }
+
+    #[test]
+    fn moments_pair_by_longest_prefix() {
+        let tensor = |name: &str, value: f32| Tensor {
+            name: name.into(),
+            shape: Shape::new([1]),
+            data: vec![value],
+        };
+        let weights = vec![tensor("g.e1.conv", 1.0), tensor("g.e1.conv.weight", 2.0)];
+        let moments = vec![
+            tensor("g.e1.conv.weight.adam_m", 3.0),
+            tensor("g.e1.conv.momentum_buffer", 4.0),
+            tensor("g.e9.conv.weight.adam_m", 5.0),
+            tensor("adam.step", 6.0),
+        ];
+        let (saved, unpaired) = pair_moments(weights, moments);
+        assert_eq!(saved[0].moments, vec![("g.e1.conv.momentum_buffer".to_string(), vec![4.0])]);
+        assert_eq!(saved[1].moments, vec![("g.e1.conv.weight.adam_m".to_string(), vec![3.0])]);
+        let names: Vec<&str> = unpaired.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["g.e9.conv.weight.adam_m", "adam.step"]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod data {
             crop: Some(256),
             flip: true,
             batch: 1,
+            labeled: None,
         }
     }
 
@@ -1076,6 +1077,7 @@ mod run {
             crop: Some(SIDE),
             flip: true,
             batch,
+            labeled: None,
         };
         let mut graph = Graph::new();
         for name in ["input", "target"] {

@@ -267,3 +267,118 @@ mod watch {
         assert!(table.contains("trainable parameters: 1,624"), "{table}");
     }
 }
+
+/// The compiled-kernel cache on the device: a recompile after a one-layer edit creates
+/// pipelines only for the kernels whose WGSL changed, and the reused pipelines compute
+/// the same values as the CPU reference.
+mod cache {
+    use netc::codegen::wgsl::RunValues;
+    use netc::codegen::{lower_graph, Kernel, Mode};
+    use netc::frontend::compile_file;
+    use netc::ir::Module;
+    use netc::reference::{self, Tensor};
+    use netc::runtime::{initial_values, kernel_key, Gpu, ParamStore, Program};
+    use std::collections::{HashMap, HashSet};
+    use std::path::PathBuf;
+
+    fn module(name: &str) -> Module {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/diff").join(name);
+        compile_file(&path, &[]).expect("the fixture compiles")
+    }
+
+    struct Compiled {
+        program: Program,
+        store: ParamStore,
+        kernels: Vec<Kernel>,
+    }
+
+    fn compile(gpu: &Gpu, module: &Module) -> Compiled {
+        let net = &module.nets[0];
+        let kernels = lower_graph(&net.graph, &gpu.target(), Mode::Train).expect("lowers");
+        let store = ParamStore::initialized(gpu, module, 3).expect("parameters");
+        let output = net.graph.output("output").expect("the net has an output");
+        let outputs = vec![("output".to_string(), output)];
+        let program = Program::compile(gpu, &net.graph, Mode::Train, &kernels, &store, &outputs)
+            .expect("the program compiles");
+        Compiled { program, store, kernels }
+    }
+
+    fn keys(kernels: &[Kernel]) -> HashSet<[u8; 32]> {
+        kernels.iter().map(kernel_key).collect()
+    }
+
+    /// Keys of the kernels of layer `layer`.
+    fn layer_keys(kernels: &[Kernel], layer: &str) -> HashSet<[u8; 32]> {
+        let prefix = format!("generator.{layer}.");
+        kernels.iter().filter(|k| k.name.starts_with(&prefix)).map(kernel_key).collect()
+    }
+
+    #[test]
+    fn one_layer_edit_reuses_untouched_kernels() {
+        // A device of its own, so no other test's pipelines are in its cache.
+        let gpu = Gpu::open(None).expect("the cache test needs a wgpu adapter");
+        let base = module("unet.net");
+        let widened = module("widened.net");
+
+        let first = compile(&gpu, &base);
+        let first_keys = keys(&first.kernels);
+        assert_eq!(first.program.shader_counts().reused, 0);
+        assert_eq!(first.program.shader_counts().compiled, first_keys.len());
+        assert_eq!(gpu.kernels.len(), first_keys.len());
+
+        // Widening d2 changes the kernels of d2 and of d1, which reads it; e1 and e2 keep
+        // their WGSL and so their pipelines.
+        let second = compile(&gpu, &widened);
+        let second_keys = keys(&second.kernels);
+        let kept: HashSet<_> = first_keys.intersection(&second_keys).copied().collect();
+        let counts = second.program.shader_counts();
+        assert_eq!(counts.reused, kept.len());
+        assert_eq!(counts.compiled, second_keys.len() - kept.len());
+        for layer in ["e1", "e2"] {
+            let untouched = layer_keys(&second.kernels, layer);
+            assert!(!untouched.is_empty(), "layer {layer} has kernels");
+            assert!(untouched.is_subset(&kept), "every kernel of {layer} is reused");
+        }
+        assert!(!layer_keys(&second.kernels, "d2").is_subset(&kept), "d2 is compiled again");
+        assert!(counts.compiled > 0);
+        assert_eq!(gpu.kernels.len(), first_keys.union(&second_keys).count());
+
+        // Going back to the first version compiles nothing.
+        let third = compile(&gpu, &base);
+        assert_eq!(third.program.shader_counts().compiled, 0);
+        assert_eq!(third.program.shader_counts().reused, first_keys.len());
+
+        check_against_reference(&gpu, &widened, &second);
+    }
+
+    /// Runs the program built from reused pipelines and compares it with the reference.
+    fn check_against_reference(gpu: &Gpu, module: &Module, compiled: &Compiled) {
+        let net = &module.nets[0];
+        let input = &net.inputs[0];
+        let count = input.shape.numel();
+        // Odd, uneven values, so a wrong binding or stride shows.
+        let values: Vec<f32> = (0..count).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        compiled.program.write_input(gpu, &input.name, &values).expect("input upload");
+        let run = RunValues::default();
+        let device = compiled.program.run(gpu, &run, &["output"]).expect("runs").remove(0);
+        assert_eq!(compiled.store.len(), module.params.len());
+
+        let mut params: Vec<Option<Tensor>> = module
+            .params
+            .iter()
+            .map(|p| {
+                let data = initial_values(p, 3).expect("initial values");
+                Some(Tensor::new(p.shape.dims().to_vec(), data))
+            })
+            .collect();
+        let inputs =
+            HashMap::from([(input.name.clone(), Tensor::new(input.shape.dims().to_vec(), values))]);
+        let output = net.graph.output("output").expect("output");
+        let all = reference::evaluate(&net.graph, &inputs, &mut params, Mode::Train, &run)
+            .expect("the reference evaluates");
+        let want = all[output.index()].clone().expect("output evaluated").data;
+        assert_eq!(device.len(), want.len());
+        let worst = device.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "largest difference from the reference: {worst}");
+    }
+}

@@ -22,7 +22,7 @@ pub fn run(
         return check_grad(&module, device);
     }
     if watch {
-        return Err(miette::miette!("netc check --watch is not supported yet"));
+        return super::watch::check(model);
     }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
     let sizes = match std::fs::read_to_string(&model.file) {

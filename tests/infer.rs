@@ -329,3 +329,29 @@ fn netc_run_infer_reports_missing_image() {
     assert!(stderr.contains("absent.jpg"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn missing_adapter_error_says_how_to_install_lavapipe() {
+    // WGPU_BACKEND restricts wgpu to Metal, which no Linux machine has, so no adapter opens.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+        .arg("devices")
+        .env("WGPU_BACKEND", "metal")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+    // miette wraps the help line, so the command is checked in its two halves.
+    assert!(stderr.contains("apt-get install"), "{stderr}");
+    assert!(stderr.contains("mesa-vulkan-drivers libvulkan1"), "{stderr}");
+}
+
+#[test]
+fn unknown_adapter_lists_available_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = netc_infer(dir.path(), "a", &["--adapter", "no-such-adapter-name"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no adapter matches \"no-such-adapter-name\""), "{stderr}");
+    assert!(stderr.contains("available:"), "{stderr}");
+}

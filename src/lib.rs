@@ -1,2 +1,10 @@
+pub mod autodiff;
+pub mod codegen;
+pub mod edit;
 pub mod frontend;
+pub mod infer;
 pub mod ir;
+pub mod passes;
+pub mod reference;
+pub mod runtime;
+pub mod train;

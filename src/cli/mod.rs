@@ -8,6 +8,7 @@ mod diff;
 mod graph;
 mod run;
 mod shaders;
+mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -94,7 +95,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Print the architecture change between two versions of a model
     Diff {
+        /// The `.net` file before the edit
         old: PathBuf,
+        /// The `.net` file after the edit
         new: PathBuf,
         /// Override a `param` of both models, as name=value; repeatable
         #[arg(long = "set", value_name = "NAME=VALUE")]
@@ -117,7 +120,8 @@ pub fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(netc::train::progress::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -571,15 +571,6 @@ mod cli {
     }
 
     #[test]
-    fn check_grad_not_supported_yet() {
-        for flag in ["--grad", "--watch"] {
-            let out = netc(&["check", "models/pix2pix.net", flag]);
-            assert!(!out.status.success());
-            assert!(stderr(&out).contains("not supported yet"), "{}", stderr(&out));
-        }
-    }
-
-    #[test]
     fn graph_dot_has_every_graph() {
         let out = netc(&["graph", "models/pix2pix.net", "--format", "dot"]);
         assert!(out.status.success(), "{}", stderr(&out));

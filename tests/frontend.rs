@@ -452,6 +452,11 @@ mod errors {
     }
 
     #[test]
+    fn unused_train_value_is_reported() {
+        check("unused_let", &[], &[Unused]);
+    }
+
+    #[test]
     fn missing_input_and_argument() {
         check("missing_input", &[], &[Missing, Missing]);
     }

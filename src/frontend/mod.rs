@@ -46,7 +46,7 @@ pub fn compile_source(
 ) -> Result<Module, Diagnostics> {
     let _span = tracing::info_span!("frontend", file = file_name).entered();
     let mut diags = Vec::new();
-    let ast = match parse::parse_file(text) {
+    let ast = match tracing::debug_span!("parse").in_scope(|| parse::parse_file(text)) {
         Ok(ast) => ast,
         Err(d) => return Err(Diagnostics::new(file_name, text, vec![d])),
     };

@@ -68,6 +68,7 @@ pub fn lower_train(
     let mut spec = TrainSpec { data, graph, steps, schedule, epochs, generator, span };
     fill_step_params(&mut spec, params);
     check_steps_reach_params(&spec, params, train, diags);
+    check_lets_used(&spec, train, diags);
     Some(spec)
 }
 
@@ -857,5 +858,29 @@ fn check_steps_reach_params(
                 .with_help(format!("call `{}` in the loss, outside stop_gradient(...)", step.name));
             diags.push(d);
         }
+    }
+}
+
+/// Rejects a `let` value that no step reads: it would be computed every iteration for
+/// nothing, and it is most often a misspelt reference in a loss.
+fn check_lets_used(spec: &TrainSpec, train: &TrainDecl, diags: &mut Vec<Diagnostic>) {
+    let mut reached = std::collections::HashSet::new();
+    let mut stack: Vec<NodeId> = spec.steps.iter().map(|s| s.loss).collect();
+    while let Some(n) = stack.pop() {
+        if reached.insert(n) {
+            stack.extend(spec.graph.operands(n));
+        }
+    }
+    for item in &train.items {
+        let TrainItem::Let { name, .. } = item else { continue };
+        let Some(node) = spec.graph.output(&name.text) else { continue };
+        if reached.contains(&node) {
+            continue;
+        }
+        let message = format!("value `{}` of the train section is not used by any step", name.text);
+        let d = Diagnostic::new(ErrorKind::Unused, name.span, message)
+            .with_label("no loss reads this value")
+            .with_help(format!("use `{}` in a loss term, or remove it", name.text));
+        diags.push(d);
     }
 }

@@ -53,6 +53,9 @@ pub struct RunArgs {
     pub watch: bool,
 }
 
-pub fn run(_args: &RunArgs) -> miette::Result<ExitCode> {
+pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
+    if !args.infer.is_empty() {
+        return super::infer::run(args);
+    }
     Err(miette::miette!("netc run is not built yet"))
 }

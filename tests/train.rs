@@ -18,7 +18,7 @@ mod data {
     use super::*;
     use image::{Rgb, RgbImage};
     use netc::ir::{DataSpec, Half};
-    use netc::train::data::{locate, DataCursor, DataError, Mode, PairedDataset};
+    use netc::train::data::{locate, DataCursor, DataError, ImageDataset, Mode};
 
     fn pix2pix_spec() -> DataSpec {
         DataSpec {
@@ -61,7 +61,7 @@ mod data {
     #[test]
     fn loads_every_facades_pair() {
         let start = std::time::Instant::now();
-        let set = PairedDataset::load(&facades_train(), &pix2pix_spec(), Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(&facades_train(), &pix2pix_spec(), Mode::Train, 3).unwrap();
         eprintln!("decoded and resized 400 pairs in {:?}", start.elapsed());
         assert_eq!(set.len(), 400);
         assert_eq!(set.batches_per_epoch(), 400);
@@ -85,7 +85,7 @@ mod data {
             let module = netc::frontend::compile_file(&model, &set).unwrap();
             let train = module.train.as_ref().unwrap();
             assert_eq!(train.data.resize, Some(resize));
-            let set = PairedDataset::load(&facades_train(), &train.data, Mode::Train, 3).unwrap();
+            let set = ImageDataset::load(&facades_train(), &train.data, Mode::Train, 3).unwrap();
             let batch = set.batch(0, DataCursor::default());
             for name in ["input", "target"] {
                 let node = train
@@ -103,7 +103,7 @@ mod data {
     fn binds_right_half_as_input() {
         // Without resize, crop or flip, the values are the decoded pixels themselves.
         let dir = facades_train();
-        let set = PairedDataset::load(&dir, &plain_spec(1), Mode::Eval, 3).unwrap();
+        let set = ImageDataset::load(&dir, &plain_spec(1), Mode::Eval, 3).unwrap();
         let batch = set.fixed_samples(1);
         let file = &set.files()[batch.indices[0]];
         let img = image::open(file).unwrap().to_rgb8();
@@ -127,7 +127,7 @@ mod data {
         }
 
         let swapped = DataSpec { input: Half::Left, target: Half::Right, ..plain_spec(1) };
-        let other = PairedDataset::load(&dir, &swapped, Mode::Eval, 3).unwrap().fixed_samples(1);
+        let other = ImageDataset::load(&dir, &swapped, Mode::Eval, 3).unwrap().fixed_samples(1);
         assert_eq!(other.input, batch.target);
         assert_eq!(other.target, batch.input);
     }
@@ -139,7 +139,7 @@ mod data {
             write_pair(&dir.path().join(format!("{i}.png")), 40, ramp, ramp);
         }
         let spec = DataSpec { resize: Some(40), crop: Some(31), batch: 2, ..pix2pix_spec() };
-        let set = PairedDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
         let mut flipped = 0;
         let mut origins = std::collections::HashSet::new();
         for epoch in 0..4 {
@@ -165,7 +165,7 @@ mod data {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("a.png"), 20, ramp, |x, y| ramp(y, x));
         let spec = DataSpec { resize: None, crop: Some(13), batch: 1, ..pix2pix_spec() };
-        let set = PairedDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
         let plane = 13 * 13;
         for epoch in 0..8 {
             let batch = set.batch(11, DataCursor { epoch, batch: 0 });
@@ -204,7 +204,7 @@ mod data {
 
     #[test]
     fn order_reproducible_from_seed() {
-        let set = PairedDataset::load(&facades_train(), &plain_spec(4), Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(&facades_train(), &plain_spec(4), Mode::Train, 3).unwrap();
         let order = set.order(5, 2);
         let mut sorted = order.clone();
         sorted.sort();
@@ -229,7 +229,7 @@ mod data {
         for i in 0..7 {
             write_pair(&dir.path().join(format!("{i}.png")), 8, ramp, ramp);
         }
-        let set = PairedDataset::load(dir.path(), &plain_spec(3), Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &plain_spec(3), Mode::Train, 3).unwrap();
         assert_eq!(set.batches_per_epoch(), 2);
         assert_eq!(set.cursor_at(2), DataCursor { epoch: 1, batch: 0 });
     }
@@ -238,7 +238,7 @@ mod data {
     fn luma_channel_when_network_takes_one() {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("g.png"), 8, |_, _| [255, 255, 255], |_, _| [0, 0, 0]);
-        let set = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Eval, 1).unwrap();
+        let set = ImageDataset::load(dir.path(), &plain_spec(1), Mode::Eval, 1).unwrap();
         let batch = set.fixed_samples(4);
         assert_eq!(batch.shape, [1, 1, 8, 8]);
         assert!(batch.input.iter().all(|&v| v == -1.0));
@@ -256,7 +256,7 @@ mod data {
         RgbImage::new(300, 256).save(dir.path().join("wide.png")).unwrap();
         std::fs::write(dir.path().join("README.txt"), b"skipped: not an image extension").unwrap();
 
-        let err = PairedDataset::load(dir.path(), &pix2pix_spec(), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &pix2pix_spec(), Mode::Train, 3).unwrap_err();
         let DataError::BadFiles { files, total, .. } = &err else {
             panic!("unexpected error {err:?}")
         };
@@ -277,12 +277,12 @@ mod data {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("a.png"), 16, ramp, ramp);
         write_pair(&dir.path().join("b.png"), 12, ramp, ramp);
-        let err = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("b.png: halves are 12x12"), "{message}");
 
         let resized = DataSpec { resize: Some(10), ..plain_spec(1) };
-        let set = PairedDataset::load(dir.path(), &resized, Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &resized, Mode::Train, 3).unwrap();
         assert_eq!(set.sample_size(), 10);
     }
 
@@ -290,15 +290,86 @@ mod data {
     fn too_few_pairs_for_batch() {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("a.png"), 8, ramp, ramp);
-        let err = PairedDataset::load(dir.path(), &plain_spec(2), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &plain_spec(2), Mode::Train, 3).unwrap_err();
         assert!(matches!(err, DataError::TooFewPairs { count: 1, batch: 2, .. }), "{err:?}");
     }
 
     #[test]
     fn empty_folder_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let err = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
         assert!(matches!(err, DataError::Empty { .. }), "{err:?}");
+    }
+
+    fn labeled_spec(classes: usize, channels: usize, batch: usize) -> DataSpec {
+        let labeled = Some(netc::ir::LabeledData { classes, channels });
+        DataSpec { resize: Some(8), crop: None, flip: true, batch, labeled, ..pix2pix_spec() }
+    }
+
+    /// Writes `root/NAME/K.png` images of assorted sizes, each a solid colour per class.
+    fn labeled_folder(classes: &[(&str, [u8; 3])], per_class: u32) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (name, colour) in classes {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for k in 0..per_class {
+                let img = RgbImage::from_pixel(9 + 3 * k, 7 + k, Rgb(*colour));
+                img.save(dir.join(format!("{k}.png"))).unwrap();
+            }
+        }
+        root
+    }
+
+    #[test]
+    fn labeled_classes_follow_folder_order() {
+        let colours = [("zebra", [255, 255, 255]), ("ant", [0, 0, 0]), ("cat", [255, 0, 0])];
+        let root = labeled_folder(&colours, 3);
+        let set = ImageDataset::load(root.path(), &labeled_spec(3, 3, 4), Mode::Train, 3).unwrap();
+        assert_eq!(set.classes(), ["ant", "cat", "zebra"]);
+        assert_eq!(set.len(), 9);
+        assert_eq!(set.target_shape(), [4]);
+        assert_eq!(set.batches_per_epoch(), 2);
+
+        let batch = set.batch(1, DataCursor { epoch: 0, batch: 1 });
+        assert_eq!(batch.shape, [4, 3, 8, 8]);
+        assert_eq!(batch.target.len(), 4);
+        for (slot, &index) in batch.indices.iter().enumerate() {
+            let class = batch.target[slot] as usize;
+            let folder = set.files()[index].parent().unwrap().file_name().unwrap();
+            assert_eq!(folder.to_str().unwrap(), set.classes()[class], "slot {slot}");
+            let red = batch.input[slot * 192];
+            let expected = if class == 0 { -1.0 } else { 1.0 };
+            assert_eq!(red, expected, "slot {slot} class {class}");
+        }
+    }
+
+    #[test]
+    fn labeled_errors_name_folder_and_file() {
+        let root = labeled_folder(&[("a", [0, 0, 0]), ("b", [9, 9, 9])], 2);
+        let err =
+            ImageDataset::load(root.path(), &labeled_spec(3, 3, 1), Mode::Train, 3).unwrap_err();
+        assert!(matches!(err, DataError::ClassCount { found: 2, classes: 3, .. }), "{err:?}");
+
+        std::fs::write(root.path().join("b/broken.jpg"), b"no").unwrap();
+        let err =
+            ImageDataset::load(root.path(), &labeled_spec(2, 3, 1), Mode::Train, 3).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("broken.jpg: not a readable image"), "{message}");
+
+        let err =
+            ImageDataset::load(root.path(), &labeled_spec(2, 1, 1), Mode::Train, 3).unwrap_err();
+        assert!(matches!(err, DataError::InvalidSpec { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn labeled_grayscale_has_one_channel() {
+        let root = labeled_folder(&[("a", [0, 0, 0]), ("b", [255, 255, 255])], 1);
+        let set = ImageDataset::load(root.path(), &labeled_spec(2, 1, 2), Mode::Eval, 1).unwrap();
+        let batch = set.fixed_samples(2);
+        assert_eq!(batch.shape, [2, 1, 8, 8]);
+        assert_eq!(batch.target, [0.0, 1.0]);
+        assert!(batch.input[..64].iter().all(|&v| v == -1.0));
+        assert!(batch.input[64..].iter().all(|&v| v == 1.0));
     }
 
     #[test]

@@ -1398,3 +1398,196 @@ mod run {
         assert!(err.to_string().contains("pairs/train"), "{err}");
     }
 }
+/// The whole run on the device (lavapipe here): a two-level pix2pix trained on six real
+/// facades pairs, through the `Trainer`, checkpoints and the CLI.
+mod device {
+    use super::facades_train;
+    use netc::runtime::Gpu;
+    use netc::train::checkpoint;
+    use netc::train::engine::DeviceEngine;
+    use netc::train::report::{read_losses, LOSSES_FILE};
+    use netc::train::run::{train, RunOptions};
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::{Mutex, OnceLock};
+
+    /// pix2pix at 16x16: a U-Net generator with one skip, batch norm and dropout, and a
+    /// small PatchGAN. Two pairs a batch and a learning rate that decays after epoch 0.
+    const TINY: &str = r#"param ngf = 4
+param size = 16
+
+defaults conv2d(kernel=4, stride=2, padding=1, bias=false, init=normal(0, 0.02))
+defaults conv_transpose2d(kernel=4, stride=2, padding=1, bias=false, init=normal(0, 0.02))
+defaults batch_norm(eps=1e-5, scale_init=normal(1, 0.02), offset_init=constant(0))
+
+net generator(x: [3, size, size]) {
+    e1 = x -> conv2d(ngf)
+    e2 = leaky_relu(0.2) -> conv2d(ngf * 2) -> batch_norm
+    d2 = relu -> conv_transpose2d(ngf) -> batch_norm -> dropout(0.5)
+    d1 = relu -> conv_transpose2d(3) -> tanh
+    skip e1 -> d1
+}
+
+net discriminator(x: [3, size, size], y: [3, size, size]) {
+    xy = concat(x, y)
+    l1 = conv2d(ngf) -> leaky_relu(0.2)
+    l2 = conv2d(ngf * 2) -> batch_norm -> leaky_relu(0.2)
+    logits = conv2d(1, stride=1)
+}
+
+train {
+    data: paired(input=right, target=left, resize=size + 3, crop=size, flip=true, batch=2)
+    schedule: linear_decay(constant=1, decay=2)
+    infer: generator
+
+    fake = generator(input)
+    step discriminator: adam(lr=2e-4, beta1=0.5) minimize
+        d_real: bce_logits(discriminator(input, target), 1)
+        + d_fake: bce_logits(discriminator(input, stop_gradient(fake)), 0)
+    step generator: adam(lr=2e-4, beta1=0.5) minimize
+        g_gan: bce_logits(discriminator(input, fake), 1)
+        + g_l1: 100 * l1(fake, target)
+}
+"#;
+
+    fn gpu() -> &'static Mutex<Gpu> {
+        static GPU: OnceLock<Mutex<Gpu>> = OnceLock::new();
+        GPU.get_or_init(|| {
+            Mutex::new(Gpu::open(None).expect("the device tests need a wgpu adapter (lavapipe)"))
+        })
+    }
+
+    /// A data folder with `facades/train/` holding the first six real pairs.
+    fn six_pairs() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let train = root.path().join("facades/train");
+        std::fs::create_dir_all(&train).unwrap();
+        for i in 1..=6 {
+            std::fs::copy(facades_train().join(format!("{i}.jpg")), train.join(format!("{i}.jpg")))
+                .unwrap();
+        }
+        root
+    }
+
+    fn options(data: &Path, out: &Path, steps: u64) -> RunOptions {
+        RunOptions {
+            source: TINY.to_string(),
+            dataset: "facades".into(),
+            data: Some(data.to_path_buf()),
+            steps: Some(steps),
+            seed: 4,
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            images_every: 0,
+            checkpoint_every: 0,
+            ..RunOptions::default()
+        }
+    }
+
+    fn bits(run: &Path) -> Vec<(String, Vec<u32>)> {
+        let saved = checkpoint::load(run).unwrap();
+        let all = saved.weights.iter().chain(&saved.moments);
+        all.map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect())).collect()
+    }
+
+    fn loss_bits(run: &Path) -> Vec<Vec<u32>> {
+        let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        rows.iter().map(|r| r.losses.iter().map(|v| v.to_bits()).collect()).collect()
+    }
+
+    #[test]
+    fn resume_is_bit_identical() {
+        let module = netc::frontend::compile_source("tiny.net", TINY, &[]).unwrap();
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let data = six_pairs();
+        let runs = tempfile::tempdir().unwrap();
+        let (straight, split) = (runs.path().join("straight"), runs.path().join("split"));
+
+        // Six pairs in batches of two: steps 1-3 are epoch 0 and steps 4-6 epoch 1, at a
+        // decayed learning rate.
+        let mut engine = DeviceEngine::new(&gpu, &module, 4).unwrap();
+        train(&module, &mut engine, &options(data.path(), &straight, 6)).unwrap();
+        let mut engine = DeviceEngine::new(&gpu, &module, 4).unwrap();
+        train(&module, &mut engine, &options(data.path(), &split, 3)).unwrap();
+
+        // A fresh engine with another seed: everything must come from the checkpoint.
+        let mut engine = DeviceEngine::new(&gpu, &module, 99).unwrap();
+        let resume = RunOptions {
+            resume: Some(split.clone()),
+            out: None,
+            seed: 99,
+            ..options(data.path(), &split, 6)
+        };
+        let summary = train(&module, &mut engine, &resume).unwrap();
+        assert_eq!(summary.first_step, 3);
+        assert_eq!(summary.steps, 3);
+
+        let (a, b) = (bits(&straight), bits(&split));
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter().any(|(n, _)| n == "generator.d2.norm.running_mean"),
+            "{:?}",
+            a.iter().map(|t| &t.0).collect::<Vec<_>>()
+        );
+        assert!(
+            a.iter().any(|(n, _)| n.starts_with("optimizer.generator.")),
+            "no optimizer state saved"
+        );
+        for ((name, x), (other, y)) in a.iter().zip(&b) {
+            assert_eq!(name, other);
+            assert!(x == y, "{name} differs after resume");
+        }
+        assert_eq!(loss_bits(&straight), loss_bits(&split));
+
+        let record = checkpoint::load(&split).unwrap().record;
+        assert_eq!(record.step, 6);
+        // The next step is the first of epoch 2, at a third of the base rate.
+        assert_eq!(record.epoch, 2);
+        assert_eq!(record.learning_rates["generator"], 2e-4 / 3.0);
+        assert_eq!(record.rng["iteration"], 6);
+    }
+
+    #[test]
+    fn cli_trains_then_resumes() {
+        let data = six_pairs();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("tiny.net"), TINY).unwrap();
+        let netc = |args: &[&str]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_netc"))
+                .current_dir(work.path())
+                .args(args)
+                .env("NETC_DATA", data.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "netc {args:?} failed:\n{stdout}\n{stderr}");
+            stdout
+        };
+
+        let stdout = netc(&["run", "tiny.net", "--train", "facades", "--steps", "2", "--quiet"]);
+        assert!(stdout.contains("trained steps 1..2"), "{stdout}");
+        let run = work.path().join("runs/tiny-facades");
+        assert!(run.join("index.html").is_file());
+        assert!(run.join("images/step-00000002.png").is_file());
+
+        let stdout = netc(&[
+            "run",
+            "tiny.net",
+            "--train",
+            "facades",
+            "--steps",
+            "4",
+            "--quiet",
+            "--resume",
+            "runs/tiny-facades",
+        ]);
+        assert!(stdout.contains("trained steps 3..4"), "{stdout}");
+        let (columns, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        assert_eq!(columns, ["d_real", "d_fake", "g_gan", "g_l1"]);
+        assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        let record = checkpoint::load(&run).unwrap().record;
+        assert_eq!(record.model.source, TINY);
+        assert_eq!(record.step, 4);
+    }
+}

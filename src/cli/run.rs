@@ -87,8 +87,6 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     let module =
         frontend::compile_source(&name, &source, &args.model.set).map_err(miette::Report::new)?;
 
-    let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
-    let mut engine = DeviceEngine::new(&gpu, &module, args.seed).map_err(miette::Report::new)?;
     let options = RunOptions {
         source,
         overrides: args.model.set.clone(),
@@ -106,7 +104,13 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
         images_every: args.images_every,
         checkpoint_every: args.checkpoint_every,
     };
-    let summary = run::train(&module, &mut engine, &options).map_err(miette::Report::new)?;
+
+    // Data errors come before the device work, which takes minutes on a CPU adapter.
+    let data = run::load_data(&module, &options).map_err(miette::Report::new)?;
+    let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
+    let mut engine = DeviceEngine::new(&gpu, &module, args.seed).map_err(miette::Report::new)?;
+    let summary =
+        run::train_on(&module, &mut engine, &options, data).map_err(miette::Report::new)?;
 
     let losses: Vec<String> =
         summary.last_losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();

@@ -138,8 +138,9 @@ impl Engine for DeviceEngine<'_> {
             ));
         }
 
-        // The generator's batch size is fixed, so samples go in groups of `n`, the last one
-        // padded with zeros; evaluation mode keeps the padding from affecting the others.
+        // The generator's batch size is fixed, so samples go in groups of `n` and the last
+        // group is padded with zeros. Evaluation mode keeps the padding from affecting the
+        // others, because batch norm uses its running statistics there.
         let (in_size, out_size) = (c * h * w, out_c * out_h * out_w);
         let program = self.generator.program();
         let mut output = Vec::with_capacity(batch.shape[0] * out_size);

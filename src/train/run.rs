@@ -165,7 +165,7 @@ pub struct RunSummary {
 }
 
 /// The data a run trains on and shows in its grids.
-struct RunData {
+pub struct RunData {
     train: ImageDataset,
     /// Fixed samples for the image grids: from `val/` when present, else from `train/`.
     grid: Batch,
@@ -184,6 +184,17 @@ pub fn train(
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
     let data = load_data(module, options)?;
+    train_on(module, engine, options, data)
+}
+
+/// Trains as [`train`] does, on data that [`load_data`] already loaded. The CLI loads the
+/// data first, so a missing or broken file is reported before the device compiles.
+pub fn train_on(
+    module: &Module,
+    engine: &mut dyn Engine,
+    options: &RunOptions,
+    data: RunData,
+) -> Result<RunSummary, RunError> {
     let run_dir = run_folder(module, options)?;
     std::fs::create_dir_all(&run_dir)
         .map_err(|source| ReportError::Write { path: run_dir.clone(), source })?;
@@ -237,7 +248,9 @@ pub fn train(
     Ok(summary)
 }
 
-fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError> {
+/// Finds, decodes and checks the training data (and `val/` for the grids, when present)
+/// and compares its batch shapes with the train graph's inputs.
+pub fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError> {
     let spec = module
         .train
         .as_ref()

@@ -166,8 +166,14 @@ fn not_found_hint(name: &str, root: &Path, source: RootSource) -> String {
             "./data, the default when neither --data nor $NETC_DATA is set".to_string()
         }
     };
+    // `netc data fetch` finds $NETC_DATA and ./data itself; only a --data folder needs
+    // repeating.
     let fetch = if FETCHABLE.contains(&name) {
-        format!("download it with `netc data fetch {name} --data {}`, or ", root.display())
+        let flag = match source {
+            RootSource::Flag => format!(" --data {}", root.display()),
+            RootSource::Env | RootSource::Default => String::new(),
+        };
+        format!("download it with `netc data fetch {name}{flag}`, or ")
     } else {
         String::new()
     };

@@ -96,6 +96,7 @@ fn tiny_generator(channels: usize, paired: bool) -> Module {
                 crop: None,
                 flip: false,
                 batch: 1,
+                labeled: None,
             },
             graph: Graph::new(),
             steps: Vec::new(),

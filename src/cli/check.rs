@@ -3,7 +3,8 @@
 
 use super::{DeviceArgs, ModelArgs};
 use netc::frontend;
-use netc::ir::{Module, Net, Op, ParamKind};
+use netc::frontend::sizes::SizeReport;
+use netc::ir::{DataSpec, Half, Module, Net, Op, Optimizer, ParamKind, Schedule, TrainSpec};
 use netc::runtime::Gpu;
 use netc::train::gradcheck::{check_gradients, GradCheckOptions, Verdict};
 use std::fmt::Write;
@@ -24,7 +25,11 @@ pub fn run(
         return Err(miette::miette!("netc check --watch is not supported yet"));
     }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
-    print!("{}", render(&module));
+    let sizes = match std::fs::read_to_string(&model.file) {
+        Ok(text) => frontend::sizes::legal_input_sizes(&text, &model.set),
+        Err(_) => Vec::new(),
+    };
+    print!("{}", render(&module, &sizes));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -37,10 +42,13 @@ struct Row {
 }
 
 /// Renders the whole report: a table per network, then the training steps.
-pub fn render(module: &Module) -> String {
+pub fn render(module: &Module, sizes: &[SizeReport]) -> String {
     let mut out = String::new();
     for net in &module.nets {
         render_net(&mut out, module, net);
+        for report in sizes.iter().filter(|r| r.net == net.name) {
+            let _ = writeln!(out, "  {}", report.describe());
+        }
         out.push('\n');
     }
     if let Some(train) = &module.train {
@@ -79,9 +87,6 @@ fn render_net(out: &mut String, module: &Module, net: &Net) {
         .sum();
     let _ = writeln!(out, "  trainable parameters: {}", thousands(trainable));
     let _ = writeln!(out, "  buffers (batch-norm statistics): {}", thousands(buffers));
-    for line in frontend::sizes::legal_size_lines(module, net) {
-        let _ = writeln!(out, "  {line}");
-    }
 }
 
 /// Groups the nodes of a network by layer, in the order the layers were built.
@@ -123,35 +128,67 @@ fn layer_params(module: &Module, net: &Net, layer: &str) -> usize {
         .sum()
 }
 
-fn render_train(out: &mut String, module: &Module, train: &netc::ir::TrainSpec) {
-    let data = &train.data;
+fn render_train(out: &mut String, module: &Module, train: &TrainSpec) {
     let _ = writeln!(out, "train");
-    let _ = writeln!(
-        out,
-        "  data: input = {:?} half, target = {:?} half, resize {}, crop {}, flip {}, batch {}",
-        data.input,
-        data.target,
-        data.resize.map_or("none".into(), |r| r.to_string()),
-        data.crop.map_or("none".into(), |c| c.to_string()),
-        data.flip,
-        data.batch
-    );
-    let _ = writeln!(out, "  epochs: {}, schedule: {:?}", train.epochs, train.schedule);
+    let _ = writeln!(out, "  data: {}", describe_data(&train.data));
+    let schedule = match &train.schedule {
+        Schedule::Constant => "constant_lr".to_string(),
+        Schedule::LinearDecay { constant, decay } => {
+            format!("linear_decay(constant={constant}, decay={decay})")
+        }
+    };
+    let _ = writeln!(out, "  epochs: {}, schedule: {schedule}", train.epochs);
     let _ = writeln!(out, "  infer: {}", train.generator);
     let _ = writeln!(out, "  iteration graph: {} nodes", train.graph.node_count());
     for step in &train.steps {
         let count: usize = step.params.iter().map(|&p| module.params[p].shape.numel()).sum();
         let terms: Vec<&str> = step.terms.iter().map(|t| t.name.as_str()).collect();
+        let optimizer = match step.optimizer {
+            Optimizer::Adam { lr, beta1, beta2, eps } => {
+                format!("adam(lr={lr}, beta1={beta1}, beta2={beta2}, eps={eps})")
+            }
+            Optimizer::Sgd { lr, momentum } => format!("sgd(lr={lr}, momentum={momentum})"),
+        };
         let _ = writeln!(
             out,
-            "  step {} {}: {:?} on {} parameters, minimize {}",
+            "  step {} {}: {optimizer} on {} parameters, minimize {}",
             step.phase,
             step.name,
-            step.optimizer,
             thousands(count),
             terms.join(" + ")
         );
     }
+}
+
+fn describe_data(data: &DataSpec) -> String {
+    let mut parts = Vec::new();
+    match &data.labeled {
+        Some(l) => {
+            parts.push(format!("labeled images, {} classes, {} channels", l.classes, l.channels));
+            if let Some(size) = data.resize {
+                parts.push(format!("size {size}"));
+            }
+        }
+        None => {
+            let half = |h: Half| if h == Half::Left { "left" } else { "right" };
+            parts.push(format!(
+                "paired images, input {}, target {}",
+                half(data.input),
+                half(data.target)
+            ));
+            if let Some(r) = data.resize {
+                parts.push(format!("resize {r}"));
+            }
+            if let Some(c) = data.crop {
+                parts.push(format!("crop {c}"));
+            }
+        }
+    }
+    if data.flip {
+        parts.push("flip".into());
+    }
+    parts.push(format!("batch {}", data.batch));
+    parts.join(", ")
 }
 
 /// Formats a count with thousands separators: 54414976 as 54,414,976.

@@ -83,6 +83,8 @@ pub struct Builder<'p, 'a> {
     pub(super) owner: String,
     roles: HashMap<String, usize>,
     node_names: HashSet<String>,
+    /// The calls of the blocks being lowered, innermost last.
+    block_calls: Vec<(Span, String)>,
 }
 
 impl<'p, 'a> Builder<'p, 'a> {
@@ -102,12 +104,25 @@ impl<'p, 'a> Builder<'p, 'a> {
             owner: String::new(),
             roles: HashMap::new(),
             node_names: HashSet::new(),
+            block_calls: Vec::new(),
         }
     }
 
-    pub fn error(&mut self, diagnostic: Diagnostic) -> Value {
+    /// Records an error and returns the poison value that stands for the failed result.
+    /// An error raised inside a block also points at the call of the block.
+    pub fn error(&mut self, mut diagnostic: Diagnostic) -> Value {
+        if let Some(&(call, ref block)) = self.block_calls.last() {
+            let note = format!("in block `{block}`, called here");
+            diagnostic = diagnostic.with_note(call, note);
+        }
         self.diags.push(diagnostic);
         Value::Poison
+    }
+
+    /// Starts naming nodes under `prefix`, as the train section does for each call site.
+    pub(super) fn set_node_prefix(&mut self, prefix: &str) {
+        self.node_prefix = prefix.to_string();
+        self.roles.clear();
     }
 
     // ---- Node construction -------------------------------------------------------------
@@ -892,12 +907,14 @@ impl<'p, 'a> Builder<'p, 'a> {
         }
 
         self.frames.push(Frame::Block(locals));
+        self.block_calls.push((call.span, name.to_string()));
         let chain = &block.body;
         let mut stages = chain.stages.iter();
         let mut value = if self.needs_implicit_input(&chain.stages[0]) {
             (input, input_span)
         } else {
             self.frames.pop();
+            self.block_calls.pop();
             let message = format!("block `{name}` must start with a layer that reads its input");
             let d = Diagnostic::new(ErrorKind::Type, chain.stages[0].span, message)
                 .with_label("this does not take the block's input")
@@ -911,6 +928,7 @@ impl<'p, 'a> Builder<'p, 'a> {
             value = (v, stage.span);
         }
         self.frames.pop();
+        self.block_calls.pop();
         value.0
     }
 

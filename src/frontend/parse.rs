@@ -26,7 +26,9 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
             | PrattOp::infix(Rule::gt, Assoc::Left)
             | PrattOp::infix(Rule::ge, Assoc::Left))
         .op(PrattOp::infix(Rule::add, Assoc::Left) | PrattOp::infix(Rule::sub, Assoc::Left))
-        .op(PrattOp::infix(Rule::mul, Assoc::Left) | PrattOp::infix(Rule::div, Assoc::Left))
+        .op(PrattOp::infix(Rule::mul, Assoc::Left)
+            | PrattOp::infix(Rule::div, Assoc::Left)
+            | PrattOp::infix(Rule::rem, Assoc::Left))
         .op(PrattOp::prefix(Rule::neg))
         .op(PrattOp::infix(Rule::pow, Assoc::Right))
 });
@@ -257,6 +259,7 @@ fn binary_op(rule: Rule) -> BinaryOp {
         Rule::sub => BinaryOp::Sub,
         Rule::mul => BinaryOp::Mul,
         Rule::div => BinaryOp::Div,
+        Rule::rem => BinaryOp::Rem,
         Rule::pow => BinaryOp::Pow,
         Rule::lt => BinaryOp::Lt,
         Rule::le => BinaryOp::Le,
@@ -370,7 +373,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::prefix | Rule::neg | Rule::not => "an expression",
         Rule::or | Rule::and => "an operator",
         Rule::ge | Rule::le | Rule::eq | Rule::ne | Rule::gt | Rule::lt => "an operator",
-        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow => "an operator",
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::rem | Rule::pow => "an operator",
         Rule::primary | Rule::call | Rule::call_head => "an expression",
         Rule::arg | Rule::kwarg => "an argument",
         Rule::number => "a number",

@@ -14,8 +14,8 @@ use super::program::{eval_param_expr, Program};
 use super::suggest::did_you_mean;
 use super::value::{type_error, Value};
 use crate::ir::{
-    DataSpec, Graph, Half, LossTerm as IrLossTerm, NodeId, Op, Optimizer, ParamKind, Schedule,
-    Shape, Span, StepSpec, TrainSpec,
+    DataSpec, Graph, Half, LabeledData, LossTerm as IrLossTerm, NodeId, Op, Optimizer, ParamKind,
+    Schedule, Shape, Span, StepSpec, TrainSpec,
 };
 use std::collections::HashMap;
 
@@ -349,7 +349,10 @@ impl SettingArgs {
 const MAX_IMAGE: i64 = 1 << 14;
 
 fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option<DataSpec> {
-    let call = setting_call(expr, &["paired"], "data binding", diags)?;
+    let call = setting_call(expr, &["paired", "labeled"], "data binding", diags)?;
+    if call.callee.text == "labeled" {
+        return labeled_spec(prog, call, diags);
+    }
     let keys = ["input", "target", "resize", "crop", "flip", "batch"];
     let args = setting_args(prog, call, &keys, 0, diags)?;
     let input = args.half("input", diags);
@@ -397,7 +400,39 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
         diags.push(d);
         return None;
     }
-    Some(DataSpec { input, target, resize, crop, flip, batch: batch as usize })
+    Some(DataSpec { input, target, resize, crop, flip, batch: batch as usize, labeled: None })
+}
+
+/// `labeled(classes=10, size=32, channels=3)`: one image per example, one folder per class.
+fn labeled_spec(prog: &Program, call: &Call, diags: &mut Vec<Diagnostic>) -> Option<DataSpec> {
+    let keys = ["classes", "size", "channels", "flip", "batch"];
+    let args = setting_args(prog, call, &keys, 0, diags)?;
+    let classes = args.int("classes", None, 2..=1_000_000, diags);
+    let size = args.int("size", None, 1..=MAX_IMAGE, diags);
+    let channels = args.int("channels", Some(3), 1..=4, diags);
+    let flip = args.bool("flip", false, diags);
+    let batch = args.int("batch", Some(1), 1..=65_536, diags);
+    let (classes, size, channels) = (classes? as usize, size? as usize, channels? as usize);
+    if channels == 2 || channels == 4 {
+        let span = args.values.get("channels").map_or(call.span, |v| v.1);
+        let d = Diagnostic::new(
+            ErrorKind::Range,
+            span,
+            format!("images with {channels} channels are not supported"),
+        )
+        .with_label("must be 1 (grayscale) or 3 (RGB)");
+        diags.push(d);
+        return None;
+    }
+    Some(DataSpec {
+        input: Half::Left,
+        target: Half::Right,
+        resize: Some(size),
+        crop: None,
+        flip: flip?,
+        batch: batch? as usize,
+        labeled: Some(LabeledData { classes, channels }),
+    })
 }
 
 fn schedule(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {
@@ -494,9 +529,16 @@ fn build_graph(
     _settings: &HashMap<&str, &Expr>,
 ) -> Option<(Graph, Vec<StepSpec>, Option<String>)> {
     let size = data.crop.or(data.resize).expect("data_spec requires crop or resize");
-    let shape = Shape::new([data.batch, 3, size, size]);
-    let input = b.graph.add_leaf(Op::Input { name: "input".into() }, shape.clone(), "input", None);
-    let target = b.graph.add_leaf(Op::Input { name: "target".into() }, shape, "target", None);
+    let (input_shape, target_shape) = match &data.labeled {
+        Some(l) => (Shape::new([data.batch, l.channels, size, size]), Shape::new([data.batch])),
+        None => {
+            let shape = Shape::new([data.batch, 3, size, size]);
+            (shape.clone(), shape)
+        }
+    };
+    let input = b.graph.add_leaf(Op::Input { name: "input".into() }, input_shape, "input", None);
+    let target =
+        b.graph.add_leaf(Op::Input { name: "target".into() }, target_shape, "target", None);
     let mut lets = HashMap::from([
         ("input".to_string(), Value::Tensor(input)),
         ("target".to_string(), Value::Tensor(target)),
@@ -556,7 +598,7 @@ fn eval_in_train(
     expr: &Expr,
 ) -> Value {
     b.frames.push(Frame::Train(lets.clone()));
-    b.node_prefix = prefix.to_string();
+    b.set_node_prefix(prefix);
     let value = b.eval(expr);
     b.frames.pop();
     value
@@ -670,7 +712,7 @@ fn sum_terms(b: &mut Builder, terms: &[IrLossTerm], step: &str, span: Span) -> O
     if terms.len() == 1 {
         return Some(terms[0].node);
     }
-    b.node_prefix = step.to_string();
+    b.set_node_prefix(step);
     let mut total = terms[0].node;
     for (k, term) in terms.iter().enumerate().skip(1) {
         let role = if k + 1 == terms.len() { "loss" } else { "partial_loss" };

@@ -128,6 +128,16 @@ fn int_binary(op: BinaryOp, x: i64, y: i64, span: Span) -> Result<Value, Diagnos
             }
             x.checked_div(y)
         }
+        Rem => {
+            if y == 0 {
+                return Err(Diagnostic::new(
+                    ErrorKind::Range,
+                    span,
+                    "remainder of a division by zero",
+                ));
+            }
+            x.checked_rem(y)
+        }
         Pow => {
             if y < 0 {
                 return Ok(Value::Float((x as f64).powf(y as f64)));
@@ -162,6 +172,16 @@ fn float_binary(op: BinaryOp, x: f64, y: f64, span: Span) -> Result<Value, Diagn
                 return Err(Diagnostic::new(ErrorKind::Range, span, "division by zero"));
             }
             x / y
+        }
+        Rem => {
+            if y == 0.0 {
+                return Err(Diagnostic::new(
+                    ErrorKind::Range,
+                    span,
+                    "remainder of a division by zero",
+                ));
+            }
+            x % y
         }
         Pow => x.powf(y),
         Lt => return Ok(Value::Bool(x < y)),

@@ -382,3 +382,290 @@ mod cache {
         assert!(worst < 1e-4, "largest difference from the reference: {worst}");
     }
 }
+
+/// `--init-from` and resume after an edit through the run driver, checkpoint files
+/// included: train the base model, widen d2 and rename e3, start from the checkpoint.
+///
+/// NOTE: the engine here is a CPU stand-in for the device trainer. Its step moves every
+/// trainable parameter and moment by a deterministic amount, which is all this test
+/// needs: trained values that differ from fresh ones, so a copy shows bit for bit.
+mod init_from {
+    use image::{Rgb, RgbImage};
+    use netc::edit::restore::restore_matching;
+    use netc::edit::transfer::{Reinit, TransferError};
+    use netc::frontend::compile_file;
+    use netc::ir::{Module, ParamKind, Shape};
+    use netc::runtime::initial_values;
+    use netc::train::checkpoint::{self, Tensor};
+    use netc::train::data::Batch;
+    use netc::train::run::{train, Engine, RunError, RunOptions};
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    const SEED: u64 = 5;
+
+    fn module(name: &str) -> Module {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/transfer").join(name);
+        compile_file(&path, &[]).unwrap_or_else(|e| panic!("{name}: {}", e.render_plain()))
+    }
+
+    /// Every parameter and buffer of a module, with Adam moments for the trainable ones.
+    struct StandIn {
+        weights: Vec<Tensor>,
+        moments: Vec<Tensor>,
+    }
+
+    impl StandIn {
+        fn new(module: &Module) -> StandIn {
+            let mut weights = Vec::new();
+            let mut moments = Vec::new();
+            for decl in &module.params {
+                let data = initial_values(decl, SEED).expect("initial values");
+                let shape = decl.shape.clone();
+                weights.push(Tensor { name: decl.name.clone(), shape: shape.clone(), data });
+                if decl.kind == ParamKind::Trainable {
+                    for moment in ["adam_m", "adam_v"] {
+                        let data = vec![0.0; shape.numel()];
+                        let name = format!("{}.{moment}", decl.name);
+                        moments.push(Tensor { name, shape: shape.clone(), data });
+                    }
+                }
+            }
+            StandIn { weights, moments }
+        }
+    }
+
+    impl Engine for StandIn {
+        fn loss_names(&self) -> Vec<String> {
+            vec!["l1".into()]
+        }
+
+        fn learning_rates(&self, _epoch: usize) -> BTreeMap<String, f32> {
+            BTreeMap::from([("generator".into(), 2e-4)])
+        }
+
+        fn step(&mut self, step: u64, _epoch: usize, _batch: &Batch) -> Result<Vec<f32>, String> {
+            for (w, tensor) in self.weights.iter_mut().enumerate() {
+                for (i, value) in tensor.data.iter_mut().enumerate() {
+                    *value += ((i + w) as f32 + step as f32).sin() * 1e-3;
+                }
+            }
+            for moment in &mut self.moments {
+                for (i, value) in moment.data.iter_mut().enumerate() {
+                    *value = 0.5 * *value + (i as f32 * 0.37 + step as f32).cos();
+                }
+            }
+            Ok(vec![1.0 / (step + 1) as f32])
+        }
+
+        fn generate(&mut self, batch: &Batch) -> Result<(usize, Vec<f32>), String> {
+            Ok((3, batch.input.clone()))
+        }
+
+        fn tensors(&mut self) -> Result<(Vec<Tensor>, Vec<Tensor>), String> {
+            Ok((self.weights.clone(), self.moments.clone()))
+        }
+
+        fn tensor_shapes(&self) -> (Vec<(String, Shape)>, Vec<(String, Shape)>) {
+            let shapes =
+                |list: &[Tensor]| list.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            (shapes(&self.weights), shapes(&self.moments))
+        }
+
+        fn restore(&mut self, weights: &[Tensor], moments: &[Tensor]) -> Result<(), String> {
+            self.weights = weights.to_vec();
+            self.moments = moments.to_vec();
+            Ok(())
+        }
+
+        fn rng_state(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+
+        fn restore_rng(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Writes three 32x16 paired images under `root/pairs/train/`.
+    fn data_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("a temporary folder");
+        let dir = root.path().join("pairs/train");
+        std::fs::create_dir_all(&dir).expect("writable");
+        for i in 0..3u32 {
+            let image =
+                RgbImage::from_fn(32, 16, |x, y| Rgb([(x * 7 + i) as u8, (y * 9) as u8, 90]));
+            image.save(dir.join(format!("{i}.png"))).expect("the image saves");
+        }
+        root
+    }
+
+    fn options(data: &Path, out: &Path, steps: u64, source: &str) -> RunOptions {
+        RunOptions {
+            source: source.into(),
+            dataset: "pairs".into(),
+            data: Some(data.to_path_buf()),
+            steps: Some(steps),
+            seed: SEED,
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            ..RunOptions::default()
+        }
+    }
+
+    fn tensor<'a>(list: &'a [Tensor], name: &str) -> Option<&'a Tensor> {
+        list.iter().find(|t| t.name == name)
+    }
+
+    fn bits(tensor: &Tensor) -> Vec<u32> {
+        tensor.data.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn unchanged_layers_start_trained() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let (trained_run, edited_run) = (runs.path().join("base"), runs.path().join("edited"));
+        let (base, edited) = (module("base.net"), module("edited.net"));
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &trained_run, 3, "base"))
+            .expect("the base model trains");
+        let trained = checkpoint::load(&trained_run).expect("the base run has a checkpoint");
+
+        // Zero steps: the checkpoint of the new run holds exactly the starting values.
+        let start = RunOptions {
+            init_from: Some(trained_run.clone()),
+            ..options(data.path(), &edited_run, 0, "edited")
+        };
+        train(&edited, &mut StandIn::new(&edited), &start).expect("--init-from starts");
+        let started = checkpoint::load(&edited_run).expect("the new run has a checkpoint");
+
+        let fresh = StandIn::new(&edited);
+        let mut copied = 0;
+        assert_eq!(started.weights.len(), fresh.weights.len());
+        for now in &started.weights {
+            let new = tensor(&fresh.weights, &now.name).expect("the edited model has it");
+            match tensor(&trained.weights, &now.name).filter(|t| t.shape == now.shape) {
+                Some(before) => {
+                    assert!(bits(now) == bits(before), "{} starts trained", now.name);
+                    assert!(bits(now) != bits(new), "{} moved in training", now.name);
+                    copied += 1;
+                }
+                None => assert!(bits(now) == bits(new), "{} starts fresh", now.name),
+            }
+        }
+        // e1, e2, d3: conv or conv_transpose weight, scale, offset and two statistics,
+        // except e1, which has no batch norm.
+        assert_eq!(copied, 1 + 5 + 5);
+
+        for now in &started.moments {
+            let before = tensor(&trained.moments, &now.name);
+            let owner = now.name.rsplit_once('.').map(|(owner, _)| owner).expect("dotted");
+            let reshaped = tensor(&trained.weights, owner)
+                .zip(tensor(&started.weights, owner))
+                .is_some_and(|(a, b)| a.shape != b.shape);
+            match before.filter(|_| !reshaped) {
+                Some(before) => assert!(bits(now) == bits(before), "{} transferred", now.name),
+                None => assert!(now.data.iter().all(|&v| v == 0.0), "{} starts at zero", now.name),
+            }
+        }
+    }
+
+    #[test]
+    fn renamed_layer_is_dropped_and_reinitialised() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let run = runs.path().join("base");
+        let (base, edited) = (module("base.net"), module("edited.net"));
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &run, 2, "base"))
+            .expect("the base model trains");
+        let saved = checkpoint::load(&run).expect("checkpoint");
+
+        let report = restore_matching(&edited, &mut StandIn::new(&edited), saved, false)
+            .expect("the transfer succeeds");
+        let dropped: Vec<&str> = report.dropped.iter().map(|d| d.name.as_str()).collect();
+        for name in ["generator.e3.conv.weight", "generator.e3.norm.scale"] {
+            assert!(dropped.contains(&name), "{name} is dropped: {dropped:?}");
+        }
+        let renamed = report
+            .reinitialized
+            .iter()
+            .find(|r| r.name == "generator.bottom.conv.weight")
+            .expect("bottom is re-initialised");
+        assert_eq!(renamed.reason, Reinit::NotInCheckpoint);
+        let widened = report
+            .reinitialized
+            .iter()
+            .find(|r| r.name == "generator.d2.conv_transpose.weight")
+            .expect("d2 is re-initialised");
+        assert_eq!(widened.reason, Reinit::Reshaped { saved: Shape::new([16, 4, 4, 4]) });
+        let text = report.render();
+        assert!(
+            text.contains(
+                "dropped         generator.e3.conv.weight [8, 8, 4, 4]: not in the model"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unrelated_checkpoint_needs_force() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let run = runs.path().join("base");
+        let base = module("base.net");
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &run, 1, "base"))
+            .expect("the base model trains");
+
+        // The same shapes under other network names: nothing matches by name.
+        let source = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/transfer/base.net"),
+        )
+        .expect("readable");
+        let renamed = source.replace("generator", "painter");
+        let other = netc::frontend::compile_source("other.net", &renamed, &[]).expect("compiles");
+        let start = |force| RunOptions {
+            init_from: Some(run.clone()),
+            force,
+            ..options(data.path(), &runs.path().join(format!("other-{force}")), 0, &renamed)
+        };
+        let error = train(&other, &mut StandIn::new(&other), &start(false)).expect_err("rejected");
+        assert!(
+            matches!(
+                error,
+                RunError::Transfer(TransferError::NothingMatches { checkpoint: 22, .. })
+            ),
+            "{error:?}"
+        );
+        train(&other, &mut StandIn::new(&other), &start(true)).expect("--force accepts it");
+    }
+
+    #[test]
+    fn resume_after_edit_continues_the_run() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let run = runs.path().join("base");
+        let (base, edited) = (module("base.net"), module("edited.net"));
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &run, 2, "base"))
+            .expect("the base model trains");
+        let before = checkpoint::load(&run).expect("checkpoint");
+
+        let resume =
+            RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 2, "edited") };
+        let summary = train(&edited, &mut StandIn::new(&edited), &resume).expect("resumes");
+        assert_eq!(summary.first_step, 2);
+        assert_eq!(summary.steps, 0);
+
+        let resume =
+            RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 3, "edited") };
+        let summary = train(&edited, &mut StandIn::new(&edited), &resume).expect("resumes");
+        assert_eq!(summary.first_step, 2);
+        assert_eq!(summary.steps, 1);
+        let after = checkpoint::load(&run).expect("checkpoint");
+        assert_eq!(after.record.step, 3);
+        assert_eq!(after.record.model.source, "edited");
+        let e1 = "generator.e1.conv.weight";
+        let (a, b) = (tensor(&before.weights, e1), tensor(&after.weights, e1));
+        assert_eq!(a.map(|t| &t.shape), b.map(|t| &t.shape));
+        assert!(tensor(&after.weights, "generator.bottom.conv.weight").is_some());
+    }
+}

@@ -243,9 +243,11 @@ mod watch {
 
         // A broken save prints the diagnostic and the watch goes on.
         std::fs::write(&path, fixture_text("broken.net")).expect("writable");
-        let header = watch.wait_for("check 3:");
-        assert!(header.last().is_some_and(|l| l.contains("has 1 error")), "{header:?}");
-        let third = watch.rest().join("\n");
+        let mut third = watch.wait_for("check 3:");
+        assert!(third.last().is_some_and(|l| l.contains("has 1 error")), "{third:?}");
+        // Diagnostics go to standard error, whose lines may arrive before the header's.
+        third.extend(watch.rest());
+        let third = third.join("\n");
         assert!(third.contains("unknown argument `strid` for conv2d"), "{third}");
 
         // Fixing it again brings the table back.
@@ -330,16 +332,16 @@ mod cache {
         // their WGSL and so their pipelines.
         let second = compile(&gpu, &widened);
         let second_keys = keys(&second.kernels);
-        let kept: HashSet<_> = first_keys.intersection(&second_keys).copied().collect();
+        let reused_keys: HashSet<_> = first_keys.intersection(&second_keys).copied().collect();
         let counts = second.program.shader_counts();
-        assert_eq!(counts.reused, kept.len());
-        assert_eq!(counts.compiled, second_keys.len() - kept.len());
+        assert_eq!(counts.reused, reused_keys.len());
+        assert_eq!(counts.compiled, second_keys.len() - reused_keys.len());
         for layer in ["e1", "e2"] {
             let untouched = layer_keys(&second.kernels, layer);
             assert!(!untouched.is_empty(), "layer {layer} has kernels");
-            assert!(untouched.is_subset(&kept), "every kernel of {layer} is reused");
+            assert!(untouched.is_subset(&reused_keys), "every kernel of {layer} is reused");
         }
-        assert!(!layer_keys(&second.kernels, "d2").is_subset(&kept), "d2 is compiled again");
+        assert!(!layer_keys(&second.kernels, "d2").is_subset(&reused_keys), "d2 is compiled again");
         assert!(counts.compiled > 0);
         assert_eq!(gpu.kernels.len(), first_keys.union(&second_keys).count());
 
@@ -531,7 +533,7 @@ mod init_from {
             .expect("the base model trains");
         let trained = checkpoint::load(&trained_run).expect("the base run has a checkpoint");
 
-        // Zero steps: the checkpoint of the new run holds exactly the starting values.
+        // Zero steps: the checkpoint of the new run contains exactly the starting values.
         let start = RunOptions {
             init_from: Some(trained_run.clone()),
             ..options(data.path(), &edited_run, 0, "edited")

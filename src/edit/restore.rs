@@ -1,7 +1,7 @@
 //! Starts a training engine from the matching tensors of a checkpoint of another version
 //! of the model: `--init-from`, and `--resume` after the `.net` file changed.
 //!
-//! Needs: an engine that holds freshly initialised parameters and zero optimizer moments.
+//! Needs: an engine that contains freshly initialised parameters and zero optimizer moments.
 //! Guarantees: every parameter and buffer whose name and shape match a checkpoint tensor
 //! takes the checkpoint's values bit for bit, and so does each optimizer moment of it
 //! whose name and length match one the engine has. Everything else keeps the engine's
@@ -23,7 +23,7 @@ pub fn restore_matching(
     let failed = |message| RunError::Engine { step: checkpoint.record.step, message };
     let (mut weights, mut moments) = engine.tensors().map_err(failed)?;
 
-    // The engine's tensors are the slots; the module says which of them are buffers.
+    // The engine's tensors are the slots; the module marks which of them are buffers.
     let kind_of = |name: &str| {
         let decl = module.params.iter().find(|p| p.name == name);
         decl.map_or(ParamKind::Trainable, |p| p.kind)

@@ -1,3 +1,4 @@
+pub mod autodiff;
 pub mod codegen;
 pub mod edit;
 pub mod frontend;

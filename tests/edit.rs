@@ -671,3 +671,129 @@ mod init_from {
         assert!(tensor(&after.weights, "generator.bottom.conv.weight").is_some());
     }
 }
+
+/// Weight transfer between two device trainers: train the base model on lavapipe, widen
+/// d2 and rename e3, and start the edited model from the trained tensors.
+mod trainer_transfer {
+    use netc::edit::restore::merge_matching;
+    use netc::edit::transfer::Reinit;
+    use netc::frontend::compile_file;
+    use netc::ir::{Module, ParamKind};
+    use netc::runtime::Gpu;
+    use netc::train::checkpoint::Tensor;
+    use netc::train::{NamedTensor, Trainer};
+    use std::path::PathBuf;
+
+    fn module(name: &str) -> Module {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/transfer").join(name);
+        compile_file(&path, &[]).expect("the fixture compiles")
+    }
+
+    /// Splits a trainer's tensors into the module's parameters and buffers, and the
+    /// optimizer state.
+    fn split(trainer: &Trainer, module: &Module) -> (Vec<Tensor>, Vec<Tensor>) {
+        let all = trainer.tensors().expect("the tensors read back");
+        let convert = |t: NamedTensor| Tensor { name: t.name, shape: t.shape, data: t.data };
+        let (weights, moments): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|t| module.param_id(&t.name).is_some());
+        (weights.into_iter().map(convert).collect(), moments.into_iter().map(convert).collect())
+    }
+
+    fn find<'a>(list: &'a [Tensor], name: &str) -> Option<&'a Tensor> {
+        list.iter().find(|t| t.name == name)
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.data.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// An uneven batch of `[1, 3, 16, 16]` values in [-1, 1].
+    fn batch(offset: usize) -> (Vec<f32>, Vec<f32>) {
+        let value = |i: usize, k: usize| ((i * k + offset) % 199) as f32 / 99.0 - 1.0;
+        ((0..768).map(|i| value(i, 31)).collect(), (0..768).map(|i| value(i, 17)).collect())
+    }
+
+    #[test]
+    fn edited_trainer_starts_from_trained_tensors() {
+        let gpu = Gpu::open(None).expect("the transfer test needs a wgpu adapter");
+        let (base, edited) = (module("base.net"), module("edited.net"));
+
+        // Train the base model for three iterations.
+        let mut trainer = Trainer::new(&gpu, &base, 5).expect("the base trainer compiles");
+        for i in 0..3 {
+            let (input, target) = batch(i);
+            trainer.step(&input, &target).expect("the iteration runs");
+        }
+        let trained = split(&trainer, &base);
+
+        // Start the edited model from them.
+        let mut next = Trainer::new(&gpu, &edited, 5).expect("the edited trainer compiles");
+        let fresh = split(&next, &edited);
+        let merged = merge_matching(&edited, fresh.clone(), trained.clone(), false)
+            .expect("the transfer succeeds");
+        let all: Vec<NamedTensor> = merged
+            .weights
+            .iter()
+            .chain(&merged.moments)
+            .map(|t| NamedTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
+            .collect();
+        next.set_tensors(&all).expect("the tensors upload");
+        let started = split(&next, &edited);
+
+        // Every parameter and buffer whose name and shape match starts trained, bit for bit.
+        let mut copied = Vec::new();
+        for now in &started.0 {
+            let new = find(&fresh.0, &now.name).expect("the fresh trainer has it");
+            match find(&trained.0, &now.name).filter(|t| t.shape == now.shape) {
+                Some(before) => {
+                    assert!(bits(now) == bits(before), "{} starts trained", now.name);
+                    let trainable = edited.param_id(&now.name).map(|id| edited.params[id].kind)
+                        == Some(ParamKind::Trainable);
+                    if trainable {
+                        assert!(bits(now) != bits(new), "{} moved in training", now.name);
+                    }
+                    copied.push(now.name.clone());
+                }
+                None => assert!(bits(now) == bits(new), "{} starts fresh", now.name),
+            }
+        }
+        assert!(copied.contains(&"generator.e1.conv.weight".to_string()), "{copied:?}");
+        assert!(copied.contains(&"generator.d3.norm.running_var".to_string()), "{copied:?}");
+        assert_eq!(copied.len(), 11, "{copied:?}");
+
+        // The optimizer state of a copied parameter comes along; the rest starts at zero.
+        for now in &started.1 {
+            let owner = copied.iter().find(|name| now.name.contains(&format!(".{name}.")));
+            match owner {
+                Some(_) => {
+                    let before = find(&trained.1, &now.name).expect("the base has this moment");
+                    assert!(bits(now) == bits(before), "{} transferred", now.name);
+                    assert!(now.data.iter().any(|&v| v != 0.0), "{} is trained state", now.name);
+                }
+                None => assert!(now.data.iter().all(|&v| v == 0.0), "{} is zero", now.name),
+            }
+        }
+        assert!(merged.moments_copied > 0);
+
+        // The renamed layer is dropped and re-initialised, and the widened one reshaped.
+        let report = &merged.report;
+        assert!(report.dropped.iter().any(|d| d.name == "generator.e3.conv.weight"));
+        let reason = |name: &str| {
+            report.reinitialized.iter().find(|r| r.name == name).map(|r| r.reason.clone())
+        };
+        assert_eq!(reason("generator.bottom.conv.weight"), Some(Reinit::NotInCheckpoint));
+        assert!(matches!(
+            reason("generator.d2.conv_transpose.weight"),
+            Some(Reinit::Reshaped { .. })
+        ));
+
+        // The edited model trains from there.
+        let (input, target) = batch(7);
+        let losses = next.step(&input, &target).expect("the edited model trains");
+        assert!(losses.iter().all(|(_, v)| v.is_finite()), "{losses:?}");
+    }
+}

@@ -707,7 +707,7 @@ mod trainer_transfer {
         t.data.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// An uneven batch of `[1, 3, 16, 16]` values in [-1, 1].
+    /// Returns an uneven batch of `[1, 3, 16, 16]` values in [-1, 1].
     fn batch(offset: usize) -> (Vec<f32>, Vec<f32>) {
         let value = |i: usize, k: usize| ((i * k + offset) % 199) as f32 / 99.0 - 1.0;
         ((0..768).map(|i| value(i, 31)).collect(), (0..768).map(|i| value(i, 17)).collect())

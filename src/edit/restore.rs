@@ -6,6 +6,11 @@
 //! takes the checkpoint's values bit for bit, and so does each optimizer moment of it
 //! whose name and length match one the engine has. Everything else keeps the engine's
 //! fresh values. The engine receives one [`Engine::restore`] call with complete sets.
+//!
+//! NOTE: `--init-from` carries the moments but not Adam's update count, which a new run
+//! restarts at zero. Bias correction then divides the carried second moment by
+//! `1 - beta2^t` for a small `t`, so the first updates after the transfer are smaller than
+//! in the old run (about 30 times at beta2 0.999), not larger.
 
 use super::transfer::{pair_moments, transfer, ParamSlot, TransferError, TransferReport};
 use crate::ir::{Module, ParamKind};

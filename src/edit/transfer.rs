@@ -189,7 +189,8 @@ pub fn transfer(
 /// Pairs each checkpoint weight with its optimizer moments. A moment belongs to the
 /// weight whose name appears in the moment's name as whole dotted segments followed by a
 /// state name: `generator.e1.conv.weight.adam_m`, or the trainer's
-/// `optimizer.generator.generator.e1.conv.weight.m`. The longest such weight name wins.
+/// `optimizer.generator.generator.e1.conv.weight.m`. When several weight names fit, the
+/// longest is the owner.
 /// Returns the paired tensors and the moments that belong to no weight.
 pub fn pair_moments(weights: Vec<Tensor>, moments: Vec<Tensor>) -> (Vec<SavedTensor>, Vec<Tensor>) {
     let mut saved: Vec<SavedTensor> = weights

@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod data;
+pub mod engine;
 pub mod fetch;
 pub mod gradcheck;
 pub mod optimizer;

@@ -22,7 +22,7 @@ pub fn run(
         return check_grad(&module, device);
     }
     if watch {
-        return Err(miette::miette!("netc check --watch is not supported yet"));
+        return super::watch::check(model);
     }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
     let sizes = match std::fs::read_to_string(&model.file) {
@@ -145,9 +145,9 @@ fn render_train(out: &mut String, module: &Module, train: &TrainSpec) {
         let terms: Vec<&str> = step.terms.iter().map(|t| t.name.as_str()).collect();
         let optimizer = match step.optimizer {
             Optimizer::Adam { lr, beta1, beta2, eps } => {
-                format!("adam(lr={lr}, beta1={beta1}, beta2={beta2}, eps={eps})")
+                format!("adam(lr={lr:e}, beta1={beta1}, beta2={beta2}, eps={eps:e})")
             }
-            Optimizer::Sgd { lr, momentum } => format!("sgd(lr={lr}, momentum={momentum})"),
+            Optimizer::Sgd { lr, momentum } => format!("sgd(lr={lr:e}, momentum={momentum})"),
         };
         let _ = writeln!(
             out,

@@ -1,4 +1,5 @@
 pub mod autodiff;
+pub mod bench;
 pub mod codegen;
 pub mod edit;
 pub mod frontend;

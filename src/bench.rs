@@ -1,0 +1,278 @@
+//! `netc bench`: times training iterations or generator forward passes of a model on
+//! synthetic data of the right shapes, on the device.
+//!
+//! Needs a model that checks, and a `train` section for training iterations. Reports the
+//! compile time (parse to pipelines ready, not counting opening the device), the median and
+//! spread of the timed runs after a warm-up, the dispatch count, the planned device memory
+//! and a per-kernel table. The per-kernel times come from a separate mode that submits
+//! each dispatch on its own and waits for it, because netc does not use timestamp queries
+//! yet; those times include a submit's overhead, so their sum exceeds one run's time.
+
+use crate::codegen::wgsl::RunValues;
+use crate::codegen::{lower_graph, Kernel, Mode};
+use crate::frontend;
+use crate::infer::{generator, Generator};
+use crate::ir::Module;
+use crate::runtime::{Gpu, MemoryReport, ParamStore, Program};
+use crate::train::Trainer;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// How a benchmark runs.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Timed runs after the warm-up.
+    pub steps: usize,
+    /// Untimed runs first, which also fault in lavapipe's compiled shaders.
+    pub warmup: usize,
+    /// Time generator forward passes instead of training iterations.
+    pub infer: bool,
+    /// Seed of the parameters and the synthetic data.
+    pub seed: u64,
+}
+
+/// One kernel's row of the per-kernel table.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelRow {
+    /// The layer the kernel implements (`fake.generator.e3.conv`).
+    pub layer: String,
+    /// The kernel's role within the layer (`conv2d`, `batch_norm_stats`, `adam`).
+    pub kernel: String,
+    pub seconds: f64,
+    /// Counted floating-point operations per run (a multiply-add counts as two).
+    pub flops: u64,
+    pub gflops_per_second: f64,
+    /// Bytes of every buffer range the kernel binds: an upper bound of what it reads and
+    /// writes once, not a measured traffic figure.
+    pub bytes_bound: u64,
+}
+
+/// Everything `netc bench` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub settings: Vec<(String, serde_json::Value)>,
+    pub adapter: String,
+    pub backend: String,
+    /// `train` for training iterations, `infer` for generator forward passes.
+    pub mode: String,
+    pub compile_seconds: f64,
+    pub steps: usize,
+    pub step_seconds: Vec<f64>,
+    pub step_seconds_median: f64,
+    pub step_seconds_min: f64,
+    pub step_seconds_max: f64,
+    pub flops_per_step: u64,
+    pub gflops_per_second: f64,
+    pub dispatches_per_step: usize,
+    pub parameter_bytes: u64,
+    pub intermediate_bytes: u64,
+    pub pinned_bytes: u64,
+    /// Parameters, optimizer state, intermediates and pinned buffers together.
+    pub peak_device_bytes: u64,
+    /// How the per-kernel times were taken.
+    pub kernel_timing: String,
+    pub kernels: Vec<KernelRow>,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BenchError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Frontend(#[from] frontend::Diagnostics),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Infer(#[from] crate::infer::InferError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Codegen(#[from] crate::codegen::CodegenError),
+    #[error("--steps must be at least 1, got 0")]
+    #[diagnostic(help("time at least one run, for example --steps 10"))]
+    NoSteps,
+}
+
+/// Compiles the model at `path` on `gpu` and times it as `options` says.
+pub fn bench(
+    gpu: &Gpu,
+    path: &Path,
+    overrides: &[String],
+    options: &BenchOptions,
+) -> Result<BenchReport, BenchError> {
+    if options.steps == 0 {
+        return Err(BenchError::NoSteps);
+    }
+    let started = Instant::now();
+    let module = frontend::compile_file(path, overrides)?;
+    let mut measured = if options.infer {
+        bench_infer(gpu, &module, options, started)?
+    } else {
+        bench_train(gpu, &module, options, started)?
+    };
+    measured.times.sort_by(f64::total_cmp);
+    let times = measured.times;
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let flops: u64 = measured.kernels.iter().map(|k| k.flops).sum();
+    let memory = measured.memory;
+    Ok(BenchReport {
+        model: module.name.clone(),
+        settings: module.settings.clone(),
+        adapter: gpu.info.name.clone(),
+        backend: format!("{:?}", gpu.info.backend),
+        mode: if options.infer { "infer" } else { "train" }.to_string(),
+        compile_seconds: measured.compile_seconds,
+        steps: times.len(),
+        step_seconds_median: median,
+        step_seconds_min: times[0],
+        step_seconds_max: times[times.len() - 1],
+        step_seconds: times,
+        flops_per_step: flops,
+        gflops_per_second: flops as f64 / median / 1e9,
+        dispatches_per_step: measured.dispatches,
+        parameter_bytes: measured.parameter_bytes,
+        intermediate_bytes: memory.intermediate_bytes,
+        pinned_bytes: memory.pinned_bytes,
+        peak_device_bytes: measured.parameter_bytes
+            + memory.intermediate_bytes
+            + memory.pinned_bytes,
+        kernel_timing: "one submit per kernel, waited for (no timestamp queries)".to_string(),
+        kernels: measured.kernels,
+    })
+}
+
+/// What one benchmark mode measured.
+struct Measured {
+    compile_seconds: f64,
+    times: Vec<f64>,
+    kernels: Vec<KernelRow>,
+    dispatches: usize,
+    memory: MemoryReport,
+    parameter_bytes: u64,
+}
+
+fn bench_train(
+    gpu: &Gpu,
+    module: &Module,
+    options: &BenchOptions,
+    started: Instant,
+) -> Result<Measured, BenchError> {
+    let mut trainer = Trainer::new(gpu, module, options.seed)?;
+    let compile_seconds = started.elapsed().as_secs_f64();
+    let sizes: HashMap<&str, usize> = trainer.device_program().inputs().collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
+    let input = synthetic(&mut rng, sizes.get("input").copied().unwrap_or(0));
+    let target = synthetic(&mut rng, sizes.get("target").copied().unwrap_or(0));
+
+    for _ in 0..options.warmup {
+        trainer.step_unread(&input, &target)?;
+    }
+    let mut times = Vec::with_capacity(options.steps);
+    for _ in 0..options.steps {
+        let start = Instant::now();
+        trainer.step_unread(&input, &target)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+
+    let program = trainer.device_program();
+    let values = RunValues { seed: 1, step: 1, ..RunValues::default() };
+    let timings = program.time_kernels(gpu, &values)?;
+    let kernels = kernel_rows(&trainer.program().kernels, &timings);
+    let parameter_bytes = module_param_bytes(&trainer.program().module);
+    Ok(Measured {
+        compile_seconds,
+        times,
+        kernels,
+        dispatches: program.dispatch_count(),
+        memory: program.memory().clone(),
+        parameter_bytes,
+    })
+}
+
+fn bench_infer(
+    gpu: &Gpu,
+    module: &Module,
+    options: &BenchOptions,
+    started: Instant,
+) -> Result<Measured, BenchError> {
+    let store = ParamStore::initialized(gpu, module, options.seed)?;
+    let net = generator(module)?;
+    let generator = Generator::compile(gpu, module, &store)?;
+    let compile_seconds = started.elapsed().as_secs_f64();
+    let program: &Program = generator.program();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
+    let inputs: Vec<(String, Vec<f32>)> = program
+        .inputs()
+        .map(|(name, elements)| (name.to_string(), synthetic(&mut rng, elements)))
+        .collect();
+    for (name, values) in &inputs {
+        program.write_input(gpu, name, values)?;
+    }
+
+    let values = RunValues::default();
+    for _ in 0..options.warmup {
+        program.run(gpu, &values, &["output"])?;
+    }
+    let mut times = Vec::with_capacity(options.steps);
+    for _ in 0..options.steps {
+        let start = Instant::now();
+        program.run(gpu, &values, &["output"])?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+
+    // The generator lowers the same way each time, so this gives the compiled kernels'
+    // FLOP counts and bindings.
+    let lowered = lower_graph(&net.graph, &gpu.target(), Mode::Eval)?;
+    let timings = program.time_kernels(gpu, &values)?;
+    Ok(Measured {
+        compile_seconds,
+        times,
+        kernels: kernel_rows(&lowered, &timings),
+        dispatches: program.dispatch_count(),
+        memory: program.memory().clone(),
+        parameter_bytes: module_param_bytes(module),
+    })
+}
+
+/// Uniform values in [-1, 1], the range of netc's image inputs.
+fn synthetic(rng: &mut rand_chacha::ChaCha8Rng, elements: usize) -> Vec<f32> {
+    (0..elements).map(|_| rng.random_range(-1.0f32..=1.0)).collect()
+}
+
+fn module_param_bytes(module: &Module) -> u64 {
+    module.params.iter().map(|p| 4 * p.shape.numel() as u64).sum()
+}
+
+/// Joins the measured per-kernel times with each kernel's FLOP count and bindings.
+fn kernel_rows(kernels: &[Kernel], timings: &[(String, f64)]) -> Vec<KernelRow> {
+    let by_name: HashMap<&str, &Kernel> = kernels.iter().map(|k| (k.name.as_str(), k)).collect();
+    timings
+        .iter()
+        .map(|(name, seconds)| {
+            let (layer, kernel) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
+            let (flops, bytes_bound) = by_name
+                .get(name.as_str())
+                .map(|k| (k.flops, k.bindings.iter().map(|b| 4 * b.elements).sum()))
+                .unwrap_or((0, 0));
+            KernelRow {
+                layer: layer.to_string(),
+                kernel: kernel.to_string(),
+                seconds: *seconds,
+                flops,
+                gflops_per_second: if *seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 },
+                bytes_bound,
+            }
+        })
+        .collect()
+}

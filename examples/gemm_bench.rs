@@ -6,7 +6,7 @@
 //! timed submits, each of enough back-to-back dispatches to take about 0.3 s.
 
 use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Tiling};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wgpu::util::DeviceExt;
 
 struct Layer {
@@ -70,13 +70,21 @@ fn weight_grad(forward: ConvOp) -> ConvOp {
 
 fn parse_tiling(text: &str) -> Tiling {
     let parts: Vec<&str> = text.split('/').collect();
+    let number = |prefix: &str, default: u32| {
+        parts
+            .iter()
+            .find_map(|p| p.strip_prefix(prefix))
+            .map_or(default, |v| v.parse().expect("number"))
+    };
     let (tm, tn) = parts[0].split_once('x').expect("tiling is TMxTN/WG[/sgS]");
     let subgroup_size =
-        parts.get(2).map(|s| s.trim_start_matches("sg").parse().expect("subgroup size"));
+        parts.iter().find_map(|p| p.strip_prefix("sg")).map(|v| v.parse().expect("sg"));
     Tiling {
         tile_m: tm.parse().expect("tile_m"),
         tile_n: tn.parse().expect("tile_n"),
         workgroup_size: parts[1].parse().expect("workgroup size"),
+        k_chunk: number("kc", 1),
+        block_m: number("bm", 1024),
         subgroup_size,
     }
 }
@@ -142,14 +150,28 @@ fn operand_len(op: ConvOp, g: &ConvGeometry, role: gemm::Operand) -> usize {
     }
 }
 
-/// Runs the kernel `reps` times in one pass and one submit and returns the wall time.
+/// The CPU time of all threads of this process so far, from `/proc/self/task/*/schedstat`
+/// (Linux), in seconds. lavapipe runs shaders on its own threads inside the process.
+fn process_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let nanos: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 * 1e-9
+}
+
+/// Runs the kernel `reps` times in one pass and one submit and returns the wall time and
+/// the CPU time it took, in seconds.
 fn time_kernel(
     gpu: &Gpu,
     pipeline: &wgpu::ComputePipeline,
     group: &wgpu::BindGroup,
     grid: [u32; 3],
     reps: u32,
-) -> Duration {
+) -> (f64, f64) {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -159,18 +181,55 @@ fn time_kernel(
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
     }
-    let start = Instant::now();
-    gpu.queue.submit([encoder.finish()]);
+    let command_buffer = encoder.finish();
+    let (start, cpu_start) = (Instant::now(), process_cpu_seconds());
+    gpu.queue.submit([command_buffer]);
     gpu.device.poll(wgpu::PollType::wait_indefinitely()).expect("poll failed");
-    start.elapsed()
+    (start.elapsed().as_secs_f64(), process_cpu_seconds() - cpu_start)
 }
 
-fn measure(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, tiling: &Tiling, samples: usize) -> f64 {
-    let kernel = gemm::generate(op, g, tiling, false).expect("generate failed");
-    let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+/// A tiling to time, and whether to create its module without wgpu's bounds checks.
+#[derive(Clone, Copy)]
+struct Variant {
+    tiling: Tiling,
+    unchecked: bool,
+}
+
+fn parse_variant(text: &str) -> Variant {
+    let unchecked = text.ends_with("/unchecked");
+    let tiling = parse_tiling(text.trim_end_matches("/unchecked"));
+    Variant { tiling, unchecked }
+}
+
+/// A kernel ready to dispatch, with the repetitions that make one sample.
+struct Prepared {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    grid: [u32; 3],
+    flops: u64,
+    reps: u32,
+    /// Shader module and pipeline creation, which is where lavapipe compiles.
+    compile_seconds: f64,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepared {
+    let kernel = gemm::generate(op, g, &variant.tiling, false).expect("generate failed");
+    let descriptor = wgpu::ShaderModuleDescriptor {
         label: Some(&kernel.label),
         source: wgpu::ShaderSource::Wgsl(kernel.wgsl.as_str().into()),
-    });
+    };
+    let module = if variant.unchecked {
+        // SAFETY: every load index is clamped into its tensor by the generated code and the
+        // buffers are sized from the same geometry.
+        unsafe {
+            gpu.device
+                .create_shader_module_trusted(descriptor, wgpu::ShaderRuntimeChecks::unchecked())
+        }
+    } else {
+        gpu.device.create_shader_module(descriptor)
+    };
+    let compile_start = Instant::now();
     let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&kernel.label),
         layout: None,
@@ -179,6 +238,7 @@ fn measure(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, tiling: &Tiling, samples: us
         compilation_options: Default::default(),
         cache: None,
     });
+    let compile_seconds = compile_start.elapsed().as_secs_f64();
     let buffers: Vec<wgpu::Buffer> = kernel
         .bindings
         .iter()
@@ -195,17 +255,62 @@ fn measure(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, tiling: &Tiling, samples: us
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     });
+    let (once, _) = time_kernel(gpu, &pipeline, &group, kernel.workgroups, 1);
+    let reps = (0.25 / once.max(1e-6)).clamp(1.0, 200.0) as u32;
+    Prepared {
+        pipeline,
+        group,
+        grid: kernel.workgroups,
+        flops: kernel.flops,
+        reps,
+        compile_seconds,
+        _buffers: buffers,
+    }
+}
 
-    let once = time_kernel(gpu, &pipeline, &group, kernel.workgroups, 1);
-    let reps = (0.3 / once.as_secs_f64().max(1e-6)).clamp(1.0, 200.0) as u32;
-    let mut rates: Vec<f64> = (0..samples)
-        .map(|_| {
-            let t = time_kernel(gpu, &pipeline, &group, kernel.workgroups, reps);
-            kernel.flops as f64 * f64::from(reps) / t.as_secs_f64() / 1e9
+/// Median rates of one variant in GFLOP/s: by wall time, and by CPU time spread over all
+/// cores (`flops / (cpu_seconds / cores)`), which is less sensitive to other processes.
+#[derive(Clone, Copy)]
+struct Rates {
+    wall: f64,
+    cpu: f64,
+    compile_seconds: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Times every variant in turn, `samples` rounds, and returns each one's median rates.
+/// Taking turns spreads the load of other processes on the machine over all variants.
+fn measure(
+    gpu: &Gpu,
+    op: ConvOp,
+    g: &ConvGeometry,
+    variants: &[Variant],
+    samples: usize,
+) -> Vec<Rates> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let prepared: Vec<Prepared> = variants.iter().map(|v| prepare(gpu, op, g, v)).collect();
+    let mut times = vec![(Vec::new(), Vec::new()); prepared.len()];
+    for _ in 0..samples {
+        for (p, (wall, cpu)) in prepared.iter().zip(&mut times) {
+            let (w, c) = time_kernel(gpu, &p.pipeline, &p.group, p.grid, p.reps);
+            let flops = p.flops as f64 * f64::from(p.reps) / 1e9;
+            wall.push(flops / w);
+            cpu.push(flops / (c / cores));
+        }
+    }
+    times
+        .into_iter()
+        .zip(&prepared)
+        .map(|((wall, cpu), p)| Rates {
+            wall: median(wall),
+            cpu: median(cpu),
+            compile_seconds: p.compile_seconds,
         })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+        .collect()
 }
 
 fn main() {
@@ -216,20 +321,27 @@ fn main() {
         value("--layers").map(|s| s.split(',').map(String::from).collect());
     let ops = value("--ops").unwrap_or_else(|| "fwd,wgrad".to_string());
     let samples: usize = value("--samples").map_or(5, |s| s.parse().expect("--samples"));
-    let extra: Vec<Tiling> = args
+    let extra: Vec<Variant> = args
         .iter()
         .enumerate()
         .filter(|(_, a)| *a == "--tiling")
         .filter_map(|(i, _)| args.get(i + 1))
-        .map(|s| parse_tiling(s))
+        .map(|s| parse_variant(s))
         .collect();
-    let naive = Tiling { tile_m: 1, tile_n: 1, workgroup_size: 64, subgroup_size: None };
+    let naive = Tiling {
+        tile_m: 1,
+        tile_n: 1,
+        workgroup_size: 64,
+        k_chunk: 1,
+        block_m: 1,
+        subgroup_size: None,
+    };
     let skip_naive = args.iter().any(|a| a == "--no-naive");
 
     let gpu = open_gpu();
     println!(
-        "{:<4} {:<29} {:>5} {:>6} {:>6} {:>7} {:>8} {:>8}  tiling",
-        "layer", "op", "M", "N", "K", "GFLOP", "naive", "chosen"
+        "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7}  tiling",
+        "layer", "op", "M", "N", "K", "GFLOP", "naive", "tiled", "cpu", "compile"
     );
     for layer in pix2pix_layers() {
         if layers_filter.as_ref().is_some_and(|f| !f.iter().any(|n| n == layer.name)) {
@@ -243,13 +355,21 @@ fn main() {
             let chosen = gemm::choose_tiling(op, g, &gpu.profile);
             let kernel = gemm::generate(op, g, &chosen, false).expect("generate failed");
             let (m, n, k) = gemm_sizes(&kernel.wgsl);
-            let naive_rate =
-                if skip_naive { f64::NAN } else { measure(&gpu, op, g, &naive, samples) };
-            let tilings: Vec<Tiling> = if extra.is_empty() { vec![chosen] } else { extra.clone() };
-            for t in tilings {
-                let rate = measure(&gpu, op, g, &t, samples);
+            let mut variants = if extra.is_empty() {
+                vec![Variant { tiling: chosen, unchecked: false }]
+            } else {
+                extra.clone()
+            };
+            if !skip_naive {
+                variants.insert(0, Variant { tiling: naive, unchecked: false });
+            }
+            let rates = measure(&gpu, op, g, &variants, samples);
+            let first = usize::from(!skip_naive);
+            let naive_rate = if skip_naive { f64::NAN } else { rates[0].wall };
+            for (v, rate) in variants[first..].iter().zip(&rates[first..]) {
+                let t = v.tiling;
                 println!(
-                    "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7.3} {:>8.2} {:>8.2}  {}x{}/{}/{:?}",
+                    "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>7.2}  {}{}",
                     layer.name,
                     op.name(),
                     m,
@@ -257,15 +377,24 @@ fn main() {
                     k,
                     kernel.flops as f64 / 1e9,
                     naive_rate,
-                    rate,
-                    t.tile_m,
-                    t.tile_n,
-                    t.workgroup_size,
-                    t.subgroup_size
+                    rate.wall,
+                    rate.cpu,
+                    rate.compile_seconds,
+                    describe(&t),
+                    if v.unchecked { " unchecked" } else { "" }
                 );
             }
         }
     }
+}
+
+/// Writes a tiling in the syntax `--tiling` reads.
+fn describe(t: &Tiling) -> String {
+    let subgroup = t.subgroup_size.map_or(String::new(), |s| format!("/sg{s}"));
+    format!(
+        "{}x{}/{}{subgroup}/kc{}/bm{}",
+        t.tile_m, t.tile_n, t.workgroup_size, t.k_chunk, t.block_m
+    )
 }
 
 /// Reads M, N and K back from the shader's constants, for the table.

@@ -337,27 +337,26 @@ fn sample_indices(len: usize, count: usize) -> Vec<usize> {
 /// register tiles without subgroups, and with subgroups where the adapter has them.
 fn tilings(op: ConvOp, g: &ConvGeometry) -> Vec<Tiling> {
     let profile = gpu().profile;
+    let no_subgroups = DeviceProfile { fixed_subgroup_size: None, ..profile };
     let mut list = vec![
-        Tiling { tile_m: 1, tile_n: 1, workgroup_size: 64, subgroup_size: None },
-        Tiling { tile_m: 3, tile_n: 5, workgroup_size: 16, subgroup_size: None },
-        gemm::choose_tiling(op, g, &DeviceProfile { fixed_subgroup_size: None, ..profile }),
+        plain(1, 1, 64, 1, 1),
+        plain(3, 5, 16, 3, 2),
+        gemm::choose_tiling(op, g, &no_subgroups),
+        gemm::choose_tiling(op, g, &DeviceProfile { cpu: false, ..no_subgroups }),
     ];
     if let Some(size) = profile.fixed_subgroup_size {
+        let with_subgroups = |t: Tiling| Tiling { subgroup_size: Some(size), ..t };
         list.push(gemm::choose_tiling(op, g, &profile));
-        list.push(Tiling {
-            tile_m: size + 3,
-            tile_n: 3,
-            workgroup_size: 2 * size,
-            subgroup_size: Some(size),
-        });
-        list.push(Tiling {
-            tile_m: 64,
-            tile_n: 8,
-            workgroup_size: size,
-            subgroup_size: Some(size),
-        });
+        list.push(gemm::choose_tiling(op, g, &DeviceProfile { cpu: false, ..profile }));
+        list.push(with_subgroups(plain(size + 3, 3, 2 * size, 3, 5)));
+        list.push(with_subgroups(plain(64, 8, size, 4, 2)));
     }
     list
+}
+
+/// A tiling without subgroup operations.
+fn plain(tile_m: u32, tile_n: u32, workgroup_size: u32, k_chunk: u32, block_m: u32) -> Tiling {
+    Tiling { tile_m, tile_n, workgroup_size, k_chunk, block_m, subgroup_size: None }
 }
 
 /// Geometry of the forward op of `op` with the output size from its shape rule.
@@ -468,7 +467,7 @@ mod awkward {
         // 70 x 256 x 256 outputs at one per invocation and 64 invocations per workgroup
         // need 71,680 workgroups.
         let g = ConvGeometry::conv2d(1, 1, [256, 256], 70, [1, 1], [1, 1], [0, 0]);
-        let tiling = Tiling { tile_m: 1, tile_n: 1, workgroup_size: 64, subgroup_size: None };
+        let tiling = plain(1, 1, 64, 1, 1);
         let kernel = gemm::generate(ConvOp::Conv2d, &g, &tiling, false).expect("generate");
         assert_eq!(kernel.workgroups[0], 65_535);
         assert_eq!(kernel.workgroups[1], 2);
@@ -551,9 +550,10 @@ mod pix2pix {
     #[test]
     fn every_pix2pix_shader_validates() {
         let profiles = [
-            DeviceProfile { fixed_subgroup_size: Some(8), max_invocations: 1024 },
-            DeviceProfile { fixed_subgroup_size: Some(32), max_invocations: 1024 },
-            DeviceProfile { fixed_subgroup_size: None, max_invocations: 256 },
+            DeviceProfile { fixed_subgroup_size: Some(8), max_invocations: 1024, cpu: true },
+            DeviceProfile { fixed_subgroup_size: None, max_invocations: 1024, cpu: true },
+            DeviceProfile { fixed_subgroup_size: Some(32), max_invocations: 1024, cpu: false },
+            DeviceProfile { fixed_subgroup_size: None, max_invocations: 256, cpu: false },
         ];
         for (name, forward, g) in layers() {
             for op in [forward, weight_grad(forward)] {
@@ -685,20 +685,15 @@ mod errors {
     fn inconsistent_output_size_is_rejected() {
         let mut g = ConvGeometry::conv2d(1, 3, [8, 8], 4, [3, 3], [1, 1], [1, 1]);
         g.out_size = [7, 8];
-        let err = gemm::generate(
-            ConvOp::Conv2d,
-            &g,
-            &Tiling { tile_m: 1, tile_n: 1, workgroup_size: 1, subgroup_size: None },
-            false,
-        )
-        .expect_err("a wrong output size must be rejected");
+        let err = gemm::generate(ConvOp::Conv2d, &g, &plain(1, 1, 1, 1, 1), false)
+            .expect_err("a wrong output size must be rejected");
         assert!(err.to_string().contains("output size 7 along axis 0"), "{err}");
     }
 
     #[test]
     fn workgroup_not_multiple_of_subgroup_is_rejected() {
         let g = ConvGeometry::conv2d(1, 3, [8, 8], 4, [3, 3], [1, 1], [1, 1]);
-        let tiling = Tiling { tile_m: 8, tile_n: 2, workgroup_size: 12, subgroup_size: Some(8) };
+        let tiling = Tiling { subgroup_size: Some(8), ..plain(8, 2, 12, 1, 1) };
         let err = gemm::generate(ConvOp::Conv2d, &g, &tiling, false).expect_err("must be rejected");
         assert!(err.to_string().contains("multiple of the subgroup size"), "{err}");
     }

@@ -148,48 +148,7 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
         }
     }
 
-    s.push_str("    for (var k = 0i; k < K; k++) {\n");
-    s.push_str(p.step_setup());
-    for r in 0..a_rows.len() {
-        let access = p.a_access(&format!("ar{r}"));
-        let valid = if access.valid.is_empty() {
-            format!("ar{r}_live")
-        } else {
-            format!("ar{r}_live && {}", access.valid)
-        };
-        let _ = writeln!(
-            s,
-            "        let a{r} = select(0.0, lhs[select(0i, {}, {valid})], {valid});",
-            access.offset
-        );
-    }
-    for j in 0..tn {
-        s.push_str(&p.b_pixel(j));
-        let access = p.b_access(j);
-        let _ = writeln!(
-            s,
-            "        let b{j}_live = {};\n        let b{j} = select(0.0, rhs[select(0i, {}, b{j}_live)], b{j}_live);",
-            access.valid, access.offset
-        );
-    }
-    for i in 0..tm {
-        let a = match t.subgroup_size {
-            Some(lanes) => {
-                let _ = writeln!(
-                    s,
-                    "        let s{i} = subgroupBroadcast(a{}, {}u);",
-                    i / lanes,
-                    i % lanes
-                );
-                format!("s{i}")
-            }
-            None => format!("a{i}"),
-        };
-        for j in 0..tn {
-            let _ = writeln!(s, "        c{i}_{j} = fma({a}, b{j}, c{i}_{j});");
-        }
-    }
-    s.push_str("    }\n");
+    main_loop(s, p, t, a_rows.len());
 
     // Store the tile.
     for i in 0..tm {
@@ -205,4 +164,68 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
         }
     }
     s.push_str("}\n");
+}
+
+/// Writes the `k` loop. Each trip stages `k_chunk` steps of A and B values, then runs the
+/// multiply-adds one block of `block_m` rows at a time, so that a block's accumulators can
+/// stay in registers for the whole chunk while the staged operands are reread.
+fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
+    let (tm, tn, chunk) = (t.tile_m, t.tile_n, t.k_chunk);
+    let ragged = p.k % chunk != 0;
+    for kk in 0..chunk {
+        let names: Vec<String> = (0..a_loads)
+            .map(|r| format!("a{kk}_{r}"))
+            .chain((0..tn).map(|j| format!("b{kk}_{j}")))
+            .collect();
+        let _ = writeln!(s, "    var {}: f32;", names.join(": f32;\n    var "));
+    }
+    let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
+    for kk in 0..chunk {
+        let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
+        s.push_str(p.step_setup());
+        let in_range = if ragged { " && k < K" } else { "" };
+        for r in 0..a_loads {
+            let access = p.a_access(&format!("ar{r}"));
+            let extra = if access.valid.is_empty() {
+                String::new()
+            } else {
+                format!(" && {}", access.valid)
+            };
+            let _ = writeln!(
+                s,
+                "        let a{r}_valid = ar{r}_live{extra}{in_range};\n        \
+                 a{kk}_{r} = select(0.0, lhs[select(0i, {}, a{r}_valid)], a{r}_valid);",
+                access.offset
+            );
+        }
+        for j in 0..tn {
+            s.push_str(&p.b_pixel(j));
+            let access = p.b_access(j);
+            let _ = writeln!(
+                s,
+                "        let b{j}_valid = {}{in_range};\n        \
+                 b{kk}_{j} = select(0.0, rhs[select(0i, {}, b{j}_valid)], b{j}_valid);",
+                access.valid, access.offset
+            );
+        }
+        s.push_str("        }\n");
+    }
+    let block = t.block_m.clamp(1, tm);
+    for first in (0..tm).step_by(block as usize) {
+        for kk in 0..chunk {
+            for i in first..(first + block).min(tm) {
+                let a = match t.subgroup_size {
+                    Some(lanes) => {
+                        format!("subgroupBroadcast(a{kk}_{}, {}u)", i / lanes, i % lanes)
+                    }
+                    None => format!("a{kk}_{i}"),
+                };
+                let _ = writeln!(s, "        let s{kk}_{i} = {a};");
+                for j in 0..tn {
+                    let _ = writeln!(s, "        c{i}_{j} = fma(s{kk}_{i}, b{kk}_{j}, c{i}_{j});");
+                }
+            }
+        }
+    }
+    s.push_str("    }\n");
 }

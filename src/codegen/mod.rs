@@ -1,3 +1,314 @@
-//! WGSL code generation: from scheduled IR kernels to specialised shader text.
+//! WGSL code generation: one IR node (with concrete shapes) to one or more specialised
+//! compute kernels.
+//!
+//! Needs: a verified graph, so every node has a concrete shape and the operands its op
+//! takes. Guarantees: each [`Kernel`] carries its WGSL with every size and stride baked in
+//! as a constant, the buffers it binds in binding order, and its dispatch grid already
+//! folded to the target's per-dimension limit. [`lower_graph`] rejects a kernel whose
+//! binding is larger than `maxStorageBufferBindingSize` or that binds more storage buffers
+//! than `maxStorageBuffersPerShaderStage`, naming the kernel, the size and the limit.
+//!
+//! Adding an op kind: write its template under `shaders/`, a `lower_*` function in the
+//! file of its family here (or a new file), and an arm in [`lower_node`]. The grid
+//! folding lives in [`grid`] and the binding header in [`wgsl`], so a lowering only
+//! chooses its constants, bindings and element count.
 
+mod conv;
+mod dense;
+mod elementwise;
 pub mod gemm;
+pub mod grid;
+mod layout;
+mod norm;
+mod reduce;
+mod target;
+pub mod wgsl;
+
+pub use elementwise::dropout_threshold;
+pub use grid::Grid;
+pub use target::{Target, Tuning};
+
+use crate::ir::{Graph, NodeId, Op, ParamId};
+
+/// What a kernel binding refers to. The runtime maps each to a device buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    /// The value a node produces (an intermediate, a graph input, a constant).
+    Node(NodeId),
+    /// A parameter or buffer in the parameter store.
+    Param(ParamId),
+    /// Scratch storage that belongs to a node and lives as long as the program, such as
+    /// batch statistics (index 0) that a backward kernel reads again. Its size in `f32`s is
+    /// the binding's `elements`.
+    Aux { node: NodeId, index: u32 },
+    /// The per-run uniform block ([`wgsl::RUN_VALUES_WGSL`]).
+    RunValues,
+}
+
+/// How a kernel accesses a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+    Uniform,
+}
+
+/// One binding of a kernel, in binding-index order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    /// The WGSL variable name the kernel body uses.
+    pub name: &'static str,
+    pub resource: Resource,
+    pub access: Access,
+    /// Number of `f32` elements bound (0 for the uniform block).
+    pub elements: u64,
+    /// First bound element, for a kernel that covers one chunk of a buffer larger than a
+    /// binding may be.
+    pub offset: u64,
+}
+
+impl Binding {
+    pub fn read(name: &'static str, resource: Resource, elements: usize) -> Self {
+        Binding {
+            name,
+            resource,
+            access: Access::Read,
+            elements: elements.max(1) as u64,
+            offset: 0,
+        }
+    }
+
+    pub fn write(name: &'static str, resource: Resource, elements: usize) -> Self {
+        Binding {
+            name,
+            resource,
+            access: Access::ReadWrite,
+            elements: elements.max(1) as u64,
+            offset: 0,
+        }
+    }
+
+    pub fn run_values() -> Self {
+        Binding {
+            name: "run",
+            resource: Resource::RunValues,
+            access: Access::Uniform,
+            elements: 0,
+            offset: 0,
+        }
+    }
+
+    /// Narrows the binding to `len` elements from element `start`.
+    pub fn range(mut self, start: usize, len: usize) -> Self {
+        self.offset = start as u64;
+        self.elements = len.max(1) as u64;
+        self
+    }
+
+    /// Size of the binding in bytes.
+    pub fn bytes(&self) -> u64 {
+        match self.access {
+            Access::Uniform => wgsl::RUN_VALUES_BYTES,
+            _ => self.elements * 4,
+        }
+    }
+}
+
+/// A specialised compute kernel, ready for pipeline creation.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// Unique within a program: the node's dotted name plus the kernel's role
+    /// (`generator.e3.conv.conv2d`, `generator.e3.norm.batch_norm_stats`).
+    pub name: String,
+    /// The node the kernel implements, for the memory plan and per-kernel timings.
+    pub node: NodeId,
+    pub wgsl: String,
+    pub bindings: Vec<Binding>,
+    pub grid: Grid,
+    /// Floating-point operations per run, an estimate for the benchmark table.
+    pub flops: u64,
+}
+
+/// Whether batch norm uses batch statistics and dropout drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// A failure to lower a graph within the target's limits.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum CodegenError {
+    #[error(
+        "kernel {kernel} binds {binding} of {bytes} bytes, over this adapter's \
+         maxStorageBufferBindingSize of {limit} bytes"
+    )]
+    #[diagnostic(help(
+        "reduce the batch size or the image size, or use an adapter with larger limits"
+    ))]
+    BindingTooLarge { kernel: String, binding: &'static str, bytes: u64, limit: u64 },
+    #[error(
+        "kernel {kernel} binds {count} storage buffers, over this adapter's \
+         maxStorageBuffersPerShaderStage of {limit}"
+    )]
+    TooManyStorageBuffers { kernel: String, count: u32, limit: u32 },
+    #[error("kernel {kernel} needs {workgroups} workgroups, more than a folded 3D grid holds ({limit}^3)")]
+    GridTooLarge { kernel: String, workgroups: u64, limit: u32 },
+    #[error("node {node} ({op}) has no WGSL lowering")]
+    Unsupported { node: String, op: &'static str },
+}
+
+/// Follows ops that need no kernel (`flatten`, `stop_gradient`, dropout in evaluation
+/// mode or with `p = 0`) back to the node whose buffer holds the value.
+pub fn storage_root(graph: &Graph, mut id: NodeId, mode: Mode) -> NodeId {
+    loop {
+        let passes_through = match graph.node(id).op {
+            Op::Flatten | Op::StopGradient => true,
+            Op::Dropout { p } => mode == Mode::Eval || p == 0.0,
+            _ => false,
+        };
+        if !passes_through {
+            return id;
+        }
+        id = graph.operands(id)[0];
+    }
+}
+
+/// The resource a node's value is read from.
+pub fn value_resource(graph: &Graph, id: NodeId, mode: Mode) -> Resource {
+    let root = storage_root(graph, id, mode);
+    match graph.node(root).op {
+        Op::Param { id } => Resource::Param(id),
+        _ => Resource::Node(root),
+    }
+}
+
+/// Everything a lowering function reads: the graph, the node, the target and the mode.
+pub struct LowerContext<'a> {
+    pub graph: &'a Graph,
+    pub node: NodeId,
+    pub target: &'a Target,
+    pub mode: Mode,
+}
+
+impl LowerContext<'_> {
+    pub fn operands(&self) -> Vec<NodeId> {
+        self.graph.operands(self.node)
+    }
+
+    /// Shape dims of operand `slot`.
+    pub fn operand_dims(&self, slot: usize) -> Vec<usize> {
+        self.graph.shape(self.operands()[slot]).0.clone()
+    }
+
+    pub fn operand_count(&self) -> usize {
+        self.operands().len()
+    }
+
+    /// A read binding of operand `slot`.
+    pub fn read(&self, name: &'static str, slot: usize) -> Binding {
+        let operand = self.operands()[slot];
+        let elements = self.graph.shape(operand).numel();
+        Binding::read(name, value_resource(self.graph, operand, self.mode), elements)
+    }
+
+    /// The binding of this node's own output.
+    pub fn output(&self, name: &'static str) -> Binding {
+        let elements = self.graph.shape(self.node).numel();
+        Binding::write(name, Resource::Node(self.node), elements)
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.graph.shape(self.node).dims()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.graph.shape(self.node).numel()
+    }
+
+    /// The kernel name for `role`: the node's name, then the role unless the name already
+    /// ends with it (`e1.relu`, not `e1.relu.relu`).
+    pub fn kernel_name(&self, role: &str) -> String {
+        let name = &self.graph.node(self.node).name;
+        if name.rsplit('.').next() == Some(role) {
+            name.clone()
+        } else {
+            format!("{name}.{role}")
+        }
+    }
+
+    /// Builds a kernel from a template body, checking it against the target's limits.
+    pub fn kernel(
+        &self,
+        role: &str,
+        template: &str,
+        constants: &[(&str, String)],
+        bindings: Vec<Binding>,
+        grid: Grid,
+        flops: u64,
+    ) -> Kernel {
+        let name = self.kernel_name(role);
+        let wgsl = wgsl::assemble(&name, template, constants, &bindings, &grid);
+        Kernel { name, node: self.node, wgsl, bindings, grid, flops }
+    }
+}
+
+/// Lowers one node to its kernels; ops that need none (leaves, `flatten`, ...) give none.
+pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
+    let node = ctx.graph.node(ctx.node);
+    let kernels = match &node.op {
+        Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => Vec::new(),
+        Op::Flatten | Op::StopGradient => Vec::new(),
+        Op::Dropout { p } if ctx.mode == Mode::Eval || *p == 0.0 => Vec::new(),
+        Op::Dropout { p } => elementwise::lower_dropout(ctx, *p)?,
+        Op::Relu | Op::LeakyRelu { .. } | Op::Tanh | Op::Sigmoid | Op::Neg => {
+            elementwise::lower_unary(ctx, &node.op)?
+        }
+        Op::Add | Op::Sub | Op::Mul | Op::Div => elementwise::lower_binary(ctx, &node.op)?,
+        Op::Conv2d { stride, padding } => vec![conv::lower_conv2d(ctx, *stride, *padding)?],
+        Op::ConvTranspose2d { stride, padding, .. } => {
+            vec![conv::lower_conv_transpose2d(ctx, *stride, *padding)?]
+        }
+        Op::BatchNorm { eps, momentum, running_mean, running_var } => {
+            norm::lower_batch_norm(ctx, *eps, *momentum, *running_mean, *running_var)?
+        }
+        Op::Concat { axis } => layout::lower_concat(ctx, *axis)?,
+        Op::Linear => vec![dense::lower_linear(ctx)?],
+        Op::MaxPool2d { kernel, stride } => vec![dense::lower_max_pool2d(ctx, *kernel, *stride)?],
+        Op::Sum { axes } => reduce::lower_sum(ctx, axes, false)?,
+        Op::Mean { axes } => reduce::lower_sum(ctx, axes, true)?,
+        Op::BceWithLogits | Op::L1Loss | Op::MseLoss | Op::CrossEntropy => {
+            reduce::lower_loss(ctx, &node.op)?
+        }
+    };
+    for kernel in &kernels {
+        ctx.target.check(kernel)?;
+    }
+    Ok(kernels)
+}
+
+/// Lowers every node of `graph` in its topological order (which runs the phases in
+/// order) to the program's kernel list.
+pub fn lower_graph(
+    graph: &Graph,
+    target: &Target,
+    mode: Mode,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let mut kernels = Vec::new();
+    for node in graph.topo_order() {
+        let ctx = LowerContext { graph, node, target, mode };
+        kernels.extend(lower_node(&ctx)?);
+    }
+    Ok(kernels)
+}
+
+/// Parses and validates `source` with naga, returning naga's message on failure.
+pub fn validate_wgsl(source: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+    let mut validator = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    );
+    validator.validate(&module).map_err(|e| e.emit_to_string(source))?;
+    Ok(())
+}

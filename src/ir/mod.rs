@@ -15,8 +15,8 @@ pub mod verify;
 
 pub use graph::{Graph, Node, NodeId, Operand};
 pub use module::{
-    DataSpec, Half, Init, LossTerm, Module, Net, NetInput, Optimizer, ParamDecl, ParamId,
-    ParamKind, Schedule, StepSpec, TrainSpec,
+    DataSpec, Half, Init, LabeledData, LossTerm, Module, Net, NetInput, Optimizer, ParamDecl,
+    ParamId, ParamKind, Schedule, StepSpec, TrainSpec,
 };
 pub use op::{Op, ShapeError};
 

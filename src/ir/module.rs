@@ -75,6 +75,20 @@ pub struct DataSpec {
     /// Random horizontal flip, the same for both halves.
     pub flip: bool,
     pub batch: usize,
+    /// Set for a classification data set: each image is one example, the data folder
+    /// holds one subfolder per class (sorted by name, class `k` is the `k`-th), `input` is
+    /// `[N, channels, size, size]` and `target` holds the `N` class indices as f32. The
+    /// `input` and `target` halves above are unused then. `None` for paired images.
+    #[serde(default)]
+    pub labeled: Option<LabeledData>,
+}
+
+/// The classes and image format of a labeled data set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabeledData {
+    pub classes: usize,
+    /// 1 for grayscale, 3 for RGB.
+    pub channels: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

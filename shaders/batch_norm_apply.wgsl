@@ -1,0 +1,15 @@
+// y = (x - mean[c]) / sqrt(var[c] + EPS) * scale[c] + offset[c], with c the channel of
+// each element (S spatial elements per channel, C channels).
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let first = group_index(wid) * ITEMS * WG + lid;
+    for (var k = 0u; k < ITEMS; k += 1u) {
+        let i = first + k * WG;
+        if (i < COUNT) {
+            let c = ((BASE + i) / S) % C;
+            let inv_std = inverseSqrt({{VAR}} + EPS);
+            y[i] = (x[i] - {{MEAN}}) * inv_std * scale[c] + offset[c];
+        }
+    }
+}

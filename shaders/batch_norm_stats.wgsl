@@ -1,0 +1,37 @@
+// Batch statistics: one workgroup per channel c computes the mean and the biased
+// variance over the M = N * S elements of the channel (S = spatial size), in two passes
+// with compensated sums, and stores them as stats[c] and stats[C + c].
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = group_index(wid);
+    if (c >= C) {
+        return;
+    }
+
+    var sum = 0.0;
+    var compensation = 0.0;
+    for (var j = lid; j < M; j += WG) {
+        let v = x[((j / S) * C + c) * S + j % S] - compensation;
+        let next = sum + v;
+        compensation = (next - sum) - v;
+        sum = next;
+    }
+    let mean = workgroup_sum(lid, sum) / f32(M);
+
+    sum = 0.0;
+    compensation = 0.0;
+    for (var j = lid; j < M; j += WG) {
+        let d = x[((j / S) * C + c) * S + j % S] - mean;
+        let v = d * d - compensation;
+        let next = sum + v;
+        compensation = (next - sum) - v;
+        sum = next;
+    }
+    let variance = workgroup_sum(lid, sum) / f32(M);
+
+    if (lid == 0u) {
+        stats[c] = mean;
+        stats[C + c] = variance;
+    }
+}

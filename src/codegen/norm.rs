@@ -1,0 +1,103 @@
+//! Batch normalization.
+//!
+//! Training mode runs three kernels: the batch statistics (into the node's aux buffer 0,
+//! `[mean; C]` then `[variance; C]`, which stays alive for the backward pass), the
+//! normalization, and the update of the running statistics in the parameter store.
+//! Evaluation mode runs the normalization alone, with the running statistics.
+
+use super::elementwise::elementwise_chunks;
+use super::wgsl::{f32_literal, fill, u};
+use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Mode, Resource};
+use crate::ir::ParamId;
+
+const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
+const STATS: &str = include_str!("../../shaders/batch_norm_stats.wgsl");
+const APPLY: &str = include_str!("../../shaders/batch_norm_apply.wgsl");
+const UPDATE: &str = include_str!("../../shaders/batch_norm_update.wgsl");
+
+/// The aux buffer that holds a batch-norm node's batch statistics in training mode.
+pub const STATS_AUX: u32 = 0;
+
+pub(super) fn lower_batch_norm(
+    ctx: &LowerContext<'_>,
+    eps: f32,
+    momentum: f32,
+    running_mean: ParamId,
+    running_var: ParamId,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let dims = ctx.dims().to_vec();
+    let (n, c) = (dims[0], dims[1]);
+    let spatial: usize = dims[2..].iter().product();
+    let per_channel = n * spatial;
+    let wg = ctx.target.tuning.workgroup_size;
+    let stats = Resource::Aux { node: ctx.node, index: STATS_AUX };
+    let mut kernels = Vec::new();
+
+    if ctx.mode == Mode::Train {
+        let grid = Grid::fold(
+            &ctx.kernel_name("batch_norm_stats"),
+            c as u64,
+            ctx.target.max_workgroups_per_dimension,
+        )?;
+        let constants = vec![
+            ("WG", u(wg)),
+            ("C", u(c as u64)),
+            ("S", u(spatial as u64)),
+            ("M", u(per_channel as u64)),
+        ];
+        let body = format!("{WORKGROUP_SUM}\n{STATS}");
+        let bindings = vec![ctx.read("x", 0), Binding::write("stats", stats, 2 * c)];
+        let flops = 4 * ctx.numel() as u64;
+        kernels.push(ctx.kernel("batch_norm_stats", &body, &constants, bindings, grid, flops));
+    }
+
+    let (mean, variance) = if ctx.mode == Mode::Train {
+        ("stats[c]", "stats[C + c]")
+    } else {
+        ("running_mean[c]", "running_var[c]")
+    };
+    let body = fill(APPLY, &[("MEAN", mean.to_string()), ("VAR", variance.to_string())]);
+    for mut chunk in elementwise_chunks(ctx, "batch_norm", ctx.numel())? {
+        chunk.constants.extend([
+            ("C", u(c as u64)),
+            ("S", u(spatial as u64)),
+            ("EPS", f32_literal(eps)),
+        ]);
+        let (start, len) = (chunk.start, chunk.len);
+        let mut bindings =
+            vec![ctx.read("x", 0).range(start, len), ctx.read("scale", 1), ctx.read("offset", 2)];
+        if ctx.mode == Mode::Train {
+            bindings.push(Binding::read("stats", stats, 2 * c));
+        } else {
+            bindings.push(Binding::read("running_mean", Resource::Param(running_mean), c));
+            bindings.push(Binding::read("running_var", Resource::Param(running_var), c));
+        }
+        bindings.push(ctx.output("y").range(start, len));
+        let flops = 5 * len as u64;
+        kernels.push(ctx.kernel(&chunk.role, &body, &chunk.constants, bindings, chunk.grid, flops));
+    }
+
+    if ctx.mode == Mode::Train {
+        let groups = (c as u64).div_ceil(u64::from(wg));
+        let grid = Grid::fold(
+            &ctx.kernel_name("batch_norm_update"),
+            groups,
+            ctx.target.max_workgroups_per_dimension,
+        )?;
+        let unbias =
+            if per_channel > 1 { per_channel as f64 / (per_channel - 1) as f64 } else { 1.0 };
+        let constants = vec![
+            ("WG", u(wg)),
+            ("C", u(c as u64)),
+            ("MOMENTUM", f32_literal(momentum)),
+            ("UNBIAS", f32_literal(unbias as f32)),
+        ];
+        let bindings = vec![
+            Binding::read("stats", stats, 2 * c),
+            Binding::write("running_mean", Resource::Param(running_mean), c),
+            Binding::write("running_var", Resource::Param(running_var), c),
+        ];
+        kernels.push(ctx.kernel("batch_norm_update", UPDATE, &constants, bindings, grid, 0));
+    }
+    Ok(kernels)
+}

@@ -1,0 +1,102 @@
+//! The limits and tuning choices a lowering is specialised for.
+
+use super::{Access, CodegenError, Kernel};
+
+/// Tiling and work-per-invocation choices. They are data, not code, so a device can get
+/// the sizes that suit it without touching the lowerings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuning {
+    /// Invocations per workgroup for the one-dimensional kernels.
+    pub workgroup_size: u32,
+    /// Elements each invocation of an elementwise kernel handles.
+    pub elementwise_items: u32,
+    /// Output channels each conv invocation accumulates, so one input load feeds that many
+    /// multiply-adds.
+    pub conv_out_channel_tile: u32,
+    /// Maximum workgroups of the first stage of a full reduction.
+    pub reduce_max_groups: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            workgroup_size: 256,
+            elementwise_items: 4,
+            conv_out_channel_tile: 8,
+            reduce_max_groups: 256,
+        }
+    }
+}
+
+/// What the generated code must fit: the device's limits and the tuning.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub max_workgroups_per_dimension: u32,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// `minStorageBufferOffsetAlignment` in bytes, for kernels that bind chunks.
+    pub storage_offset_alignment: u32,
+    pub subgroups: bool,
+    pub tuning: Tuning,
+}
+
+impl Default for Target {
+    /// The WebGPU default limits, for code generated without a device (`netc shaders`
+    /// before any adapter is opened, snapshots, naga validation).
+    fn default() -> Self {
+        let limits = wgpu::Limits::default();
+        Target {
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            subgroups: false,
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+impl Target {
+    /// The largest number of elements a chunked kernel binds at once: the binding limit,
+    /// rounded down so that every chunk starts on the offset alignment.
+    pub fn chunk_elements(&self) -> usize {
+        let align = u64::from(self.storage_offset_alignment.max(4)) / 4;
+        let elements = self.max_storage_buffer_binding_size / 4;
+        ((elements / align) * align).max(align) as usize
+    }
+
+    pub fn from_limits(limits: &wgpu::Limits, features: wgpu::Features) -> Self {
+        Target {
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            tuning: Tuning::default(),
+        }
+    }
+
+    /// Rejects a kernel that binds more than the device allows.
+    pub fn check(&self, kernel: &Kernel) -> Result<(), CodegenError> {
+        let storage = kernel.bindings.iter().filter(|b| b.access != Access::Uniform);
+        let count = storage.clone().count() as u32;
+        if count > self.max_storage_buffers_per_shader_stage {
+            return Err(CodegenError::TooManyStorageBuffers {
+                kernel: kernel.name.clone(),
+                count,
+                limit: self.max_storage_buffers_per_shader_stage,
+            });
+        }
+        for binding in storage {
+            if binding.bytes() > self.max_storage_buffer_binding_size {
+                return Err(CodegenError::BindingTooLarge {
+                    kernel: kernel.name.clone(),
+                    binding: binding.name,
+                    bytes: binding.bytes(),
+                    limit: self.max_storage_buffer_binding_size,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Graph and schedule passes that run between the IR and the runtime.
+
+pub mod memory;

@@ -1,0 +1,140 @@
+//! Adapter choice and device creation.
+//!
+//! Needs: a Vulkan, Metal, DX12 or GL driver that wgpu can load (lavapipe counts).
+//! Guarantees: the device is created with the adapter's own limits rather than the WebGPU
+//! defaults, so large bindings and grids work wherever the hardware allows them, and
+//! with `SUBGROUP` when the adapter has it.
+
+use super::RuntimeError;
+use wgpu::DeviceType;
+
+/// How to install a software adapter, for the error raised when none is found.
+pub const LAVAPIPE_HINT: &str = "install Mesa's software Vulkan driver (lavapipe) with \
+     `apt-get install mesa-vulkan-drivers libvulkan1`, or a GPU driver";
+
+/// One adapter as `netc devices` lists it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub subgroups: bool,
+}
+
+/// An open device with the adapter it came from and the limits it was created with.
+pub struct Gpu {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Enumerates the adapters of the primary backends (Vulkan, Metal, DX12), or of GL when
+/// there are none, because probing GL needs a display that headless machines lack.
+fn all_adapters() -> Vec<wgpu::Adapter> {
+    let instance = instance();
+    let primary = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    if !primary.is_empty() {
+        return primary;
+    }
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::GL))
+}
+
+/// Ranks adapters for the default choice: real GPUs first, then software ones.
+fn preference(info: &wgpu::AdapterInfo) -> u32 {
+    let kind = match info.device_type {
+        DeviceType::DiscreteGpu => 0,
+        DeviceType::IntegratedGpu => 1,
+        DeviceType::VirtualGpu => 2,
+        DeviceType::Other => 3,
+        DeviceType::Cpu => 4,
+    };
+    // NOTE: Vulkan first because wgpu's GL backend lacks several compute features netc uses.
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    kind * 2 + backend
+}
+
+fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        subgroups: adapter.features().contains(wgpu::Features::SUBGROUP),
+    }
+}
+
+/// Lists every adapter wgpu finds, in the order the default choice prefers them.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let mut adapters = all_adapters();
+    adapters.sort_by_key(|a| preference(&a.get_info()));
+    adapters.iter().map(summarize).collect()
+}
+
+/// Picks the adapter whose name contains `request` (case-insensitive), or the preferred
+/// one when `request` is `None`.
+fn choose_adapter(request: Option<&str>) -> Result<wgpu::Adapter, RuntimeError> {
+    let mut adapters = all_adapters();
+    adapters.sort_by_key(|a| preference(&a.get_info()));
+    if adapters.is_empty() {
+        return Err(RuntimeError::NoAdapter { hint: LAVAPIPE_HINT });
+    }
+    let Some(request) = request else {
+        return Ok(adapters.remove(0));
+    };
+    let needle = request.to_lowercase();
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    match adapters.iter().position(|a| a.get_info().name.to_lowercase().contains(&needle)) {
+        Some(index) => Ok(adapters.swap_remove(index)),
+        None => Err(RuntimeError::AdapterNotFound {
+            request: request.to_string(),
+            available: names.join(", "),
+        }),
+    }
+}
+
+impl Gpu {
+    /// Opens the adapter `request` names (a substring of a name `netc devices` lists), or
+    /// the preferred one.
+    pub fn open(request: Option<&str>) -> Result<Gpu, RuntimeError> {
+        let adapter = choose_adapter(request)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("netc"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&descriptor)).map_err(|e| {
+                RuntimeError::RequestDevice { adapter: info.name.clone(), message: e.to_string() }
+            })?;
+        tracing::info!(adapter = %info.name, backend = ?info.backend, "opened device");
+        Ok(Gpu { adapter, device, queue, info, limits, features })
+    }
+
+    /// Returns the compile target that this device's limits and features allow.
+    pub fn target(&self) -> crate::codegen::Target {
+        crate::codegen::Target::from_limits(&self.limits, self.features)
+    }
+}

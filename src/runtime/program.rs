@@ -1,0 +1,449 @@
+//! A compiled program: buffers, pipelines and bind groups for a list of kernels, created
+//! once, and the run that records every dispatch into one compute pass and one submit.
+
+use super::{Gpu, ParamStore, RuntimeError};
+use crate::codegen::wgsl::{RunValues, RUN_VALUES_BYTES};
+use crate::codegen::{value_resource, Access, Kernel, Mode, Resource};
+use crate::ir::{Graph, NodeId, Op};
+use crate::passes::memory::{self, MemoryPlan};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use wgpu::BufferUsages;
+
+/// Device memory a program holds, in bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryReport {
+    /// Intermediate values after buffer reuse: the planned peak.
+    pub intermediate_bytes: u64,
+    /// Intermediate values if each had a buffer of its own.
+    pub unshared_bytes: u64,
+    /// Inputs, outputs, constants and per-node scratch (batch statistics, partial sums).
+    pub pinned_bytes: u64,
+    /// Number of planned intermediate buffers.
+    pub buffers: usize,
+}
+
+struct CompiledKernel {
+    name: String,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+struct Port {
+    name: String,
+    buffer: wgpu::Buffer,
+    elements: usize,
+}
+
+/// Pipelines, bind groups and buffers for one list of kernels, ready to run many times.
+pub struct Program {
+    kernels: Vec<CompiledKernel>,
+    inputs: Vec<Port>,
+    outputs: Vec<Port>,
+    run_values: wgpu::Buffer,
+    memory: MemoryReport,
+}
+
+fn storage_buffer(
+    gpu: &Gpu,
+    label: &str,
+    bytes: u64,
+    extra: BufferUsages,
+) -> Result<wgpu::Buffer, RuntimeError> {
+    let size = bytes.max(4).next_multiple_of(4);
+    if size > gpu.limits.max_buffer_size {
+        return Err(RuntimeError::BufferTooLarge {
+            what: label.to_string(),
+            bytes: size,
+            limit: gpu.limits.max_buffer_size,
+        });
+    }
+    Ok(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: BufferUsages::STORAGE | extra,
+        mapped_at_creation: false,
+    }))
+}
+
+/// The buffers behind every resource the kernels bind, except parameters.
+struct Buffers {
+    nodes: HashMap<NodeId, wgpu::Buffer>,
+    planned: Vec<wgpu::Buffer>,
+    plan: MemoryPlan,
+    aux: BTreeMap<(NodeId, u32), wgpu::Buffer>,
+    pinned_bytes: u64,
+}
+
+impl Buffers {
+    fn get<'a>(
+        &'a self,
+        resource: Resource,
+        params: &'a ParamStore,
+        run: &'a wgpu::Buffer,
+    ) -> &'a wgpu::Buffer {
+        match resource {
+            Resource::Node(node) => {
+                self.nodes.get(&node).unwrap_or_else(|| &self.planned[self.plan.assignment[&node]])
+            }
+            Resource::Param(id) => params.buffer(id),
+            Resource::Aux { node, index } => &self.aux[&(node, index)],
+            Resource::RunValues => run,
+        }
+    }
+}
+
+impl Program {
+    /// Compiles `kernels` (lowered from `graph` in `mode`, plus any the caller appends)
+    /// against `params`. `outputs` names the values a run may read back.
+    pub fn compile(
+        gpu: &Gpu,
+        graph: &Graph,
+        mode: Mode,
+        kernels: &[Kernel],
+        params: &ParamStore,
+        outputs: &[(String, NodeId)],
+    ) -> Result<Program, RuntimeError> {
+        let _span = tracing::info_span!("compile_program", kernels = kernels.len()).entered();
+        let target = gpu.target();
+        for kernel in kernels {
+            target.check(kernel)?;
+        }
+        let buffers = Self::allocate(gpu, graph, mode, kernels, outputs)?;
+        let run_values = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("run values"),
+            size: RUN_VALUES_BYTES,
+            usage: BufferUsages::UNIFORM | BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        let mut pipelines: HashMap<String, (wgpu::ComputePipeline, wgpu::BindGroupLayout)> =
+            HashMap::new();
+        let mut compiled = Vec::with_capacity(kernels.len());
+        for kernel in kernels {
+            if !pipelines.contains_key(&kernel.wgsl) {
+                let created = create_pipeline(gpu, kernel)?;
+                pipelines.insert(kernel.wgsl.clone(), created);
+            }
+            let (pipeline, layout) = &pipelines[&kernel.wgsl];
+            let entries: Vec<wgpu::BindGroupEntry> = kernel
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(index, binding)| wgpu::BindGroupEntry {
+                    binding: index as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: buffers.get(binding.resource, params, &run_values),
+                        offset: binding.offset * 4,
+                        size: wgpu::BufferSize::new(binding.bytes()),
+                    }),
+                })
+                .collect();
+            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&kernel.name),
+                layout,
+                entries: &entries,
+            });
+            compiled.push(CompiledKernel {
+                name: kernel.name.clone(),
+                pipeline: pipeline.clone(),
+                bind_group,
+                workgroups: kernel.grid.workgroups,
+            });
+        }
+
+        let inputs = graph
+            .input_nodes()
+            .into_iter()
+            .map(|(node, name)| Port {
+                name,
+                buffer: buffers.nodes[&node].clone(),
+                elements: graph.shape(node).numel(),
+            })
+            .collect();
+        let outputs = outputs
+            .iter()
+            .map(|(name, node)| Port {
+                name: name.clone(),
+                buffer: buffers
+                    .get(value_resource(graph, *node, mode), params, &run_values)
+                    .clone(),
+                elements: graph.shape(*node).numel(),
+            })
+            .collect();
+        let memory = MemoryReport {
+            intermediate_bytes: buffers.plan.peak_bytes,
+            unshared_bytes: buffers.plan.unshared_bytes,
+            pinned_bytes: buffers.pinned_bytes,
+            buffers: buffers.plan.buffers.len(),
+        };
+        tracing::info!(
+            kernels = compiled.len(),
+            pipelines = pipelines.len(),
+            intermediate_bytes = memory.intermediate_bytes,
+            unshared_bytes = memory.unshared_bytes,
+            "compiled program"
+        );
+        Ok(Program { kernels: compiled, inputs, outputs, run_values, memory })
+    }
+
+    /// Creates the pinned buffers (inputs, constants, outputs, aux) and the planned ones.
+    fn allocate(
+        gpu: &Gpu,
+        graph: &Graph,
+        mode: Mode,
+        kernels: &[Kernel],
+        outputs: &[(String, NodeId)],
+    ) -> Result<Buffers, RuntimeError> {
+        let bytes_of = |node: NodeId| (graph.shape(node).numel().max(1) * 4) as u64;
+        let mut nodes = HashMap::new();
+        let mut pinned_bytes = 0;
+        for (node, name) in graph.input_nodes() {
+            // Inputs can be read back too, when a requested output aliases one.
+            let usage = BufferUsages::COPY_DST | BufferUsages::COPY_SRC;
+            let buffer = storage_buffer(gpu, &name, bytes_of(node), usage)?;
+            pinned_bytes += buffer.size();
+            nodes.insert(node, buffer);
+        }
+        for node in graph.inner.node_indices() {
+            if let Op::Constant { value } = graph.node(node).op {
+                let buffer =
+                    storage_buffer(gpu, &graph.node(node).name, 4, BufferUsages::COPY_DST)?;
+                gpu.queue.write_buffer(&buffer, 0, bytemuck::bytes_of(&value));
+                pinned_bytes += 4;
+                nodes.insert(node, buffer);
+            }
+        }
+        for (name, node) in outputs {
+            if let Resource::Node(root) = value_resource(graph, *node, mode) {
+                if !nodes.contains_key(&root) {
+                    let buffer = storage_buffer(gpu, name, bytes_of(root), BufferUsages::COPY_SRC)?;
+                    pinned_bytes += buffer.size();
+                    nodes.insert(root, buffer);
+                }
+            }
+        }
+
+        let mut aux_sizes: BTreeMap<(NodeId, u32), u64> = BTreeMap::new();
+        for binding in kernels.iter().flat_map(|k| &k.bindings) {
+            if let Resource::Aux { node, index } = binding.resource {
+                let size = aux_sizes.entry((node, index)).or_default();
+                *size = (*size).max(binding.bytes());
+            }
+        }
+        let mut aux = BTreeMap::new();
+        for (&(node, index), &bytes) in &aux_sizes {
+            let label = format!("{}.aux{index}", graph.node(node).name);
+            aux.insert((node, index), storage_buffer(gpu, &label, bytes, BufferUsages::COPY_SRC)?);
+            pinned_bytes += bytes;
+        }
+
+        let pinned: HashSet<NodeId> = nodes.keys().copied().collect();
+        let plan = memory::plan(kernels, &pinned, bytes_of);
+        let planned = plan
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| {
+                storage_buffer(gpu, &format!("intermediate{i}"), bytes, BufferUsages::COPY_SRC)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Buffers { nodes, planned, plan, aux, pinned_bytes })
+    }
+
+    pub fn memory(&self) -> &MemoryReport {
+        &self.memory
+    }
+
+    /// Returns the kernel names in dispatch order.
+    pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
+        self.kernels.iter().map(|k| k.name.as_str())
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.kernels.len()
+    }
+
+    /// Returns the name and element count of each graph input.
+    pub fn inputs(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.inputs.iter().map(|p| (p.name.as_str(), p.elements))
+    }
+
+    /// Writes the values of input `name`; takes effect at the next run.
+    pub fn write_input(&self, gpu: &Gpu, name: &str, values: &[f32]) -> Result<(), RuntimeError> {
+        let Some(port) = self.inputs.iter().find(|p| p.name == name) else {
+            let available: Vec<&str> = self.inputs.iter().map(|p| p.name.as_str()).collect();
+            return Err(RuntimeError::UnknownInput {
+                name: name.to_string(),
+                available: available.join(", "),
+            });
+        };
+        if values.len() != port.elements {
+            return Err(RuntimeError::InputLength {
+                name: name.to_string(),
+                expected: port.elements,
+                got: values.len(),
+            });
+        }
+        gpu.queue.write_buffer(&port.buffer, 0, bytemuck::cast_slice(values));
+        Ok(())
+    }
+
+    /// Runs every kernel once, in one compute pass and one submit, and returns the values
+    /// of the outputs named in `read`, in that order.
+    pub fn run(
+        &self,
+        gpu: &Gpu,
+        values: &RunValues,
+        read: &[&str],
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let ports = read
+            .iter()
+            .map(|name| {
+                self.outputs.iter().find(|p| p.name == *name).ok_or_else(|| {
+                    let available: Vec<&str> =
+                        self.outputs.iter().map(|p| p.name.as_str()).collect();
+                    RuntimeError::UnknownOutput {
+                        name: name.to_string(),
+                        available: available.join(", "),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        gpu.queue.write_buffer(&self.run_values, 0, bytemuck::bytes_of(values));
+
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("run"),
+                timestamp_writes: None,
+            });
+            for kernel in &self.kernels {
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, &kernel.bind_group, &[]);
+                let [x, y, z] = kernel.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        let list: Vec<(&wgpu::Buffer, usize)> =
+            ports.iter().map(|p| (&p.buffer, p.elements)).collect();
+        read_with(gpu, encoder, &list)
+    }
+}
+
+/// Creates the pipeline and bind group layout of one kernel, turning wgpu validation
+/// errors into a [`RuntimeError::Pipeline`] that names the kernel.
+fn create_pipeline(
+    gpu: &Gpu,
+    kernel: &Kernel,
+) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout), RuntimeError> {
+    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&kernel.name),
+        source: wgpu::ShaderSource::Wgsl(kernel.wgsl.as_str().into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(index, binding)| wgpu::BindGroupLayoutEntry {
+            binding: index as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match binding.access {
+                    Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    Access::Uniform => wgpu::BufferBindingType::Uniform,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = gpu.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&kernel.name),
+        entries: &entries,
+    });
+    let pipeline_layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&kernel.name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&kernel.name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        return Err(RuntimeError::Pipeline {
+            kernel: kernel.name.clone(),
+            message: error.to_string(),
+        });
+    }
+    Ok((pipeline, layout))
+}
+
+/// Copies each `(buffer, elements)` to a staging buffer and reads it back, in one submit.
+pub(super) fn read_buffers(
+    gpu: &Gpu,
+    list: &[(&wgpu::Buffer, usize)],
+) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let encoder =
+        gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
+    read_with(gpu, encoder, list)
+}
+
+/// Appends staging copies of `list` to `encoder`, submits it and maps the copies.
+fn read_with(
+    gpu: &Gpu,
+    mut encoder: wgpu::CommandEncoder,
+    list: &[(&wgpu::Buffer, usize)],
+) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let staging: Vec<wgpu::Buffer> = list
+        .iter()
+        .map(|&(buffer, elements)| {
+            let bytes = (elements.max(1) * 4) as u64;
+            let copy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: bytes,
+                usage: BufferUsages::MAP_READ | BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(buffer, 0, &copy, 0, bytes);
+            copy
+        })
+        .collect();
+    gpu.queue.submit([encoder.finish()]);
+
+    let (sender, receiver) = std::sync::mpsc::channel();
+    for (index, copy) in staging.iter().enumerate() {
+        let sender = sender.clone();
+        copy.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send((index, result));
+        });
+    }
+    drop(sender);
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
+    for (_, result) in receiver.iter() {
+        result.map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
+    }
+    let mut values = Vec::with_capacity(list.len());
+    for (copy, &(_, elements)) in staging.iter().zip(list) {
+        let view = copy
+            .get_mapped_range(..)
+            .map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
+        let floats: &[f32] = bytemuck::cast_slice(&view);
+        values.push(floats[..elements].to_vec());
+        drop(view);
+        copy.unmap();
+    }
+    Ok(values)
+}

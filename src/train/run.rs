@@ -1,0 +1,506 @@
+//! The training run: data, steps, checkpoints and outputs around an [`Engine`].
+//!
+//! Needs a checked module with a `train` section and an engine that runs one training
+//! iteration (on the device, through the `Trainer`). [`train`] finds and validates the
+//! data before the first step and opens or resumes the run folder. Each iteration then
+//! takes a batch, runs the step, appends a `losses.csv` row and moves the progress bar.
+//! Every `images_every` steps it writes an image grid, the loss plot and `index.html`, and
+//! every `checkpoint_every` steps and at the end a checkpoint.
+//!
+//! Guarantees: `--steps` and `--epochs` count from the start of the run, so a resumed run
+//! stops at the same total. A resume restores every tensor, the data cursor and the
+//! engine's generator state from the checkpoint, so N steps, a stop and N more give the
+//! same weights as 2N straight steps when the engine itself is deterministic. A
+//! non-finite loss stops the run before its weights are checkpointed.
+//!
+//! Cannot do yet: stop cleanly on Ctrl-C (a stop loses the steps since the last
+//! checkpoint), or resume from a checkpoint whose `.net` source differs.
+
+use crate::ir::{Module, ParamKind, Shape};
+use crate::train::checkpoint::{
+    self, Checkpoint, CheckpointError, DataRecord, ModelRecord, Record, Tensor,
+};
+use crate::train::data::{self, Batch, DataError, Mode, PairedDataset};
+use crate::train::progress;
+use crate::train::report::{self, LossLog, LossRow, PageInfo, Panel, ReportError};
+use indicatif::ProgressBar;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Number of samples an image grid shows.
+const GRID_SAMPLES: usize = 4;
+
+/// Checkpoint folders kept in `RUN/checkpoints/`; older ones are removed.
+const KEEP_CHECKPOINTS: usize = 2;
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RunError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Checkpoint(#[from] CheckpointError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Report(#[from] ReportError),
+
+    #[error("model `{model}` has no train section")]
+    #[diagnostic(help("add a `train` section to the .net file to train it"))]
+    NoTrainSection { model: String },
+
+    #[error(
+        "the data gives {name} batches of shape {data}, but the model's `{name}` input is {model}"
+    )]
+    #[diagnostic(help("make the train section's crop (or resize) and batch match the network input, or change the input shape"))]
+    ShapeMismatch { name: String, data: Shape, model: Shape },
+
+    #[error("{} already contains a run (it has a checkpoints folder)", dir.display())]
+    #[diagnostic(help("continue it with --resume {}, or write the new run elsewhere with --out", dir.display()))]
+    RunExists { dir: PathBuf },
+
+    #[error("the checkpoint in {} was trained from a different .net source (SHA-256 {found}, this file is {expected})", dir.display())]
+    #[diagnostic(help("resume with the .net file the run started from, or start a new run from its weights with --init-from"))]
+    SourceChanged { dir: PathBuf, found: String, expected: String },
+
+    #[error("the checkpoint in {} was trained on `{found}` with {pairs} pairs, but this run uses `{expected}` with {now} pairs", dir.display())]
+    #[diagnostic(help("resume on the data set the run started with"))]
+    DataChanged { dir: PathBuf, found: String, pairs: usize, expected: String, now: usize },
+
+    #[error("loss `{term}` is {value} at step {step}; training diverged, so no checkpoint was written for it")]
+    #[diagnostic(help(
+        "lower the learning rate, or resume from the last checkpoint with another --seed"
+    ))]
+    NonFiniteLoss { term: String, value: f32, step: u64 },
+
+    #[error("failed to restore the random-generator state `{found}` from the checkpoint in {}: {reason}", dir.display())]
+    #[diagnostic(help("the checkpoint was written by another netc version; start a new run from its weights with --init-from"))]
+    EngineState { dir: PathBuf, found: String, reason: String },
+
+    #[error("training step {step} failed: {message}")]
+    Engine { step: u64, message: String },
+}
+
+/// One training iteration and access to the state a checkpoint stores. The `Trainer`
+/// implements it on the device; the tensors are the module's parameters and buffers, and
+/// the optimizer moments, by name.
+pub trait Engine {
+    /// Names of the loss terms [`Engine::step`] returns, in order: the `losses.csv` columns.
+    fn loss_names(&self) -> Vec<String>;
+
+    /// Learning rate of each optimizer step in `epoch`, by step name.
+    fn learning_rates(&self, epoch: usize) -> BTreeMap<String, f32>;
+
+    /// Runs iteration `step` (from 0, counted from the start of the run) on `batch` in
+    /// epoch `epoch` and returns the loss terms.
+    fn step(&mut self, step: u64, epoch: usize, batch: &Batch) -> Result<Vec<f32>, String>;
+
+    /// Runs the generator in evaluation mode on `batch.input` and returns its output, CHW
+    /// per sample, together with the output's channel count. The batch can hold more
+    /// samples than the training batch size.
+    fn generate(&mut self, batch: &Batch) -> Result<(usize, Vec<f32>), String>;
+
+    /// Reads back every parameter and buffer, and every optimizer moment.
+    fn tensors(&mut self) -> Result<(Vec<Tensor>, Vec<Tensor>), String>;
+
+    /// Names and shapes that [`Engine::tensors`] returns, for checking a checkpoint.
+    fn tensor_shapes(&self) -> (Vec<(String, Shape)>, Vec<(String, Shape)>);
+
+    /// Replaces every parameter, buffer and moment with the checkpoint's.
+    fn restore(&mut self, weights: &[Tensor], moments: &[Tensor]) -> Result<(), String>;
+
+    /// Generator state (dropout masks, for instance) to store in the checkpoint.
+    fn rng_state(&self) -> serde_json::Value;
+
+    /// Restores the state [`Engine::rng_state`] returned.
+    fn restore_rng(&mut self, state: &serde_json::Value) -> Result<(), String>;
+}
+
+/// Everything `netc run --train` passes besides the module and the engine.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The `.net` source text and its `--set` overrides, stored in checkpoints.
+    pub source: String,
+    pub overrides: Vec<String>,
+    pub dataset: String,
+    /// `--data`, and the value of `NETC_DATA`.
+    pub data: Option<PathBuf>,
+    pub data_env: Option<OsString>,
+    pub epochs: Option<usize>,
+    pub steps: Option<u64>,
+    pub seed: u64,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub quiet: bool,
+    pub images_every: u64,
+    pub checkpoint_every: u64,
+}
+
+/// Summary of a finished run.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub first_step: u64,
+    pub steps: u64,
+    pub last_losses: Vec<(String, f32)>,
+    pub checkpoint: PathBuf,
+    pub mean_seconds_per_step: f64,
+}
+
+/// The data a run trains on and shows in its grids.
+struct RunData {
+    train: PairedDataset,
+    /// Fixed samples for the image grids: from `val/` when present, else from `train/`.
+    grid: Batch,
+}
+
+/// The restored state of a resumed run.
+struct Resumed {
+    step: u64,
+    checkpoint: PathBuf,
+}
+
+/// Trains `module` with `engine` as `options` set and returns a summary.
+pub fn train(
+    module: &Module,
+    engine: &mut dyn Engine,
+    options: &RunOptions,
+) -> Result<RunSummary, RunError> {
+    let data = load_data(module, options)?;
+    let run_dir = run_folder(module, options)?;
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|source| ReportError::Write { path: run_dir.clone(), source })?;
+
+    let mut seed = options.seed;
+    let resumed = match &options.resume {
+        Some(dir) => Some(resume(module, engine, options, dir, &data.train, &mut seed)?),
+        None => {
+            if run_dir.join(checkpoint::CHECKPOINTS_DIR).exists() {
+                return Err(RunError::RunExists { dir: run_dir });
+            }
+            None
+        }
+    };
+
+    let columns = engine.loss_names();
+    let first_step = resumed.as_ref().map_or(0, |r| r.step);
+    let mut log = match &resumed {
+        Some(r) => LossLog::resume(&run_dir, &columns, r.step)?,
+        None => LossLog::create(&run_dir, &columns)?,
+    };
+    let per_epoch = data.train.batches_per_epoch() as u64;
+    let total = options.steps.unwrap_or_else(|| {
+        let epochs = options.epochs.unwrap_or(module.train.as_ref().map_or(1, |t| t.epochs));
+        epochs as u64 * per_epoch
+    });
+
+    let mut looper = Looper {
+        module,
+        engine,
+        options,
+        data: &data,
+        run_dir: &run_dir,
+        seed,
+        total,
+        columns,
+        progress: progress::training_bar(options.quiet, first_step, total, per_epoch),
+        last_checkpoint: resumed.map(|r| r.checkpoint),
+    };
+    tracing::info!(model = %module.name, dataset = %options.dataset, run = %run_dir.display(), first_step, total, "training");
+    let outcome = looper.run(first_step, &mut log);
+    progress::finish(&looper.progress);
+    let summary = outcome?;
+    tracing::info!(steps = summary.steps, checkpoint = %summary.checkpoint.display(), "stopped training");
+    Ok(summary)
+}
+
+fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError> {
+    let spec = module
+        .train
+        .as_ref()
+        .ok_or_else(|| RunError::NoTrainSection { model: module.name.clone() })?;
+    let input = graph_input(module, "input");
+    let channels = input.as_ref().and_then(|s| s.dims().get(1).copied()).unwrap_or(3);
+    let dirs = data::locate(&options.dataset, options.data.as_deref(), options.data_env.clone())?;
+
+    let started = Instant::now();
+    let train = PairedDataset::load(&dirs.train, &spec.data, Mode::Train, channels)?;
+    let grid = match &dirs.val {
+        Some(val) => {
+            PairedDataset::load(val, &spec.data, Mode::Eval, channels)?.fixed_samples(GRID_SAMPLES)
+        }
+        None => train.fixed_samples(GRID_SAMPLES),
+    };
+    tracing::info!(pairs = train.len(), dir = %dirs.train.display(), seconds = started.elapsed().as_secs_f32(), "loaded training data");
+
+    // The batches must have the shape of the graph's `input` and `target`.
+    let size = train.sample_size();
+    let data_shape = Shape::new([spec.data.batch, channels, size, size]);
+    for name in ["input", "target"] {
+        if let Some(model) = graph_input(module, name) {
+            if model != data_shape {
+                return Err(RunError::ShapeMismatch { name: name.into(), data: data_shape, model });
+            }
+        }
+    }
+    Ok(RunData { train, grid })
+}
+
+/// Returns the shape of the train graph's `Input` node called `name`.
+fn graph_input(module: &Module, name: &str) -> Option<Shape> {
+    let graph = &module.train.as_ref()?.graph;
+    graph.inner.node_weights().find_map(|node| match &node.op {
+        crate::ir::Op::Input { name: n } if n == name => Some(node.shape.clone()),
+        _ => None,
+    })
+}
+
+/// Picks the run folder: `--out`, else the run that `--resume` names, else
+/// `runs/<model>-<dataset>/`.
+fn run_folder(module: &Module, options: &RunOptions) -> Result<PathBuf, RunError> {
+    if let Some(out) = &options.out {
+        return Ok(out.clone());
+    }
+    if let Some(resume) = &options.resume {
+        let checkpoint = checkpoint::resolve(resume)?;
+        // A checkpoint folder is RUN/checkpoints/step-N; its run folder is two levels up.
+        let run = checkpoint.parent().and_then(Path::parent).filter(|_| checkpoint != *resume);
+        return Ok(run.map_or_else(|| resume.clone(), Path::to_path_buf));
+    }
+    Ok(PathBuf::from("runs").join(format!("{}-{}", module.name, options.dataset)))
+}
+
+fn resume(
+    module: &Module,
+    engine: &mut dyn Engine,
+    options: &RunOptions,
+    dir: &Path,
+    train: &PairedDataset,
+    seed: &mut u64,
+) -> Result<Resumed, RunError> {
+    let folder = checkpoint::resolve(dir)?;
+    let saved = checkpoint::load(&folder)?;
+    let record = &saved.record;
+
+    let expected = checkpoint::sha256_hex(options.source.as_bytes());
+    if record.model.sha256 != expected {
+        return Err(RunError::SourceChanged {
+            dir: folder,
+            found: record.model.sha256.clone(),
+            expected,
+        });
+    }
+    if record.data.dataset != options.dataset || record.data.pairs != train.len() {
+        return Err(RunError::DataChanged {
+            dir: folder,
+            found: record.data.dataset.clone(),
+            pairs: record.data.pairs,
+            expected: options.dataset.clone(),
+            now: train.len(),
+        });
+    }
+    if *seed != record.seed {
+        tracing::info!(checkpoint_seed = record.seed, "resuming with the checkpoint's seed");
+        *seed = record.seed;
+    }
+
+    let (weight_shapes, moment_shapes) = engine.tensor_shapes();
+    checkpoint::check_tensors(
+        &folder.join(checkpoint::WEIGHTS_FILE),
+        &saved.weights,
+        &weight_shapes,
+    )?;
+    checkpoint::check_tensors(
+        &folder.join(checkpoint::OPTIMIZER_FILE),
+        &saved.moments,
+        &moment_shapes,
+    )?;
+    let step = record.step;
+    let failed = |message| RunError::Engine { step, message };
+    engine.restore(&saved.weights, &saved.moments).map_err(failed)?;
+    engine.restore_rng(&record.rng).map_err(|reason| RunError::EngineState {
+        dir: folder.clone(),
+        found: record.rng.to_string(),
+        reason,
+    })?;
+    tracing::info!(step, checkpoint = %folder.display(), model = %module.name, "resumed");
+    Ok(Resumed { step, checkpoint: folder })
+}
+
+/// The state of the training loop.
+struct Looper<'a> {
+    module: &'a Module,
+    engine: &'a mut dyn Engine,
+    options: &'a RunOptions,
+    data: &'a RunData,
+    run_dir: &'a Path,
+    seed: u64,
+    total: u64,
+    columns: Vec<String>,
+    progress: ProgressBar,
+    last_checkpoint: Option<PathBuf>,
+}
+
+impl Looper<'_> {
+    fn run(&mut self, first: u64, log: &mut LossLog) -> Result<RunSummary, RunError> {
+        let per_epoch = self.data.train.batches_per_epoch() as u64;
+        let mut last_losses = Vec::new();
+        let mut seconds = 0.0;
+        let mut step = first;
+        while step < self.total {
+            let started = Instant::now();
+            let cursor = self.data.train.cursor_at(step as usize);
+            let batch = self.data.train.batch(self.seed, cursor);
+            let losses = self
+                .engine
+                .step(step, cursor.epoch, &batch)
+                .map_err(|message| RunError::Engine { step, message })?;
+            if let Some((term, &value)) =
+                self.columns.iter().zip(&losses).find(|(_, v)| !v.is_finite())
+            {
+                return Err(RunError::NonFiniteLoss { term: term.clone(), value, step: step + 1 });
+            }
+            step += 1;
+
+            let elapsed = started.elapsed().as_secs_f64();
+            seconds += elapsed;
+            let lr =
+                self.engine.learning_rates(cursor.epoch).values().next().copied().unwrap_or(0.0);
+            log.append(&LossRow {
+                step,
+                epoch: cursor.epoch,
+                lr,
+                losses: losses.clone(),
+                seconds_per_step: elapsed,
+            })?;
+            last_losses = losses;
+            self.show_progress(step, per_epoch, &last_losses);
+
+            let every = |n: u64| n > 0 && step % n == 0;
+            if every(self.options.checkpoint_every) && step < self.total {
+                self.save_checkpoint(step)?;
+            }
+            if every(self.options.images_every) && step < self.total {
+                self.write_outputs(step)?;
+            }
+        }
+
+        let checkpoint = if step > first || self.last_checkpoint.is_none() {
+            self.save_checkpoint(step)?
+        } else {
+            self.last_checkpoint.clone().unwrap_or_default()
+        };
+        self.write_outputs(step)?;
+        let steps = step - first;
+        Ok(RunSummary {
+            run_dir: self.run_dir.to_path_buf(),
+            first_step: first,
+            steps,
+            last_losses: self.columns.iter().cloned().zip(last_losses).collect(),
+            checkpoint,
+            mean_seconds_per_step: if steps > 0 { seconds / steps as f64 } else { 0.0 },
+        })
+    }
+
+    fn show_progress(&self, step: u64, per_epoch: u64, losses: &[f32]) {
+        self.progress.set_position(step);
+        progress::set_epoch(&self.progress, step, self.total, per_epoch);
+        let text: Vec<String> =
+            self.columns.iter().zip(losses).map(|(n, v)| format!("{n} {v:.4}")).collect();
+        self.progress.set_message(text.join(" "));
+    }
+
+    fn save_checkpoint(&mut self, step: u64) -> Result<PathBuf, RunError> {
+        let failed = |message| RunError::Engine { step, message };
+        let (weights, moments) = self.engine.tensors().map_err(failed)?;
+        let cursor = self.data.train.cursor_at(step as usize);
+        let record = Record {
+            format: checkpoint::FORMAT_VERSION,
+            netc_version: env!("CARGO_PKG_VERSION").to_string(),
+            step,
+            epoch: cursor.epoch,
+            learning_rates: self.engine.learning_rates(cursor.epoch),
+            seed: self.seed,
+            rng: self.engine.rng_state(),
+            data: DataRecord {
+                dataset: self.options.dataset.clone(),
+                pairs: self.data.train.len(),
+                cursor,
+                order: self.data.train.order(self.seed, cursor.epoch),
+            },
+            model: ModelRecord::new(
+                &self.module.name,
+                &self.options.source,
+                &self.options.overrides,
+            ),
+        };
+        let checkpoint = Checkpoint { record, weights, moments };
+        let dir = self
+            .progress
+            .suspend(|| checkpoint::save(self.run_dir, &checkpoint, KEEP_CHECKPOINTS))?;
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Writes the image grid of `step`, the loss plot and `index.html`.
+    fn write_outputs(&mut self, step: u64) -> Result<(), RunError> {
+        let grid = &self.data.grid;
+        let (out_channels, output) =
+            self.engine.generate(grid).map_err(|message| RunError::Engine { step, message })?;
+        let [count, channels, height, width] = grid.shape;
+        let rows: Vec<Vec<Panel<'_>>> = (0..count)
+            .map(|i| {
+                vec![
+                    sample_panel(&grid.input, i, channels, height, width),
+                    sample_panel(&output, i, out_channels, height, width),
+                    sample_panel(&grid.target, i, channels, height, width),
+                ]
+            })
+            .collect();
+        report::write_grid(self.run_dir, step, &rows)?;
+        report::write_plot(self.run_dir)?;
+
+        let checkpoint = self
+            .last_checkpoint
+            .as_ref()
+            .and_then(|c| c.strip_prefix(self.run_dir).ok())
+            .map(|c| c.display().to_string());
+        let info = PageInfo {
+            model: &self.module.name,
+            dataset: &self.options.dataset,
+            step,
+            total_steps: self.total,
+            epoch: self.data.train.cursor_at(step.saturating_sub(1) as usize).epoch,
+            overrides: &self.options.overrides,
+            seed: self.seed,
+            checkpoint,
+        };
+        let page = report::write_index(self.run_dir, &info)?;
+        tracing::debug!(step, page = %page.display(), "wrote image grid and index");
+        Ok(())
+    }
+}
+
+/// Returns sample `index` of a CHW batch as a grid panel (empty when the data is short).
+fn sample_panel(
+    data: &[f32],
+    index: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Panel<'_> {
+    let len = channels * height * width;
+    let data = data.get(index * len..(index + 1) * len).unwrap_or(&[]);
+    Panel { channels, height, width, data }
+}
+
+/// Names and shapes of the module's parameters and buffers, as checkpoints store them.
+pub fn module_tensor_shapes(module: &Module) -> Vec<(String, Shape)> {
+    let stored =
+        module.params.iter().filter(|p| matches!(p.kind, ParamKind::Trainable | ParamKind::Buffer));
+    stored.map(|p| (p.name.clone(), p.shape.clone())).collect()
+}

@@ -1,9 +1,14 @@
 //! Times the implicit-GEMM convolution kernels on the pix2pix layer shapes (256x256,
 //! ngf = ndf = 64, batch 1) and prints GFLOP/s for the naive tiling and the chosen one.
 //!
+//! Columns: GFLOP/s by wall time (`naive`, `tiled`) and by CPU time spread over all cores
+//! (`naive/c`, `tiled/c`), then the seconds to create the tiled pipeline.
+//!
 //! Usage: `cargo run --release --example gemm_bench -- [--layers e2,d6] [--ops fwd,wgrad]
-//! [--tiling TMxTN/WG[/sgS]]... [--samples N]`. Each figure is the median of `--samples`
-//! timed submits, each of enough back-to-back dispatches to take about 0.3 s.
+//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/unchecked]]... [--samples N] [--no-naive]`.
+//! Each figure is the median of `--samples` timed submits, each of enough back-to-back
+//! dispatches to take about 0.25 s. `/unchecked` creates the module without wgpu's bounds
+//! checks, for comparison.
 
 use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Tiling};
 use std::time::Instant;
@@ -15,7 +20,7 @@ struct Layer {
     geometry: ConvGeometry,
 }
 
-/// The convolutions of pix2pix at 256x256 with 64 base channels and batch 1.
+/// Lists the convolutions of pix2pix at 256x256 with 64 base channels and batch 1.
 fn pix2pix_layers() -> Vec<Layer> {
     let mut layers = Vec::new();
     let encoder = [3, 64, 128, 256, 512, 512, 512, 512, 512];
@@ -150,7 +155,7 @@ fn operand_len(op: ConvOp, g: &ConvGeometry, role: gemm::Operand) -> usize {
     }
 }
 
-/// The CPU time of all threads of this process so far, from `/proc/self/task/*/schedstat`
+/// Reads the CPU time of all threads of this process so far, from `/proc/self/task/*/schedstat`
 /// (Linux), in seconds. lavapipe runs shaders on its own threads inside the process.
 fn process_cpu_seconds() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -214,7 +219,7 @@ struct Prepared {
 }
 
 fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepared {
-    let kernel = gemm::generate(op, g, &variant.tiling, false).expect("generate failed");
+    let kernel = gemm::generate(op, g, &variant.tiling, false, 65_535).expect("generate failed");
     let descriptor = wgpu::ShaderModuleDescriptor {
         label: Some(&kernel.label),
         source: wgpu::ShaderSource::Wgsl(kernel.wgsl.as_str().into()),
@@ -255,12 +260,12 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     });
-    let (once, _) = time_kernel(gpu, &pipeline, &group, kernel.workgroups, 1);
+    let (once, _) = time_kernel(gpu, &pipeline, &group, kernel.grid.workgroups, 1);
     let reps = (0.25 / once.max(1e-6)).clamp(1.0, 200.0) as u32;
     Prepared {
         pipeline,
         group,
-        grid: kernel.workgroups,
+        grid: kernel.grid.workgroups,
         flops: kernel.flops,
         reps,
         compile_seconds,
@@ -340,8 +345,8 @@ fn main() {
 
     let gpu = open_gpu();
     println!(
-        "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7}  tiling",
-        "layer", "op", "M", "N", "K", "GFLOP", "naive", "tiled", "cpu", "compile"
+        "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  tiling",
+        "layer", "op", "M", "N", "K", "GFLOP", "naive", "naive/c", "tiled", "tiled/c", "compile"
     );
     for layer in pix2pix_layers() {
         if layers_filter.as_ref().is_some_and(|f| !f.iter().any(|n| n == layer.name)) {
@@ -353,7 +358,7 @@ fn main() {
             }
             let g = &layer.geometry;
             let chosen = gemm::choose_tiling(op, g, &gpu.profile);
-            let kernel = gemm::generate(op, g, &chosen, false).expect("generate failed");
+            let kernel = gemm::generate(op, g, &chosen, false, 65_535).expect("generate failed");
             let (m, n, k) = gemm_sizes(&kernel.wgsl);
             let mut variants = if extra.is_empty() {
                 vec![Variant { tiling: chosen, unchecked: false }]
@@ -365,18 +370,23 @@ fn main() {
             }
             let rates = measure(&gpu, op, g, &variants, samples);
             let first = usize::from(!skip_naive);
-            let naive_rate = if skip_naive { f64::NAN } else { rates[0].wall };
+            let naive_rate = if skip_naive {
+                Rates { wall: f64::NAN, cpu: f64::NAN, compile_seconds: f64::NAN }
+            } else {
+                rates[0]
+            };
             for (v, rate) in variants[first..].iter().zip(&rates[first..]) {
                 let t = v.tiling;
                 println!(
-                    "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>7.2}  {}{}",
+                    "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2}  {}{}",
                     layer.name,
                     op.name(),
                     m,
                     n,
                     k,
                     kernel.flops as f64 / 1e9,
-                    naive_rate,
+                    naive_rate.wall,
+                    naive_rate.cpu,
                     rate.wall,
                     rate.cpu,
                     rate.compile_seconds,

@@ -16,19 +16,19 @@ mod reference {
         pub dy: &'a [f32],
     }
 
-    /// The input pixel that output pixel `o` reads at tap `k` along one axis, if any.
+    /// Returns the input pixel that output pixel `o` reads at tap `k` along one axis, if any.
     fn conv_source(o: usize, k: usize, s: usize, p: usize, size: usize) -> Option<usize> {
         let i = (o * s + k).checked_sub(p)?;
         (i < size).then_some(i)
     }
 
-    /// The input pixel of conv_transpose2d that reaches output pixel `o` at tap `k`.
+    /// Returns the input pixel of conv_transpose2d that reaches output pixel `o` at tap `k`.
     fn transpose_source(o: usize, k: usize, s: usize, p: usize, size: usize) -> Option<usize> {
         let shifted = (o + p).checked_sub(k)?;
         (shifted % s == 0 && shifted / s < size).then_some(shifted / s)
     }
 
-    /// The number of output elements of `op`.
+    /// Counts the output elements of `op`.
     pub fn output_len(op: ConvOp, g: &ConvGeometry) -> usize {
         match op {
             ConvOp::Conv2d | ConvOp::ConvTranspose2d => {
@@ -120,6 +120,9 @@ mod reference {
     }
 }
 
+/// `maxComputeWorkgroupsPerDimension` on every adapter wgpu supports.
+const MAX_GRID: u32 = 65_535;
+
 /// Deterministic values in [-1, 1) from an xorshift generator.
 fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -184,6 +187,8 @@ struct Case {
     w: Vec<f32>,
     dy: Vec<f32>,
     bias: Vec<f32>,
+    /// The per-dimension grid limit the kernel is folded to.
+    max_grid: u32,
 }
 
 impl Case {
@@ -198,6 +203,7 @@ impl Case {
             w: random(weight, seed + 1),
             dy: random(image(g.out_channels, g.out_size), seed + 2),
             bias: random(g.out_channels, seed + 3),
+            max_grid: MAX_GRID,
         }
     }
 
@@ -213,7 +219,7 @@ impl Case {
 
     /// Runs the kernel of this case with `tiling` and returns its output.
     fn run(&self, tiling: &Tiling, with_bias: bool) -> Vec<f32> {
-        let kernel = gemm::generate(self.op, &self.geometry, tiling, with_bias)
+        let kernel = gemm::generate(self.op, &self.geometry, tiling, with_bias, self.max_grid)
             .unwrap_or_else(|e| panic!("generate failed: {e}"));
         validate(&kernel);
         let gpu = gpu();
@@ -275,7 +281,7 @@ impl Case {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
-            let [x, y, z] = kernel.workgroups;
+            let [x, y, z] = kernel.grid.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
         encoder.copy_buffer_to_buffer(&buffers[output], 0, &staging, 0, out_bytes);
@@ -320,7 +326,7 @@ fn all_indices(len: usize) -> Vec<usize> {
     (0..len).collect()
 }
 
-/// The first and last 64 elements and `count` spread pseudo-randomly in between.
+/// Picks the first and last 64 elements and `count` spread pseudo-randomly in between.
 fn sample_indices(len: usize, count: usize) -> Vec<usize> {
     let mut indices: Vec<usize> = (0..len.min(64)).chain(len.saturating_sub(64)..len).collect();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -333,28 +339,25 @@ fn sample_indices(len: usize, count: usize) -> Vec<usize> {
     indices
 }
 
-/// Tilings every awkward case runs with: one output per invocation, small and large
-/// register tiles without subgroups, and with subgroups where the adapter has them.
+/// Lists the tilings every awkward case runs with: one output per invocation and an odd
+/// register tile without subgroups. Where the adapter has subgroups, an odd tile, the
+/// chosen one and the large CPU tile follow, whose rows mostly lie outside these outputs.
 fn tilings(op: ConvOp, g: &ConvGeometry) -> Vec<Tiling> {
     let profile = gpu().profile;
-    let no_subgroups = DeviceProfile { fixed_subgroup_size: None, ..profile };
-    let mut list = vec![
-        plain(1, 1, 64, 1, 1),
-        plain(3, 5, 16, 3, 2),
-        gemm::choose_tiling(op, g, &no_subgroups),
-        gemm::choose_tiling(op, g, &DeviceProfile { cpu: false, ..no_subgroups }),
-    ];
-    if let Some(size) = profile.fixed_subgroup_size {
-        let with_subgroups = |t: Tiling| Tiling { subgroup_size: Some(size), ..t };
-        list.push(gemm::choose_tiling(op, g, &profile));
-        list.push(gemm::choose_tiling(op, g, &DeviceProfile { cpu: false, ..profile }));
-        list.push(with_subgroups(plain(size + 3, 3, 2 * size, 3, 5)));
-        list.push(with_subgroups(plain(64, 8, size, 4, 2)));
+    let mut list = vec![plain(1, 1, 64, 1, 1), plain(3, 5, 16, 3, 2)];
+    match profile.fixed_subgroup_size {
+        Some(size) => {
+            let with_subgroups = |t: Tiling| Tiling { subgroup_size: Some(size), ..t };
+            list.push(with_subgroups(plain(size + 3, 3, 2 * size, 3, 5)));
+            list.push(gemm::choose_tiling(op, g, &profile));
+            list.push(with_subgroups(plain(64, 8, size, 4, 2)));
+        }
+        None => list.push(gemm::choose_tiling(op, g, &profile)),
     }
     list
 }
 
-/// A tiling without subgroup operations.
+/// Builds a tiling without subgroup operations.
 fn plain(tile_m: u32, tile_n: u32, workgroup_size: u32, k_chunk: u32, block_m: u32) -> Tiling {
     Tiling { tile_m, tile_n, workgroup_size, k_chunk, block_m, subgroup_size: None }
 }
@@ -468,12 +471,34 @@ mod awkward {
         // need 71,680 workgroups.
         let g = ConvGeometry::conv2d(1, 1, [256, 256], 70, [1, 1], [1, 1], [0, 0]);
         let tiling = plain(1, 1, 64, 1, 1);
-        let kernel = gemm::generate(ConvOp::Conv2d, &g, &tiling, false).expect("generate");
-        assert_eq!(kernel.workgroups[0], 65_535);
-        assert_eq!(kernel.workgroups[1], 2);
+        let kernel =
+            gemm::generate(ConvOp::Conv2d, &g, &tiling, false, MAX_GRID).expect("generate");
+        assert_eq!(kernel.grid.workgroups, [35_840, 2, 1]);
         let case = Case::new(ConvOp::Conv2d, g, 3);
         let got = case.run(&tiling, false);
         case.check(&got, &sample_indices(got.len(), 4000), false, "folded grid");
+    }
+
+    #[test]
+    fn grid_folds_into_three_dimensions() {
+        // 30 channels of 25 x 25 outputs, one per invocation in workgroups of 64, are
+        // 30 x 10 = 300 workgroups: with at most 7 per dimension they need x, y and z.
+        let g = ConvGeometry::conv2d(1, 2, [27, 27], 30, [3, 3], [1, 1], [0, 0]);
+        let case = Case { max_grid: 7, ..Case::new(ConvOp::Conv2d, g, 8) };
+        let tiling = plain(1, 1, 64, 1, 1);
+        let kernel = gemm::generate(ConvOp::Conv2d, &g, &tiling, false, 7).expect("generate");
+        assert_eq!(kernel.grid.groups, 300);
+        assert!(kernel.grid.workgroups[2] > 1, "{:?}", kernel.grid.workgroups);
+        let got = case.run(&tiling, false);
+        case.check(&got, &all_indices(got.len()), false, "grid of 7 per dimension");
+    }
+
+    #[test]
+    fn grid_beyond_folding_limit_is_rejected() {
+        let g = ConvGeometry::conv2d(1, 2, [27, 27], 30, [3, 3], [1, 1], [0, 0]);
+        let err = gemm::generate(ConvOp::Conv2d, &g, &plain(1, 1, 64, 1, 1), false, 6)
+            .expect_err("300 workgroups do not fit 6^3");
+        assert!(err.to_string().contains("300 workgroups"), "{err}");
     }
 
     fn gpu_choice(op: ConvOp, g: &ConvGeometry) -> Tiling {
@@ -559,7 +584,7 @@ mod pix2pix {
             for op in [forward, weight_grad(forward)] {
                 for profile in &profiles {
                     let tiling = gemm::choose_tiling(op, &g, profile);
-                    let kernel = gemm::generate(op, &g, &tiling, false)
+                    let kernel = gemm::generate(op, &g, &tiling, false, MAX_GRID)
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
                     validate(&kernel);
                 }
@@ -650,6 +675,7 @@ mod adjoint {
             w: case.w.clone(),
             dy: Vec::new(),
             bias: Vec::new(),
+            max_grid: MAX_GRID,
         };
         let dx = dx_case.run(&gemm::choose_tiling(other, &back, &gpu().profile), false);
         let x_dot = dot(&dx, &case.x);
@@ -685,7 +711,7 @@ mod errors {
     fn inconsistent_output_size_is_rejected() {
         let mut g = ConvGeometry::conv2d(1, 3, [8, 8], 4, [3, 3], [1, 1], [1, 1]);
         g.out_size = [7, 8];
-        let err = gemm::generate(ConvOp::Conv2d, &g, &plain(1, 1, 1, 1, 1), false)
+        let err = gemm::generate(ConvOp::Conv2d, &g, &plain(1, 1, 1, 1, 1), false, MAX_GRID)
             .expect_err("a wrong output size must be rejected");
         assert!(err.to_string().contains("output size 7 along axis 0"), "{err}");
     }
@@ -694,7 +720,8 @@ mod errors {
     fn workgroup_not_multiple_of_subgroup_is_rejected() {
         let g = ConvGeometry::conv2d(1, 3, [8, 8], 4, [3, 3], [1, 1], [1, 1]);
         let tiling = Tiling { subgroup_size: Some(8), ..plain(8, 2, 12, 1, 1) };
-        let err = gemm::generate(ConvOp::Conv2d, &g, &tiling, false).expect_err("must be rejected");
+        let err = gemm::generate(ConvOp::Conv2d, &g, &tiling, false, MAX_GRID)
+            .expect_err("must be rejected");
         assert!(err.to_string().contains("multiple of the subgroup size"), "{err}");
     }
 }

@@ -1,18 +1,91 @@
-//! Direct convolutions: conv2d and conv_transpose2d, each invocation accumulating a tile
-//! of output channels for one output pixel.
-//!
-//! FIXME(perf): these are direct loops; implicit-GEMM lowerings with larger register
-//! tiles (and subgroup sharing where the target has it) belong here, chosen by `Tuning`.
+//! Convolutions: conv2d and conv_transpose2d as implicit GEMMs from [`super::gemm`], with
+//! the tiling [`gemm::choose_tiling`] picks for the target. The direct kernels (each
+//! invocation accumulating a tile of output channels for one output pixel) remain for a
+//! geometry the GEMM generator rejects.
 
+use super::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, GemmError, Operand};
 use super::wgsl::{fill, i, u};
-use super::{Binding, CodegenError, Grid, Kernel, LowerContext};
+use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Target};
 
 const CONV2D: &str = include_str!("../../shaders/conv2d.wgsl");
 const CONV_TRANSPOSE2D: &str = include_str!("../../shaders/conv_transpose2d.wgsl");
 
-/// Lowers either convolution; the two share constants and differ in the template and in
-/// where the weight keeps its channel axes.
-fn lower_conv(
+/// Builds the tiling inputs of a target. `max_invocations` is WebGPU's guaranteed minimum, because
+/// the target does not record the adapter's.
+fn device_profile(target: &Target) -> DeviceProfile {
+    DeviceProfile {
+        fixed_subgroup_size: if target.subgroups { target.subgroup_size } else { None },
+        max_invocations: 256,
+        cpu: target.cpu,
+    }
+}
+
+/// Lowers either convolution as an implicit GEMM, or returns `None` when the generator
+/// rejects the geometry or tiling (the caller then uses the direct kernel).
+fn lower_gemm(
+    ctx: &LowerContext<'_>,
+    role: &str,
+    op: ConvOp,
+    geometry: &ConvGeometry,
+) -> Result<Option<Kernel>, CodegenError> {
+    let name = ctx.kernel_name(role);
+    let tiling = gemm::choose_tiling(op, geometry, &device_profile(ctx.target));
+    let has_bias = ctx.operand_count() == 3;
+    let max = ctx.target.max_workgroups_per_dimension;
+    let generated = match gemm::generate(op, geometry, &tiling, has_bias, max) {
+        Ok(generated) => generated,
+        Err(GemmError::GridTooLarge { workgroups, limit, .. }) => {
+            return Err(CodegenError::GridTooLarge { kernel: name, workgroups, limit });
+        }
+        Err(error) => {
+            tracing::warn!(kernel = %name, %error, "implicit GEMM rejected; using the direct kernel");
+            return Ok(None);
+        }
+    };
+
+    // The generated shader names its bindings lhs, rhs, dst and bias, in that order.
+    let bindings = generated
+        .bindings
+        .iter()
+        .map(|operand| match operand {
+            Operand::Weight => ctx.read("lhs", 1),
+            Operand::Input => ctx.read("rhs", 0),
+            Operand::Bias => ctx.read("bias", 2),
+            Operand::Output => ctx.output("dst"),
+            Operand::OutputGrad => unreachable!("forward convolutions read no output gradient"),
+        })
+        .collect();
+    let wgsl = format!("// netc kernel {name}\n\n{}", generated.wgsl);
+    Ok(Some(Kernel {
+        name,
+        node: ctx.node,
+        wgsl,
+        bindings,
+        grid: generated.grid,
+        flops: generated.flops,
+    }))
+}
+
+/// Builds the GEMM geometry of the node: input operand 0, output the node itself.
+fn geometry(ctx: &LowerContext<'_>, stride: [usize; 2], padding: [usize; 2]) -> ConvGeometry {
+    let x = ctx.operand_dims(0);
+    let weight = ctx.operand_dims(1);
+    let out = ctx.dims();
+    ConvGeometry {
+        batch: x[0],
+        in_channels: x[1],
+        in_size: [x[2], x[3]],
+        out_channels: out[1],
+        out_size: [out[2], out[3]],
+        kernel: [weight[2], weight[3]],
+        stride,
+        padding,
+    }
+}
+
+/// Lowers either convolution directly; the two share constants and differ in the
+/// template and in where the weight keeps its channel axes.
+fn lower_direct(
     ctx: &LowerContext<'_>,
     role: &str,
     template: &str,
@@ -67,15 +140,24 @@ pub(super) fn lower_conv2d(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    lower_conv(ctx, "conv2d", CONV2D, stride, padding)
+    let geometry = geometry(ctx, stride, padding);
+    match lower_gemm(ctx, "conv2d", ConvOp::Conv2d, &geometry)? {
+        Some(kernel) => Ok(kernel),
+        None => lower_direct(ctx, "conv2d", CONV2D, stride, padding),
+    }
 }
 
-/// The flop estimate counts every tap of the gather, including the ones the stride
-/// skips, so it is an upper bound of about `stride^2` times the useful work.
+/// Lowers a conv_transpose2d. The flop count of the GEMM kernel covers only the taps that reach an output. That of
+/// the direct kernel counts every tap of the gather, including the ones the stride skips,
+/// so it is an upper bound of about `stride^2` times the useful work.
 pub(super) fn lower_conv_transpose2d(
     ctx: &LowerContext<'_>,
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    lower_conv(ctx, "conv_transpose2d", CONV_TRANSPOSE2D, stride, padding)
+    let geometry = geometry(ctx, stride, padding);
+    match lower_gemm(ctx, "conv_transpose2d", ConvOp::ConvTranspose2d, &geometry)? {
+        Some(kernel) => Ok(kernel),
+        None => lower_direct(ctx, "conv_transpose2d", CONV_TRANSPOSE2D, stride, padding),
+    }
 }

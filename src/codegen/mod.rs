@@ -309,6 +309,8 @@ pub fn validate_wgsl(source: &str) -> Result<(), String> {
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     );
+    validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+    validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
     validator.validate(&module).map_err(|e| e.emit_to_string(source))?;
     Ok(())
 }

@@ -4,28 +4,37 @@
 //! columns are interleaved with its neighbours' (column `j` of a lane is
 //! `n_lane + j * stride`), so neighbouring lanes read neighbouring pixels. With a subgroup
 //! size set, the A values of a step are loaded once per subgroup, one row per lane, and
-//! handed to every lane with `subgroupBroadcast`; without one, every invocation loads its
+//! handed to every lane with `subgroupBroadcast`. Without one, every invocation loads its
 //! own A values.
 
 use super::problem::Problem;
 use super::{ConvOp, GemmError, GemmKernel, Operand, Tiling};
+use crate::codegen::Grid;
 use std::fmt::Write;
 
-const MAX_GRID: u64 = 65_535;
-
-pub(super) fn kernel(p: &Problem, t: &Tiling, with_bias: bool) -> Result<GemmKernel, GemmError> {
+pub(super) fn kernel(
+    p: &Problem,
+    t: &Tiling,
+    with_bias: bool,
+    max_workgroups_per_dimension: u32,
+) -> Result<GemmKernel, GemmError> {
     let columns_per_workgroup = t.workgroup_size * t.tile_n;
     let tiles_m = p.m.div_ceil(t.tile_m);
     let tiles_n = p.n.div_ceil(columns_per_workgroup);
     let total = u64::from(p.classes) * u64::from(tiles_m) * u64::from(tiles_n);
-    let grid_x = total.min(MAX_GRID);
-    let grid_y = total.div_ceil(grid_x);
-    if grid_y > MAX_GRID || total > i32::MAX as u64 {
-        return Err(GemmError::GridTooLarge { op: p.op.name(), workgroups: total });
+    let too_large = GemmError::GridTooLarge {
+        op: p.op.name(),
+        workgroups: total,
+        limit: max_workgroups_per_dimension,
+    };
+    if total > i32::MAX as u64 {
+        return Err(too_large);
     }
+    let grid =
+        Grid::fold(p.op.name(), total, max_workgroups_per_dimension).map_err(|_| too_large)?;
 
     let mut s = String::new();
-    header(&mut s, p, t, [tiles_m, tiles_n], total, grid_x);
+    header(&mut s, p, t, [tiles_m, tiles_n], &grid);
     bindings(&mut s, p.op, with_bias);
     entry(&mut s, p, t, with_bias);
     Ok(GemmKernel {
@@ -33,13 +42,13 @@ pub(super) fn kernel(p: &Problem, t: &Tiling, with_bias: bool) -> Result<GemmKer
         wgsl: s,
         entry_point: "main",
         bindings: binding_roles(p.op, with_bias),
-        workgroups: [grid_x as u32, grid_y as u32, 1],
+        grid,
         uses_subgroups: t.subgroup_size.is_some(),
         flops: 0,
     })
 }
 
-fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], total: u64, grid_x: u64) {
+fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], grid: &Grid) {
     let lanes = t.subgroup_size.map_or("none".to_string(), |n| n.to_string());
     let _ = writeln!(
         s,
@@ -59,7 +68,7 @@ fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], total: u64, 
         let _ = writeln!(s, "const {name} = {value}i;");
     }
     let _ = writeln!(s, "const TILES_M = {}i;\nconst TILES_N = {}i;", tiles[0], tiles[1]);
-    let _ = writeln!(s, "const WORKGROUPS = {total}u;\nconst GRID_X = {grid_x}u;\n");
+    let _ = writeln!(s, "{}", grid.wgsl());
 }
 
 fn bindings(s: &mut String, op: ConvOp, with_bias: bool) {
@@ -107,7 +116,7 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
         t.workgroup_size
     );
     s.push_str(
-        "    let flat = wg.x + wg.y * GRID_X;\n    if flat >= WORKGROUPS {\n        return;\n    }\n",
+        "    let flat = group_index(wg);\n    if flat >= GROUPS {\n        return;\n    }\n",
     );
     s.push_str("    let parity = i32(flat) / (TILES_M * TILES_N);\n");
     s.push_str("    let tile = i32(flat) % (TILES_M * TILES_N);\n");
@@ -167,7 +176,7 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
 }
 
 /// Writes the `k` loop. Each trip stages `k_chunk` steps of A and B values, then runs the
-/// multiply-adds one block of `block_m` rows at a time, so that a block's accumulators can
+/// multiply-adds one block of `block_m` rows at a time. A block's accumulators can then
 /// stay in registers for the whole chunk while the staged operands are reread.
 fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     let (tm, tn, chunk) = (t.tile_m, t.tile_n, t.k_chunk);

@@ -20,12 +20,13 @@
 //! conv_transpose2d of the output gradient with the same weight, and the other way round.
 //!
 //! Cannot do yet: split the reduction of a weight gradient over several workgroups, which
-//! a real GPU would need for the outer layers (few outputs, many pixels); read operands
-//! through textures.
+//! a real GPU would need for the outer layers (few outputs, many pixels). Nor can it read
+//! operands through textures.
 
 mod emit;
 mod problem;
 
+use crate::codegen::Grid;
 use problem::Problem;
 
 /// The op a kernel computes. Weights use PyTorch's layouts: conv2d `[Co, Ci, kh, kw]`,
@@ -43,7 +44,7 @@ pub enum ConvOp {
 }
 
 impl ConvOp {
-    /// The name used in shader labels and benchmark tables.
+    /// Returns the name used in shader labels and benchmark tables.
     pub fn name(self) -> &'static str {
         match self {
             ConvOp::Conv2d => "conv2d",
@@ -70,7 +71,7 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    /// The geometry of a conv2d, with the output size from its shape rule.
+    /// Builds the geometry of a conv2d, with the output size from its shape rule.
     pub fn conv2d(
         batch: usize,
         in_channels: usize,
@@ -86,7 +87,7 @@ impl ConvGeometry {
         Self { batch, in_channels, in_size, out_channels, out_size, kernel, stride, padding }
     }
 
-    /// The geometry of a conv_transpose2d, with the output size from its shape rule.
+    /// Builds the geometry of a conv_transpose2d, with the output size from its shape rule.
     #[allow(clippy::too_many_arguments)]
     pub fn conv_transpose2d(
         batch: usize,
@@ -106,7 +107,7 @@ impl ConvGeometry {
         Self { batch, in_channels, in_size, out_channels, out_size, kernel, stride, padding }
     }
 
-    /// The multiply-adds of the op (the same for the forward op and its weight gradient),
+    /// Counts the multiply-adds of the op (the same for the forward op and its weight gradient),
     /// times two. For conv_transpose2d this counts only the taps that reach an output.
     pub fn flops(&self, op: ConvOp) -> u64 {
         let [kh, kw] = self.kernel;
@@ -122,7 +123,8 @@ impl ConvGeometry {
     }
 }
 
-/// How each workgroup splits its share of the output.
+/// The split of the output into per-invocation tiles and workgroups, and the order of the
+/// reduction loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tiling {
     /// Output rows (channels) per invocation.
@@ -175,11 +177,11 @@ const MIN_WORKGROUPS: u64 = 16;
 ///
 /// On a CPU adapter with subgroups the tile is 64x8 outputs per invocation, staged 4
 /// steps at a time in blocks of 2 rows. On lavapipe (Mesa 22.3, LLVM 15, 8-wide AVX2
-/// subgroups, 2 cores) this ran the large pix2pix convolutions at about 50 GFLOP/s of CPU
-/// time, against 38 for the same tile unstaged, 24 for 16x4 and 17 for 32x8 without
-/// subgroups (`examples/gemm_bench.rs`). Loads run one lane at a time there, so the tile is
-/// as large as the compile time allows: 64x16 was no faster and took 3x longer to compile.
-/// The tile shrinks for small outputs so that there are at least 16 workgroups.
+/// subgroups, 2 cores) `examples/gemm_bench.rs` measured the pix2pix conv2d e3 at about 54
+/// GFLOP/s of CPU time with it, 38 with the same tile unstaged and 17 with 32x8 without
+/// subgroups. Loads run one lane at a time there, so the tile is as large as compile time
+/// allows: 64x16 was no faster and took about 3x longer to compile. The tile shrinks for
+/// small outputs so that there are at least 16 workgroups.
 ///
 /// NOTE: the GPU choice (8x4 per invocation, 64 invocations) is a conventional register
 /// tile that has not been measured on a GPU.
@@ -232,7 +234,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
     tiling
 }
 
-/// Which tensor a binding holds.
+/// The tensor a binding holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operand {
     Input,
@@ -251,8 +253,8 @@ pub struct GemmKernel {
     pub entry_point: &'static str,
     /// The tensors at bindings `0..` of group 0, in order. Only the output is read-write.
     pub bindings: Vec<Operand>,
-    /// The workgroup counts to dispatch.
-    pub workgroups: [u32; 3],
+    /// The workgroups to dispatch, folded into up to three dimensions.
+    pub grid: Grid,
     /// Whether the shader needs `Features::SUBGROUP`.
     pub uses_subgroups: bool,
     pub flops: u64,
@@ -265,23 +267,25 @@ pub enum GemmError {
     InvalidGeometry { op: &'static str, reason: String },
     #[error("tiling {tiling:?} is invalid: {reason}")]
     InvalidTiling { tiling: Tiling, reason: String },
-    #[error("{op} needs {workgroups} workgroups, more than 65,535 x 65,535")]
-    GridTooLarge { op: &'static str, workgroups: u64 },
+    #[error("{op} needs {workgroups} workgroups, more than a folded grid of {limit}^3 holds")]
+    GridTooLarge { op: &'static str, workgroups: u64, limit: u32 },
 }
 
 /// Generates the kernel of `op` on `geometry` with `tiling`. A `bias` binding is added for
-/// the forward ops when `with_bias` is set.
+/// the forward ops when `with_bias` is set. The grid is folded so that no dimension
+/// exceeds `max_workgroups_per_dimension`.
 pub fn generate(
     op: ConvOp,
     geometry: &ConvGeometry,
     tiling: &Tiling,
     with_bias: bool,
+    max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
     problem::check_geometry(op, geometry)?;
     check_tiling(tiling)?;
     let problem = Problem::new(op, geometry);
     let with_bias = with_bias && matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
-    let mut kernel = emit::kernel(&problem, tiling, with_bias)?;
+    let mut kernel = emit::kernel(&problem, tiling, with_bias, max_workgroups_per_dimension)?;
     kernel.flops = geometry.flops(op);
     Ok(kernel)
 }

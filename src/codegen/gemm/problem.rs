@@ -81,7 +81,7 @@ impl Problem {
         }
     }
 
-    /// The op's sizes as `(name, value)` pairs, declared as `i32` constants in the shader.
+    /// Returns the op's sizes as `(name, value)` pairs, declared as `i32` constants in the shader.
     pub fn constants(&self) -> &[(&'static str, usize)] {
         &self.constants
     }
@@ -164,7 +164,7 @@ impl Problem {
         }
     }
 
-    /// The A element of row `row` (an `i32` expression) at step `k`.
+    /// Returns the A element of row `row` (an `i32` expression) at step `k`.
     pub fn a_access(&self, row: &str) -> Access {
         match self.op {
             ConvOp::Conv2d => Access { offset: format!("{row} * K + k"), valid: String::new() },
@@ -192,7 +192,7 @@ impl Problem {
         }
     }
 
-    /// The B element of column `j` at step `k`, after [`Self::b_pixel`].
+    /// Returns the B element of column `j` at step `k`, after [`Self::b_pixel`].
     pub fn b_access(&self, j: u32) -> Access {
         let (rows, cols, offset) = match self.op {
             ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("H", "W", format!("base{j} + koff")),
@@ -202,7 +202,7 @@ impl Problem {
         Access { offset, valid }
     }
 
-    /// The offset of output element (`row`, column `j`).
+    /// Returns the offset of output element (`row`, column `j`).
     pub fn output_offset(&self, row: &str, j: u32) -> String {
         match self.op {
             ConvOp::Conv2d => format!("b{j} * (CO * OH * OW) + {row} * (OH * OW) + pix{j}"),

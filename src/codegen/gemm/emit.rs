@@ -50,18 +50,24 @@ pub(super) fn kernel(
 
 fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], grid: &Grid) {
     let lanes = t.subgroup_size.map_or("none".to_string(), |n| n.to_string());
+    let classes = match p.classes {
+        1 => String::new(),
+        n => format!(", once per each of {n} output parity classes"),
+    };
     let _ = writeln!(
         s,
-        "// {}: implicit GEMM, M = {}, N = {}, K = {}, {} class(es).\n\
-         // Tiling: {}x{} outputs per invocation, {} invocations per workgroup, subgroup {lanes}.",
+        "// {}: implicit GEMM, M = {}, N = {}, K = {}{classes}.\n\
+         // Tiling: {}x{} outputs per invocation, {} invocations per workgroup, subgroup {lanes},\n\
+         // {} reduction steps staged at a time, in blocks of {} rows.",
         p.op.name(),
         p.m,
         p.n,
         p.k,
-        p.classes,
         t.tile_m,
         t.tile_n,
-        t.workgroup_size
+        t.workgroup_size,
+        t.k_chunk,
+        t.block_m.clamp(1, t.tile_m)
     );
     let gemm = [("M", p.m as usize), ("N", p.n as usize), ("K", p.k as usize)];
     for (name, value) in gemm.iter().chain(p.constants()) {

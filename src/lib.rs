@@ -1,4 +1,6 @@
+pub mod autodiff;
 pub mod codegen;
+pub mod edit;
 pub mod frontend;
 pub mod infer;
 pub mod ir;

@@ -5,6 +5,8 @@ use super::{DeviceArgs, ModelArgs};
 use netc::frontend;
 use netc::frontend::sizes::SizeReport;
 use netc::ir::{DataSpec, Half, Module, Net, Op, Optimizer, ParamKind, Schedule, TrainSpec};
+use netc::runtime::Gpu;
+use netc::train::gradcheck::{check_gradients, GradCheckOptions, Verdict};
 use std::fmt::Write;
 use std::process::ExitCode;
 
@@ -12,13 +14,15 @@ pub fn run(
     model: &ModelArgs,
     grad: bool,
     watch: bool,
-    _device: &DeviceArgs,
+    device: &DeviceArgs,
 ) -> miette::Result<ExitCode> {
     if grad {
-        return Err(miette::miette!("netc check --grad is not supported yet"));
+        let module =
+            frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
+        return check_grad(&module, device);
     }
     if watch {
-        return Err(miette::miette!("netc check --watch is not supported yet"));
+        return super::watch::check(model);
     }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
     let sizes = match std::fs::read_to_string(&model.file) {
@@ -141,9 +145,9 @@ fn render_train(out: &mut String, module: &Module, train: &TrainSpec) {
         let terms: Vec<&str> = step.terms.iter().map(|t| t.name.as_str()).collect();
         let optimizer = match step.optimizer {
             Optimizer::Adam { lr, beta1, beta2, eps } => {
-                format!("adam(lr={lr}, beta1={beta1}, beta2={beta2}, eps={eps})")
+                format!("adam(lr={lr:e}, beta1={beta1}, beta2={beta2}, eps={eps:e})")
             }
-            Optimizer::Sgd { lr, momentum } => format!("sgd(lr={lr}, momentum={momentum})"),
+            Optimizer::Sgd { lr, momentum } => format!("sgd(lr={lr:e}, momentum={momentum})"),
         };
         let _ = writeln!(
             out,
@@ -198,4 +202,46 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// Runs the finite-difference gradient check of `module` on the chosen adapter and prints
+/// one row per step and parameter. Fails when any gradient disagrees.
+fn check_grad(module: &Module, device: &DeviceArgs) -> miette::Result<ExitCode> {
+    let gpu = Gpu::open(device.adapter.as_deref())?;
+    let options = GradCheckOptions::default();
+    let checks = check_gradients(&gpu, module, &options)?;
+
+    let width = checks.iter().map(|c| c.param.len()).max().unwrap_or(0).max("parameter".len());
+    let step_width = checks.iter().map(|c| c.step.len()).max().unwrap_or(0).max("step".len());
+    println!(
+        "gradient check of {} on {}: autodiff against central differences along a random \
+         sign vector, relative step {}, tolerance {}",
+        module.name, gpu.info.name, options.step_size, options.rtol
+    );
+    println!(
+        "{:<step_width$}  {:<width$}  {:>13}  {:>13}  {:>9}  result",
+        "step", "parameter", "autodiff", "numeric", "h"
+    );
+    for c in &checks {
+        let result = match c.verdict {
+            Verdict::Agrees => "ok",
+            Verdict::Mismatch => "MISMATCH",
+            Verdict::NotDifferentiable => "kink: not differentiable here, not checked",
+            Verdict::Inconclusive => "inconclusive: below the loss's f32 resolution",
+        };
+        println!(
+            "{:<step_width$}  {:<width$}  {:>13.6e}  {:>13.6e}  {:>9.2e}  {result}",
+            c.step, c.param, c.analytic, c.numeric, c.step_size
+        );
+    }
+    let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();
+    let failed = count(Verdict::Mismatch);
+    println!(
+        "{} of {} gradients agree, {failed} disagree, {} not checked at a kink, {} inconclusive",
+        count(Verdict::Agrees),
+        checks.len(),
+        count(Verdict::NotDifferentiable),
+        count(Verdict::Inconclusive)
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

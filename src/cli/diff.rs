@@ -1,6 +1,23 @@
+//! `netc diff OLD NEW`: compiles both versions of a model with the same `--set`
+//! overrides and prints the architecture change.
+
+use netc::edit::diff;
+use netc::frontend;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(_old: &Path, _new: &Path, _set: &[String]) -> miette::Result<ExitCode> {
-    Err(miette::miette!("netc diff is not built yet"))
+pub fn run(old: &Path, new: &Path, set: &[String]) -> miette::Result<ExitCode> {
+    let before = frontend::compile_file(old, set);
+    let after = frontend::compile_file(new, set);
+    let (before, after) = match (before, after) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(a), Err(b)) => {
+            // Both files have errors: show the old file's here, the new file's on return.
+            eprintln!("{:?}", miette::Report::new(a));
+            return Err(miette::Report::new(b));
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(miette::Report::new(e)),
+    };
+    print!("{}", diff::render(&diff::diff(&before, &after)));
+    Ok(ExitCode::SUCCESS)
 }

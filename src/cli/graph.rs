@@ -1,11 +1,56 @@
+//! `netc graph`: writes the IR of a model as Graphviz DOT or JSON, to a file or to
+//! standard output.
+
 use super::{GraphFormat, ModelArgs};
+use miette::{Context, IntoDiagnostic};
+use netc::frontend;
+use netc::ir::export;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(
-    _model: &ModelArgs,
-    _format: GraphFormat,
-    _output: Option<&Path>,
+    model: &ModelArgs,
+    format: GraphFormat,
+    output: Option<&Path>,
 ) -> miette::Result<ExitCode> {
-    Err(miette::miette!("netc graph is not built yet"))
+    let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
+    let text = match format {
+        GraphFormat::Dot => export::module_to_dot(&module),
+        GraphFormat::Json => export::module_to_json(&module),
+    };
+    match output {
+        Some(path) => write_atomically(path, text.as_bytes())?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .into_diagnostic()
+                .wrap_err("failed to write to standard output")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`, so a
+/// reader never sees a half-written file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> miette::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let context = || format!("failed to write {}", path.display());
+    let mut file = tempfile::NamedTempFile::new_in(dir).into_diagnostic().wrap_err_with(context)?;
+    file.write_all(bytes).into_diagnostic().wrap_err_with(context)?;
+    // NOTE: temporary files are created readable by the owner only; the output is an
+    // ordinary file, so give it the usual 0644 mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        file.as_file().set_permissions(mode).into_diagnostic().wrap_err_with(context)?;
+    }
+    file.persist(path).map_err(|e| e.error).into_diagnostic().wrap_err_with(context)?;
+    tracing::info!(path = %path.display(), bytes = bytes.len(), "wrote the graph");
+    Ok(())
 }

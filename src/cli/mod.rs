@@ -8,6 +8,7 @@ mod diff;
 mod graph;
 mod run;
 mod shaders;
+mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -94,7 +95,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Print the architecture change between two versions of a model
     Diff {
+        /// The `.net` file before the edit
         old: PathBuf,
+        /// The `.net` file after the edit
         new: PathBuf,
         /// Override a `param` of both models, as name=value; repeatable
         #[arg(long = "set", value_name = "NAME=VALUE")]

@@ -43,16 +43,19 @@ fn lower_gemm(
         }
     };
 
-    // The generated shader names its bindings lhs, rhs, dst and bias, in that order.
+    // The generated shader names its bindings lhs, rhs, dst and bias, in that order. The
+    // operand slots are those of conv2d, conv_transpose2d (x, weight, bias) and of the IR's
+    // conv2d_weight_grad (x, dy).
+    let names = ["lhs", "rhs", "dst", "bias"];
     let bindings = generated
         .bindings
         .iter()
-        .map(|operand| match operand {
-            Operand::Weight => ctx.read("lhs", 1),
-            Operand::Input => ctx.read("rhs", 0),
-            Operand::Bias => ctx.read("bias", 2),
-            Operand::Output => ctx.output("dst"),
-            Operand::OutputGrad => unreachable!("forward convolutions read no output gradient"),
+        .zip(names)
+        .map(|(operand, name)| match operand {
+            Operand::Input => ctx.read(name, 0),
+            Operand::Weight | Operand::OutputGrad => ctx.read(name, 1),
+            Operand::Bias => ctx.read(name, 2),
+            Operand::Output => ctx.output(name),
         })
         .collect();
     let wgsl = format!("// netc kernel {name}\n\n{}", generated.wgsl);
@@ -81,6 +84,27 @@ fn geometry(ctx: &LowerContext<'_>, stride: [usize; 2], padding: [usize; 2]) -> 
         stride,
         padding,
     }
+}
+
+/// Lowers the IR's conv2d_weight_grad (operands x and dy, output the weight's shape) as an
+/// implicit GEMM, or returns `None` when the generator rejects it.
+pub(super) fn lower_conv2d_weight_grad_gemm(
+    ctx: &LowerContext<'_>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<Option<Kernel>, CodegenError> {
+    let (x, dy, dw) = (ctx.operand_dims(0), ctx.operand_dims(1), ctx.dims());
+    let geometry = ConvGeometry {
+        batch: x[0],
+        in_channels: x[1],
+        in_size: [x[2], x[3]],
+        out_channels: dy[1],
+        out_size: [dy[2], dy[3]],
+        kernel: [dw[2], dw[3]],
+        stride,
+        padding,
+    };
+    lower_gemm(ctx, "conv2d_weight_grad", ConvOp::Conv2dWeightGrad, &geometry)
 }
 
 /// Lowers either convolution directly; the two share constants and differ in the

@@ -17,9 +17,11 @@ mod conv;
 mod dense;
 mod elementwise;
 pub mod gemm;
+mod grad;
 pub mod grid;
 mod layout;
 mod norm;
+pub mod optimizer;
 mod reduce;
 mod target;
 pub mod wgsl;
@@ -163,7 +165,7 @@ pub enum CodegenError {
 pub fn storage_root(graph: &Graph, mut id: NodeId, mode: Mode) -> NodeId {
     loop {
         let passes_through = match graph.node(id).op {
-            Op::Flatten | Op::StopGradient => true,
+            Op::Flatten | Op::StopGradient | Op::Reshape { .. } => true,
             Op::Dropout { p } => mode == Mode::Eval || p == 0.0,
             _ => false,
         };
@@ -280,6 +282,24 @@ pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
         Op::BceWithLogits | Op::L1Loss | Op::MseLoss | Op::CrossEntropy => {
             reduce::lower_loss(ctx, &node.op)?
         }
+        Op::Reshape { .. } => Vec::new(),
+        Op::MatMul { transpose_a, transpose_b } => {
+            vec![grad::lower_matmul(ctx, *transpose_a, *transpose_b)?]
+        }
+        Op::Broadcast { axes, .. } => grad::lower_broadcast(ctx, axes)?,
+        Op::Slice { axis, start, len } => grad::lower_slice(ctx, *axis, *start, *len)?,
+        Op::Conv2dWeightGrad { stride, padding, .. } => {
+            vec![grad::lower_conv2d_weight_grad(ctx, *stride, *padding)?]
+        }
+        Op::BatchNormScaleGrad { eps } => vec![grad::lower_batch_norm_scale_grad(ctx, *eps)?],
+        Op::BatchNormInputGrad { eps } => vec![grad::lower_batch_norm_input_grad(ctx, *eps)?],
+        Op::LeakyReluGrad { slope } => grad::lower_leaky_relu_grad(ctx, *slope)?,
+        Op::DropoutGrad { p, forward } => grad::lower_dropout_grad(ctx, *p, *forward)?,
+        Op::MaxPool2dGrad { kernel, stride } => {
+            vec![grad::lower_max_pool2d_grad(ctx, *kernel, *stride)?]
+        }
+        Op::BceWithLogitsGrad | Op::L1LossGrad => grad::lower_loss_grad(ctx, &node.op)?,
+        Op::CrossEntropyGrad => vec![grad::lower_cross_entropy_grad(ctx)?],
     };
     for kernel in &kernels {
         ctx.target.check(kernel)?;

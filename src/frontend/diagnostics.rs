@@ -85,7 +85,7 @@ impl Diagnostic {
         }
     }
 
-    /// An error that no span of the file can show, such as a bad `--set`.
+    /// Creates an error that no span of the file can show, such as a bad `--set`.
     pub fn without_span(kind: ErrorKind, message: impl Into<String>) -> Self {
         Diagnostic {
             kind,

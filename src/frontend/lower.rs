@@ -40,7 +40,7 @@ impl ParamTable {
     }
 }
 
-/// What a name means in the innermost scope.
+/// A scope: the meaning of names in the innermost block, network or train section.
 pub(super) enum Frame<'a> {
     /// A block body: its arguments, then the params.
     Block(HashMap<String, Value>),
@@ -127,7 +127,7 @@ impl<'p, 'a> Builder<'p, 'a> {
 
     // ---- Node construction -------------------------------------------------------------
 
-    /// A unique node name for a role (`conv`, `norm`) in the current layer.
+    /// Returns a unique node name for a role (`conv`, `norm`) in the current layer.
     pub(super) fn node_name(&mut self, role: &str) -> String {
         let count = self.roles.entry(role.to_string()).or_insert(0);
         *count += 1;
@@ -150,7 +150,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         name
     }
 
-    /// The stable name of a parameter of the current layer: `generator.e3.conv.weight`.
+    /// Returns the stable name of a parameter of the current layer: `generator.e3.conv.weight`.
     pub(super) fn param_name(&self, role_node: &str, tensor: &str) -> String {
         let role = role_node.rsplit('.').next().unwrap_or(role_node);
         format!("{}.{role}.{tensor}", self.param_prefix)
@@ -289,6 +289,7 @@ impl<'p, 'a> Builder<'p, 'a> {
             Some(Frame::Net(s)) => s.layers.len(),
             _ => 0,
         };
+        let errors_before = self.diags.len();
         let mut output = Value::Poison;
         for index in 0..count {
             output = self.layer_value(index, &base);
@@ -303,8 +304,13 @@ impl<'p, 'a> Builder<'p, 'a> {
                 .with_help("add a layer, such as `y = x -> relu`"),
             );
         }
+        // NOTE: after another error an unused layer is most often a consequence of it,
+        // such as the reader of the layer failing, so it is only reported alone.
+        let clean = self.diags.len() == errors_before;
         if let Some(Frame::Net(scope)) = self.frames.pop() {
-            self.report_unused(&scope, name);
+            if clean {
+                self.report_unused(&scope, name);
+            }
         }
 
         self.net_stack.pop();
@@ -376,6 +382,18 @@ impl<'p, 'a> Builder<'p, 'a> {
             names::LayerState::Active => return self.report_cycle(index),
             names::LayerState::Pending => {}
         }
+
+        // Lower the run of layers that this one reads implicitly from the bottom up, so
+        // that a forward reference to a long chain does not recurse once per layer.
+        let mut start = index;
+        while start > 0 && self.reads_layer_above(start) && self.is_pending(start - 1) {
+            start -= 1;
+        }
+        for k in start..index {
+            self.layer_value(k, base);
+        }
+
+        let scope = self.scope_mut();
         scope.layers[index].state = names::LayerState::Active;
         scope.active.push(index);
         let layer_name = scope.layers[index].name.clone();
@@ -393,6 +411,15 @@ impl<'p, 'a> Builder<'p, 'a> {
         scope.active.pop();
         scope.layers[index].state = names::LayerState::Done(value.clone());
         value
+    }
+
+    fn reads_layer_above(&mut self, index: usize) -> bool {
+        let chain = self.scope_mut().layers[index].chain;
+        self.needs_implicit_input(&chain.stages[0])
+    }
+
+    fn is_pending(&mut self, index: usize) -> bool {
+        matches!(self.scope_mut().layers[index].state, names::LayerState::Pending)
     }
 
     fn report_cycle(&mut self, index: usize) -> Value {
@@ -445,8 +472,10 @@ impl<'p, 'a> Builder<'p, 'a> {
         if !skips.is_empty() {
             value = self.concat_skips(value, &skips, first.span, base);
         }
+        let mut value_span = first.span;
         for stage in stages {
-            value = self.eval_stage(stage, Some((value, chain.span)));
+            value = self.eval_stage(stage, Some((value, value_span)));
+            value_span = stage.span;
         }
         match value {
             Value::Tensor(_) | Value::Poison => value,
@@ -523,7 +552,7 @@ impl<'p, 'a> Builder<'p, 'a> {
 
     // ---- Expressions -------------------------------------------------------------------
 
-    /// Whether the first stage of a chain is a layer written without its input, as in
+    /// Returns whether the first stage of a chain is a layer written without its input, as in
     /// `e2 = down(128)`, so that it reads the layer above.
     pub(super) fn needs_implicit_input(&self, expr: &Expr) -> bool {
         match &expr.kind {
@@ -549,7 +578,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         ops::signature(name).is_some_and(|s| s.layer) || self.prog.blocks.contains_key(name)
     }
 
-    /// Whether `name` is a value (an argument, layer, let or block argument) in scope.
+    /// Returns whether `name` is a value (an argument, layer, let or block argument) in scope.
     fn is_value_name(&self, name: &str) -> bool {
         match self.frames.last() {
             Some(Frame::Block(locals)) => locals.contains_key(name),
@@ -660,7 +689,8 @@ impl<'p, 'a> Builder<'p, 'a> {
         self.add_op(ir_op, &[a, b], name, span)
     }
 
-    /// A tensor operand: a tensor as it is, a number as a scalar constant.
+    /// Converts a value to a tensor operand: a tensor as it is, a number as a scalar
+    /// constant.
     pub(super) fn as_tensor(&mut self, value: Value, span: Span) -> Option<NodeId> {
         match value {
             Value::Tensor(t) => Some(t),
@@ -706,7 +736,7 @@ impl<'p, 'a> Builder<'p, 'a> {
         self.undefined(name, &text)
     }
 
-    /// The full name a reference denotes: `e{levels}` becomes `e8`.
+    /// Resolves the full name a reference denotes: `e{levels}` becomes `e8`.
     fn resolve_name(&mut self, name: &Name) -> Option<String> {
         let Some(index) = &name.index else { return Some(name.ident.text.clone()) };
         match program::eval_param_expr(index, &self.prog.params) {
@@ -751,7 +781,7 @@ impl<'p, 'a> Builder<'p, 'a> {
             Some(Frame::Net(scope)) => {
                 candidates.extend(scope.args.keys().cloned());
                 candidates.extend(scope.by_name.keys().cloned());
-                "layer"
+                "name"
             }
             Some(Frame::Train(lets)) => {
                 candidates.extend(lets.keys().cloned());
@@ -841,6 +871,14 @@ impl<'p, 'a> Builder<'p, 'a> {
         piped: Option<(Value, Span)>,
     ) -> Value {
         let name = block.name.text.as_str();
+        if self.block_calls.iter().any(|(_, b)| b == name) {
+            let path: Vec<&str> = self.block_calls.iter().map(|(_, b)| b.as_str()).collect();
+            let message = format!("block `{name}` calls itself: {} -> {name}", path.join(" -> "));
+            let d = Diagnostic::new(ErrorKind::Cycle, call.callee.span, message)
+                .with_label("recursive call")
+                .with_help("a block cannot contain itself; use a range such as `e1..e4 = ...` to repeat it");
+            return self.error(d);
+        }
         let Some((input, input_span)) = piped else {
             return self.error(
                 Diagnostic::new(

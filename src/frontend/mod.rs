@@ -1,10 +1,10 @@
 //! The front end: `.net` text to a checked [`ir::Module`].
 //!
-//! [`compile_source`] runs the stages in order: parse the text ([`parse`]), resolve the
-//! params, `--set` overrides and declarations ([`program`]), lower every network to its
-//! own forward graph ([`lower`], with the op catalogue in [`ops`]), then lower the train
-//! section to one graph for a whole iteration ([`train`]). Every stage collects all the
-//! errors it finds; a syntax error stops the parse, so it is reported alone.
+//! [`compile_source`] runs the stages in order. It parses the text ([`parse`]), resolves
+//! the params, `--set` overrides and declarations ([`program`]), and lowers every network
+//! to its own forward graph ([`lower`], with the op catalogue in [`ops`]). Then it lowers
+//! the train section to one graph for a whole iteration ([`train`]). Every stage collects
+//! all the errors it finds, but a syntax error stops the parse, so it is reported alone.
 //!
 //! Afterwards every node has a concrete shape (`[N, C, H, W]` for images) and the module
 //! passes [`ir::verify::verify_module`].
@@ -99,7 +99,8 @@ pub fn compile_file(path: &Path, overrides: &[String]) -> Result<Module, Diagnos
             }
         },
         Err(e) => {
-            let d = Diagnostic::without_span(ErrorKind::Io, format!("cannot read {name}: {e}"));
+            let d = Diagnostic::without_span(ErrorKind::Io, format!("failed to read {name}: {e}"))
+                .with_help("check the path of the model file");
             Err(Diagnostics::new(&name, "", vec![d]))
         }
     }
@@ -148,6 +149,8 @@ fn lower_standalone<'a>(
         shape.extend(dims);
         inputs.push(NetInput { name: arg.name.text.clone(), shape: Shape::new(shape) });
     }
+
+    // Lower the network on `Input` nodes named after its arguments.
     let mut builder = lower::Builder::new(prog, params);
     let nodes: Vec<_> = inputs
         .iter()
@@ -158,6 +161,8 @@ fn lower_standalone<'a>(
         })
         .collect();
     let output = builder.instantiate(net, nodes, "");
+
+    // Collect the errors, with the legal input sizes where a shape rule failed.
     let mut graph = std::mem::take(&mut builder.graph);
     let mut errors = std::mem::take(&mut builder.diags);
     drop(builder);
@@ -170,6 +175,7 @@ fn lower_standalone<'a>(
     if failed {
         return None;
     }
+
     graph.outputs.push(("output".to_string(), out));
     Some(Net {
         name: net.name.text.clone(),

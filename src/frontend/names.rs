@@ -10,7 +10,7 @@ use super::suggest::did_you_mean;
 use super::value::{type_error, Value};
 use crate::ir::Span;
 
-/// The most layers one range may name.
+/// The maximum number of layers one range may name.
 const MAX_RANGE: i64 = 4096;
 
 /// The largest size of one dimension a shape may declare.

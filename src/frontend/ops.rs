@@ -1,6 +1,6 @@
 //! The op catalogue of the language: each op's arguments, defaults and parameters, and
 //! how a call of it becomes IR nodes. The shape rules themselves live with the IR ops in
-//! `ir::op`; this file adds the parameters (weights, batch-norm statistics) that the
+//! `ir::op`. This file adds the parameters (weights, batch-norm statistics) that the
 //! front end infers from the input shape.
 //!
 //! Defaults follow PyTorch 2.x where it has one: `stride=1`, `padding=0`, `bias=true`,
@@ -16,15 +16,15 @@ use super::value::{format_float, type_error, Value};
 use crate::ir::{Init, NodeId, Op, ParamKind, Shape, Span};
 use std::collections::HashMap;
 
-/// The most channels or features one layer may have.
+/// The maximum number of channels or features of one layer.
 const MAX_CHANNELS: i64 = 1 << 20;
 /// The largest kernel, stride or padding.
 const MAX_WINDOW: i64 = 1 << 12;
-/// The most elements one parameter or activation may have. WGSL indexes buffers with
-/// 32-bit integers, so larger tensors could not run.
+/// The maximum number of elements of one parameter or activation. WGSL indexes buffers
+/// with 32-bit integers, so larger tensors could not run.
 const MAX_ELEMENTS: usize = 1 << 31;
 
-/// How an op is called.
+/// The calling convention of an op.
 pub struct Signature {
     pub name: &'static str,
     /// The allowed number of tensor operands, inclusive.
@@ -93,7 +93,7 @@ pub fn all_names() -> impl Iterator<Item = &'static str> + Clone {
     layer_op_names()
 }
 
-/// Whether a block or net may not take `name`.
+/// Returns whether `name` belongs to the language, so that no block or net may take it.
 pub fn is_builtin(name: &str) -> bool {
     signature(name).is_some()
         || super::program::FUNCTIONS.contains(&name)
@@ -116,12 +116,28 @@ pub fn unknown_key(op: &str, key: &Ident, sig: &Signature) -> Diagnostic {
     .with_help(help)
 }
 
+/// The values of a conv2d or conv_transpose2d call; absent initializers take the
+/// fan-in default.
+struct ConvArgs {
+    out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    bias: bool,
+    init: Option<Init>,
+    bias_init: Option<Init>,
+}
+
 /// The arguments of one op call, sorted into tensors and named values.
 pub struct Bound {
     pub op: &'static str,
     pub span: Span,
     pub tensors: Vec<(NodeId, Span)>,
     pub values: HashMap<&'static str, (Value, Span)>,
+    /// Whether a tensor operand is missing because of an earlier error. The values are
+    /// still checked, so that their own errors are reported too.
+    pub poisoned: bool,
 }
 
 impl<'p, 'a> Builder<'p, 'a> {
@@ -133,6 +149,10 @@ impl<'p, 'a> Builder<'p, 'a> {
         piped: Option<(Value, Span)>,
     ) -> Value {
         let Some(bound) = self.bind(call, sig, piped) else { return Value::Poison };
+        if bound.poisoned {
+            self.check_values(&bound);
+            return Value::Poison;
+        }
         let x = bound.tensors.first().map(|&(t, _)| t);
         let single = |op: Op| (op, x);
         let (op, x) = match sig.name {
@@ -147,26 +167,11 @@ impl<'p, 'a> Builder<'p, 'a> {
             "sum" => single(Op::Sum { axes: Vec::new() }),
             "mean" => single(Op::Mean { axes: Vec::new() }),
             "leaky_relu" => {
-                let Some(slope) = self.float(&bound, "slope", Some(0.01), 0.0..=1e6) else {
-                    return Value::Poison;
-                };
+                let Some(slope) = self.slope(&bound) else { return Value::Poison };
                 single(Op::LeakyRelu { slope })
             }
             "dropout" => {
-                let Some(p) = self.float(&bound, "p", Some(0.5), 0.0..=1.0) else {
-                    return Value::Poison;
-                };
-                if p >= 1.0 {
-                    let span = bound.values.get("p").map_or(bound.span, |v| v.1);
-                    let d = Diagnostic::new(
-                        ErrorKind::Range,
-                        span,
-                        "dropout probability 1 drops every element",
-                    )
-                    .with_label("must be below 1")
-                    .with_help("use a probability in [0, 1), such as 0.5");
-                    return self.error(d);
-                }
+                let Some(p) = self.dropout_p(&bound) else { return Value::Poison };
                 // NOTE: dropout(0) is the identity in both modes, so it adds no node.
                 if p == 0.0 {
                     return Value::Tensor(bound.tensors[0].0);
@@ -174,13 +179,7 @@ impl<'p, 'a> Builder<'p, 'a> {
                 single(Op::Dropout { p })
             }
             "max_pool2d" => {
-                let Some(kernel) = self.int(&bound, "kernel", None, 1..=MAX_WINDOW) else {
-                    return Value::Poison;
-                };
-                let Some(stride) = self.int(&bound, "stride", Some(kernel), 1..=MAX_WINDOW) else {
-                    return Value::Poison;
-                };
-                let (k, s) = (kernel as usize, stride as usize);
+                let Some((k, s)) = self.pool_window(&bound) else { return Value::Poison };
                 single(Op::MaxPool2d { kernel: [k, k], stride: [s, s] })
             }
             "concat" => {
@@ -224,7 +223,13 @@ impl<'p, 'a> Builder<'p, 'a> {
         piped: Option<(Value, Span)>,
     ) -> Option<Bound> {
         let op = sig.name;
-        let mut bound = Bound { op, span: call.span, tensors: Vec::new(), values: HashMap::new() };
+        let mut bound = Bound {
+            op,
+            span: call.span,
+            tensors: Vec::new(),
+            values: HashMap::new(),
+            poisoned: false,
+        };
         let mut poisoned = false;
         if let Some((value, span)) = piped {
             match value {
@@ -244,7 +249,14 @@ impl<'p, 'a> Builder<'p, 'a> {
             let Arg::Positional(expr) = arg else { continue };
             let value = self.eval(expr);
             if value == Value::Poison {
+                // A failed value still takes its place, so later values keep theirs.
                 poisoned = true;
+                if !(bound.tensors.len() < sig.inputs.0 && config == 0) {
+                    if let Some(&key) = sig.keys.get(config) {
+                        bound.values.insert(key, (Value::Poison, expr.span));
+                    }
+                    config += 1;
+                }
                 continue;
             }
             let room = bound.tensors.len() < sig.inputs.1 && config == 0;
@@ -280,10 +292,7 @@ impl<'p, 'a> Builder<'p, 'a> {
                 return None;
             };
             let value = self.eval(expr);
-            if value == Value::Poison {
-                poisoned = true;
-                continue;
-            }
+            poisoned |= value == Value::Poison;
             if bound.values.insert(name, (value, expr.span)).is_some() {
                 let message = format!("argument `{name}` of {op} is given twice");
                 self.error(
@@ -293,11 +302,11 @@ impl<'p, 'a> Builder<'p, 'a> {
                 return None;
             }
         }
-        if poisoned {
-            return None;
-        }
         self.apply_defaults(&mut bound);
-        self.check_tensor_count(sig, &bound, call.span)?;
+        bound.poisoned = poisoned;
+        if !poisoned {
+            self.check_tensor_count(sig, &bound, call.span)?;
+        }
         Some(bound)
     }
 
@@ -382,6 +391,7 @@ impl<'p, 'a> Builder<'p, 'a> {
             });
         };
         match value {
+            Value::Poison => None,
             Value::Int(i) if range.contains(i) => Some(*i),
             Value::Int(i) => {
                 let message = format!("`{key}` of {} is {i}, out of range", b.op);
@@ -425,6 +435,7 @@ impl<'p, 'a> Builder<'p, 'a> {
             });
         };
         let f = match value {
+            Value::Poison => return None,
             Value::Int(i) => *i as f64,
             Value::Float(f) => *f,
             other => {
@@ -449,6 +460,7 @@ impl<'p, 'a> Builder<'p, 'a> {
     fn bool(&mut self, b: &Bound, key: &str, default: bool) -> Option<bool> {
         match b.values.get(key) {
             None => Some(default),
+            Some((Value::Poison, _)) => None,
             Some((Value::Bool(v), _)) => Some(*v),
             Some((other, span)) => {
                 self.error(type_error(
@@ -461,10 +473,12 @@ impl<'p, 'a> Builder<'p, 'a> {
         }
     }
 
-    fn init(&mut self, b: &Bound, key: &str, default: Init) -> Option<Init> {
+    /// Reads an initializer argument: `Some(None)` when it is absent, `None` after an error.
+    fn init_value(&mut self, b: &Bound, key: &str) -> Option<Option<Init>> {
         match b.values.get(key) {
-            None => Some(default),
-            Some((Value::Init(init), _)) => Some(init.clone()),
+            None => Some(None),
+            Some((Value::Poison, _)) => None,
+            Some((Value::Init(init), _)) => Some(Some(init.clone())),
             Some((other, span)) => {
                 let d = type_error(
                     *span,
@@ -475,6 +489,56 @@ impl<'p, 'a> Builder<'p, 'a> {
                 self.error(d);
                 None
             }
+        }
+    }
+
+    fn slope(&mut self, b: &Bound) -> Option<f32> {
+        self.float(b, "slope", Some(0.01), 0.0..=1e6)
+    }
+
+    fn dropout_p(&mut self, b: &Bound) -> Option<f32> {
+        let p = self.float(b, "p", Some(0.5), 0.0..=1.0)?;
+        if p < 1.0 {
+            return Some(p);
+        }
+        let span = b.values.get("p").map_or(b.span, |v| v.1);
+        let d =
+            Diagnostic::new(ErrorKind::Range, span, "dropout probability 1 drops every element")
+                .with_label("must be below 1")
+                .with_help("use a probability in [0, 1), such as 0.5");
+        self.error(d);
+        None
+    }
+
+    fn pool_window(&mut self, b: &Bound) -> Option<(usize, usize)> {
+        let kernel = self.int(b, "kernel", None, 1..=MAX_WINDOW)?;
+        let stride = self.int(b, "stride", Some(kernel), 1..=MAX_WINDOW)?;
+        Some((kernel as usize, stride as usize))
+    }
+
+    /// Checks the values of a call whose input failed, so that their errors are reported
+    /// along with the earlier one.
+    fn check_values(&mut self, b: &Bound) {
+        match b.op {
+            "conv2d" | "conv_transpose2d" => {
+                self.conv_args(b);
+            }
+            "batch_norm" => {
+                self.batch_norm_args(b);
+            }
+            "linear" => {
+                self.linear_args(b);
+            }
+            "leaky_relu" => {
+                self.slope(b);
+            }
+            "dropout" => {
+                self.dropout_p(b);
+            }
+            "max_pool2d" => {
+                self.pool_window(b);
+            }
+            _ => {}
         }
     }
 
@@ -500,24 +564,44 @@ impl<'p, 'a> Builder<'p, 'a> {
         None
     }
 
+    fn conv_args(&mut self, b: &Bound) -> Option<ConvArgs> {
+        let transposed = b.op == "conv_transpose2d";
+        // Every value is read before any `?`, so that each one reports its own error.
+        let out = self.int(b, "out_channels", None, 1..=MAX_CHANNELS);
+        let kernel = self.int(b, "kernel", None, 1..=MAX_WINDOW);
+        let stride = self.int(b, "stride", Some(1), 1..=MAX_WINDOW);
+        let padding = self.int(b, "padding", Some(0), 0..=MAX_WINDOW);
+        let output_padding = match transposed {
+            true => self.int(b, "output_padding", Some(0), 0..=MAX_WINDOW),
+            false => Some(0),
+        };
+        let bias = self.bool(b, "bias", true);
+        let init = self.init_value(b, "init");
+        let bias_init = self.init_value(b, "bias_init");
+        Some(ConvArgs {
+            out: out? as usize,
+            kernel: kernel? as usize,
+            stride: stride? as usize,
+            padding: padding? as usize,
+            output_padding: output_padding? as usize,
+            bias: bias?,
+            init: init?,
+            bias_init: bias_init?,
+        })
+    }
+
     fn conv(&mut self, b: &Bound) -> Option<Value> {
         let transposed = b.op == "conv_transpose2d";
+        let args = self.conv_args(b)?;
         let shape = self.expect_rank(b, 4, "[N, C, H, W]")?;
-        let out = self.int(b, "out_channels", None, 1..=MAX_CHANNELS)? as usize;
-        let k = self.int(b, "kernel", None, 1..=MAX_WINDOW)? as usize;
-        let stride = self.int(b, "stride", Some(1), 1..=MAX_WINDOW)? as usize;
-        let padding = self.int(b, "padding", Some(0), 0..=MAX_WINDOW)? as usize;
-        let output_padding = match transposed {
-            true => self.int(b, "output_padding", Some(0), 0..=MAX_WINDOW)? as usize,
-            false => 0,
-        };
-        let bias = self.bool(b, "bias", true)?;
+        let ConvArgs { out, kernel: k, stride, padding, output_padding, bias, .. } = args;
         let cin = shape.dims()[1];
         // PyTorch's fan_in is weight.size(1) * kh * kw for both layouts.
         let fan_in = if transposed { out * k * k } else { cin * k * k };
         let bound = 1.0 / (fan_in as f32).sqrt();
-        let init = self.init(b, "init", Init::Uniform { low: -bound, high: bound })?;
-        let bias_init = self.init(b, "bias_init", Init::Uniform { low: -bound, high: bound })?;
+        let uniform = Init::Uniform { low: -bound, high: bound };
+        let init = args.init.unwrap_or_else(|| uniform.clone());
+        let bias_init = args.bias_init.unwrap_or(uniform);
 
         let weight_shape = if transposed { [cin, out, k, k] } else { [out, cin, k, k] };
         self.check_elements(b, "weight", &weight_shape)?;
@@ -553,17 +637,24 @@ impl<'p, 'a> Builder<'p, 'a> {
         Some(self.add_checked(op, &operands, role, b))
     }
 
+    fn batch_norm_args(&mut self, b: &Bound) -> Option<(f32, f32, Init, Init)> {
+        let eps = self.float(b, "eps", Some(1e-5), f32::MIN_POSITIVE..=1.0);
+        let momentum = self.float(b, "momentum", Some(0.1), 0.0..=1.0);
+        let scale_init = self.init_value(b, "scale_init");
+        let offset_init = self.init_value(b, "offset_init");
+        let scale_init = scale_init?.unwrap_or(Init::Constant { value: 1.0 });
+        let offset_init = offset_init?.unwrap_or(Init::Constant { value: 0.0 });
+        Some((eps?, momentum?, scale_init, offset_init))
+    }
+
     fn batch_norm(&mut self, b: &Bound) -> Option<Value> {
+        let (eps, momentum, scale_init, offset_init) = self.batch_norm_args(b)?;
         let (x, _) = b.tensors[0];
         let shape = self.graph.shape(x).clone();
         if shape.rank() < 2 {
             self.expect_rank(b, 4, "[N, C, ...]")?;
         }
         let channels = shape.dims()[1];
-        let eps = self.float(b, "eps", Some(1e-5), f32::MIN_POSITIVE..=1.0)?;
-        let momentum = self.float(b, "momentum", Some(0.1), 0.0..=1.0)?;
-        let scale_init = self.init(b, "scale_init", Init::Constant { value: 1.0 })?;
-        let offset_init = self.init(b, "offset_init", Init::Constant { value: 0.0 })?;
 
         let role = self.node_name("norm");
         let c = || Shape::new([channels]);
@@ -579,15 +670,23 @@ impl<'p, 'a> Builder<'p, 'a> {
         Some(self.add_checked(op, &[x, scale, offset], role, b))
     }
 
+    fn linear_args(&mut self, b: &Bound) -> Option<(usize, bool, Option<Init>, Option<Init>)> {
+        let out = self.int(b, "out_features", None, 1..=MAX_CHANNELS);
+        let bias = self.bool(b, "bias", true);
+        let init = self.init_value(b, "init");
+        let bias_init = self.init_value(b, "bias_init");
+        Some((out? as usize, bias?, init?, bias_init?))
+    }
+
     fn linear(&mut self, b: &Bound) -> Option<Value> {
-        let shape =
-            self.expect_rank(b, 2, "[N, features]; flatten an image first with `-> flatten`")?;
-        let out = self.int(b, "out_features", None, 1..=MAX_CHANNELS)? as usize;
-        let bias = self.bool(b, "bias", true)?;
+        let (out, bias, init, bias_init) = self.linear_args(b)?;
+        let layout = "[N, features]; flatten an image first with `-> flatten`";
+        let shape = self.expect_rank(b, 2, layout)?;
         let features = shape.dims()[1];
         let bound = 1.0 / (features as f32).sqrt();
-        let init = self.init(b, "init", Init::Uniform { low: -bound, high: bound })?;
-        let bias_init = self.init(b, "bias_init", Init::Uniform { low: -bound, high: bound })?;
+        let uniform = Init::Uniform { low: -bound, high: bound };
+        let init = init.unwrap_or_else(|| uniform.clone());
+        let bias_init = bias_init.unwrap_or(uniform);
 
         self.check_elements(b, "weight", &[out, features])?;
         let role = self.node_name("linear");

@@ -33,9 +33,21 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
         .op(PrattOp::infix(Rule::pow, Assoc::Right))
 });
 
+/// The deepest nesting of brackets a file may have. The parser and the passes after it
+/// recurse once per level, so the limit keeps deep input from overflowing the stack.
+const MAX_NESTING: usize = 64;
+
+/// The maximum number of operands and operators in one expression, for the same reason:
+/// the tree of `1 + 1 + ...` is as deep as it is long.
+const MAX_EXPR_PARTS: usize = 2_000;
+
+/// The largest file the parser accepts.
+const MAX_FILE_BYTES: usize = 4 << 20;
+
 /// Parses a whole file.
 pub fn parse_file(text: &str) -> Result<File, Diagnostic> {
-    let mut pairs = NetParser::parse(Rule::file, text).map_err(syntax_error)?;
+    check_limits(text)?;
+    let mut pairs = NetParser::parse(Rule::file, text).map_err(|e| syntax_error(e, text))?;
     let file = pairs.next().expect("the file rule always yields one pair");
     let mut items = Vec::new();
     for pair in file.into_inner() {
@@ -49,7 +61,8 @@ pub fn parse_file(text: &str) -> Result<File, Diagnostic> {
 
 /// Parses an expression alone, as `--set name=value` values are.
 pub fn parse_expr(text: &str) -> Result<Expr, Diagnostic> {
-    let mut pairs = NetParser::parse(Rule::expr, text).map_err(syntax_error)?;
+    check_limits(text)?;
+    let mut pairs = NetParser::parse(Rule::expr, text).map_err(|e| syntax_error(e, text))?;
     let pair = pairs.next().expect("the expr rule always yields one pair");
     if pair.as_str().len() != text.trim_end().len() {
         let at = pair.as_str().len();
@@ -60,6 +73,81 @@ pub fn parse_expr(text: &str) -> Result<Expr, Diagnostic> {
         ));
     }
     expr(pair)
+}
+
+/// Rejects a file too large or too deeply nested to parse safely. Brackets inside
+/// comments and strings do not count.
+fn check_limits(text: &str) -> Result<(), Diagnostic> {
+    if text.len() > MAX_FILE_BYTES {
+        let message =
+            format!("the file has {} bytes, more than the limit of {MAX_FILE_BYTES}", text.len());
+        return Err(Diagnostic::new(ErrorKind::Range, Span::new(0, 0), message));
+    }
+    let mut open: Vec<(usize, char)> = Vec::new();
+    let mut in_comment = false;
+    let mut in_string = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' => {
+                open.push((at, c));
+                if open.len() > MAX_NESTING {
+                    let span = Span::new(at, at + 1);
+                    let message =
+                        format!("brackets are nested more than {MAX_NESTING} levels deep");
+                    return Err(Diagnostic::new(ErrorKind::Range, span, message)
+                        .with_label("too deep")
+                        .with_help("split the expression into params or layers"));
+                }
+            }
+            ')' | ']' | '}' => match open.pop() {
+                Some((_, o)) if closing(o) == c => {}
+                Some((start, o)) => return Err(unclosed(start, o, Some((at, c)))),
+                None => {
+                    let message = format!("unmatched `{c}`");
+                    let d = Diagnostic::new(ErrorKind::Syntax, Span::new(at, at + 1), message)
+                        .with_label("no bracket opens this one");
+                    return Err(d);
+                }
+            },
+            _ => {}
+        }
+    }
+    if let Some((start, o)) = open.pop() {
+        return Err(unclosed(start, o, None));
+    }
+    Ok(())
+}
+
+fn closing(open: char) -> char {
+    match open {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    }
+}
+
+fn unclosed(start: usize, open: char, found: Option<(usize, char)>) -> Diagnostic {
+    let close = closing(open);
+    let d = Diagnostic::new(
+        ErrorKind::Syntax,
+        Span::new(start, start + 1),
+        format!("unclosed `{open}`"),
+    )
+    .with_label(format!("this `{open}` has no matching `{close}`"));
+    match found {
+        Some((at, c)) => d
+            .with_note(Span::new(at, at + 1), format!("`{c}` found here first"))
+            .with_help(format!("add `{close}` where the bracket should end")),
+        None => d.with_help(format!("add `{close}` before the end of the file")),
+    }
 }
 
 fn span_of(pair: &Pair<Rule>) -> Span {
@@ -236,6 +324,13 @@ fn call(pair: Pair<Rule>) -> Result<Call, Diagnostic> {
 
 /// Builds an expression from an `expr` or `product` pair with operator precedence.
 fn expr(pair: Pair<Rule>) -> Result<Expr, Diagnostic> {
+    if pair.clone().into_inner().count() > MAX_EXPR_PARTS {
+        let message = format!("expression has more than {MAX_EXPR_PARTS} operands and operators");
+        let span = Span::new(pair.as_span().start(), pair.as_span().start() + 1);
+        return Err(Diagnostic::new(ErrorKind::Range, span, message)
+            .with_label("this expression is too long")
+            .with_help("split it into params or layers"));
+    }
     PRATT
         .map_primary(primary)
         .map_prefix(|op, rhs| {
@@ -321,17 +416,24 @@ fn next<'a>(pairs: &mut pest::iterators::Pairs<'a, Rule>) -> Pair<'a, Rule> {
 }
 
 /// Converts a pest error into a diagnostic with readable names for the expected tokens.
-fn syntax_error(error: pest::error::Error<Rule>) -> Diagnostic {
+fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
-    let span = match error.location {
-        InputLocation::Pos(p) => Span::new(p, p + 1),
-        InputLocation::Span((s, e)) => Span::new(s, e.max(s + 1)),
+    // The span covers the character at the error, or nothing at the end of the text.
+    let (start, end) = match error.location {
+        InputLocation::Pos(p) => (p, p + 1),
+        InputLocation::Span((s, e)) => (s, e.max(s + 1)),
     };
+    let end =
+        (start..=end.min(text.len())).rev().find(|&e| text.is_char_boundary(e)).unwrap_or(start);
+    let span = Span::new(start.min(text.len()), end.max(start.min(text.len())));
     let (message, label) = match &error.variant {
         ErrorVariant::ParsingError { positives, negatives: _ } => {
             let mut expected: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
             expected.sort_unstable();
             expected.dedup();
+            if expected.contains(&"an expression") {
+                expected.retain(|e| !EXPRESSION_PARTS.contains(e));
+            }
             match expected.as_slice() {
                 [] => ("invalid syntax".to_string(), "unexpected text".to_string()),
                 [one] => (format!("expected {one}"), format!("expected {one} here")),
@@ -346,6 +448,10 @@ fn syntax_error(error: pest::error::Error<Rule>) -> Diagnostic {
     };
     Diagnostic::new(ErrorKind::Syntax, span, message).with_label(label)
 }
+
+/// Expected-token names that "an expression" already covers.
+const EXPRESSION_PARTS: &[&str] =
+    &["`true` or `false`", "a layer name", "a name", "a number", "a string"];
 
 fn rule_name(rule: Rule) -> Option<&'static str> {
     Some(match rule {

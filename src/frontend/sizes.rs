@@ -19,7 +19,7 @@ use crate::ir::{Graph, Op, Shape};
 /// The largest trial size.
 const MAX_TRIAL: usize = 2048;
 
-/// What a network accepts for the height and width of one image argument.
+/// The heights and widths a network accepts for one image argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SizeReport {
     pub net: String,
@@ -43,30 +43,62 @@ pub enum Legal {
 impl SizeReport {
     /// A sentence for `netc check`: "input x: height and width must be multiples of 256".
     pub fn describe(&self) -> String {
-        let prefix = format!("input {}: height and width", self.arg);
         match &self.legal {
-            Legal::Progression { first, step } if first == step => {
-                format!("{prefix} must be multiples of {step}")
-            }
-            Legal::Progression { first, step: 1 } => format!("{prefix} must be at least {first}"),
+            Legal::List(list) if list.is_empty() => format!(
+                "input {}: no height and width from 1 to {} pass the shape checks",
+                self.arg, self.tried
+            ),
+            _ => format!("input {}: height and width must be {}", self.arg, self.rule()),
+        }
+    }
+
+    /// Formats the legal sizes as a phrase: "multiples of 256", "at least 24".
+    fn rule(&self) -> String {
+        match &self.legal {
+            Legal::Progression { first, step } if first == step => format!("multiples of {step}"),
+            Legal::Progression { first, step: 1 } => format!("at least {first}"),
             Legal::Progression { first, step } if first % step == 0 => {
-                format!("{prefix} must be multiples of {step}, at least {first}")
+                format!("multiples of {step}, at least {first}")
             }
-            Legal::Progression { first, step } => {
-                format!("{prefix} must be {first} plus a multiple of {step}")
-            }
-            Legal::List(list) if list.is_empty() => {
-                format!("{prefix}: no size from 1 to {} passes the shape checks", self.tried)
-            }
+            Legal::Progression { first, step } => format!("{first} plus a multiple of {step}"),
             Legal::List(list) => {
                 let sizes: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-                format!("{prefix} must be one of {} (tried 1 to {})", sizes.join(", "), self.tried)
+                format!("one of {} (tried 1 to {})", sizes.join(", "), self.tried)
             }
-            Legal::FixedByParams => format!(
-                "{prefix} must be {} (the parameter shapes depend on the input size)",
-                self.declared
-            ),
+            Legal::FixedByParams => {
+                format!("{} (the parameter shapes depend on the input size)", self.declared)
+            }
         }
+    }
+
+    /// Formats a help line for a shape error: the rule, the declared size and the nearest
+    /// legal sizes.
+    pub fn suggest(&self) -> String {
+        let (arg, net, d) = (&self.arg, &self.net, self.declared);
+        let mut line = format!(
+            "input `{arg}` of net `{net}` needs a height and width that are {}, but it is declared {d}x{d}",
+            self.rule()
+        );
+        match self.nearest().as_slice() {
+            [one] => line.push_str(&format!("; the nearest legal size is {one}")),
+            [below, above] => {
+                line.push_str(&format!("; the nearest legal sizes are {below} and {above}"))
+            }
+            _ => {}
+        }
+        line
+    }
+
+    /// Returns the legal sizes just below and above the declared one.
+    fn nearest(&self) -> Vec<usize> {
+        let legal: Vec<usize> = match &self.legal {
+            Legal::Progression { first, step } => (*first..=self.tried).step_by(*step).collect(),
+            Legal::List(list) => list.clone(),
+            Legal::FixedByParams => return Vec::new(),
+        };
+        let below = legal.iter().rev().find(|&&s| s < self.declared);
+        let above = legal.iter().find(|&&s| s > self.declared);
+        below.into_iter().chain(above).copied().collect()
     }
 }
 
@@ -133,7 +165,7 @@ fn try_lower(prog: &Program, net: &NetDecl, dims: &[Vec<usize>]) -> Option<Vec<S
     ok.then(|| params.decls.into_iter().map(|p| p.shape).collect())
 }
 
-/// Whether a strided window leaves input rows or columns unread, as a stride-2 conv does
+/// Returns whether a strided window leaves input rows or columns unread, as a stride-2 conv does
 /// on an odd size. PyTorch rounds such sizes down without an error, so a U-Net then
 /// returns an image smaller than its input.
 fn drops_pixels(graph: &Graph) -> bool {
@@ -187,17 +219,7 @@ pub(super) fn explain_shape_errors(prog: &Program, net: &NetDecl, errors: &mut [
     if useful.is_empty() {
         return;
     }
-    let lines: Vec<String> = useful
-        .iter()
-        .map(|r| {
-            format!(
-                "net `{}` accepts these sizes: {}; it is declared with {}",
-                r.net,
-                r.describe(),
-                r.declared
-            )
-        })
-        .collect();
+    let lines: Vec<String> = useful.iter().map(|r| r.suggest()).collect();
     let extra = lines.join("\n");
     for d in errors.iter_mut() {
         *d = d.clone().add_help(extra.clone());

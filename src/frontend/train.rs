@@ -1,7 +1,7 @@
 //! The train section: builds one iteration of training as a single flat graph with
 //! phases, and checks its settings. Needs the module's parameters from the standalone
-//! networks; afterwards each step's loss is a scalar node of its phase that depends on the
-//! parameters the step updates.
+//! networks. Afterwards each step's loss is a scalar node of its phase that depends on
+//! the parameters the step updates.
 //!
 //! Phase 0 holds `input`, `target` and the `let` values; step `k` (1-based, in file
 //! order) holds its loss terms. Each network call instantiates the network's nodes again,
@@ -28,42 +28,56 @@ pub fn lower_train(
     params: &mut ParamTable,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<TrainSpec> {
+    // Settings first. An unknown setting is often a misspelt required one, so the
+    // missing-setting errors would only repeat it.
+    let errors_before = diags.len();
     let settings = collect_settings(train, diags);
+    let misspelt = diags.len() > errors_before;
     let data = match settings.get("data") {
         Some(expr) => data_spec(prog, expr, diags),
+        None if misspelt => None,
         None => {
-            let d = Diagnostic::new(
-                ErrorKind::Missing,
-                train_head(train),
-                "the train section has no `data` setting",
-            )
-            .with_label("in this train section")
-            .with_help(
-                "bind the images, for example `data: paired(input=right, target=left, crop=256)`",
-            );
-            diags.push(d);
+            diags.push(missing_data(train));
             None
         }
     };
     let schedule = match settings.get("schedule") {
-        Some(expr) => schedule(prog, expr, diags)?,
-        None => Schedule::Constant,
+        Some(expr) => schedule(prog, expr, diags),
+        None => Some(Schedule::Constant),
     };
-    let epochs = epochs(prog, settings.get("epochs").copied(), &schedule, train, diags)?;
-    let data = data?;
+    let epochs = match (settings.get("epochs"), misspelt || schedule.is_none()) {
+        (None, true) => None,
+        (expr, _) => schedule.as_ref().and_then(|s| epochs(prog, expr.copied(), s, train, diags)),
+    };
+    let (Some(data), Some(schedule)) = (data, schedule) else {
+        check_steps_alone(prog, train, diags);
+        return None;
+    };
+    let epochs = epochs?;
+
+    // Then the iteration graph and the checks that need it.
     let mut builder = Builder::new(prog, params);
-    let spec = build_graph(&mut builder, train, &data, &settings);
+    let spec = build_graph(&mut builder, train, &data);
     diags.append(&mut builder.diags);
     let (graph, steps, first_net) = spec?;
     let generator = match settings.get("infer") {
         Some(expr) => infer_net(prog, expr, diags)?,
         None => first_net?,
     };
-    let mut spec =
-        TrainSpec { data, graph, steps, schedule, epochs, generator, span: Some(train.span) };
+    let span = Some(train.span);
+    let mut spec = TrainSpec { data, graph, steps, schedule, epochs, generator, span };
     fill_step_params(&mut spec, params);
     check_steps_reach_params(&spec, params, train, diags);
     Some(spec)
+}
+
+fn missing_data(train: &TrainDecl) -> Diagnostic {
+    let message = "the train section has no `data` setting";
+    Diagnostic::new(ErrorKind::Missing, train_head(train), message)
+        .with_label("in this train section")
+        .with_help(
+            "bind the images, for example `data: paired(input=right, target=left, crop=256)`",
+        )
 }
 
 fn train_head(train: &TrainDecl) -> Span {
@@ -101,6 +115,8 @@ fn collect_settings<'a>(
 
 /// The keyword arguments of a settings call such as `paired(...)` or `adam(...)`.
 struct SettingArgs {
+    /// Whether some argument failed; its error is already reported.
+    failed: bool,
     call_span: Span,
     name: String,
     values: HashMap<String, (Value, Span)>,
@@ -211,7 +227,7 @@ fn setting_args(
             }
         }
     }
-    ok.then_some(SettingArgs { call_span: call.span, name, values })
+    Some(SettingArgs { failed: !ok, call_span: call.span, name, values })
 }
 
 fn e_kind_side(expr: &Expr) -> Option<&'static str> {
@@ -363,6 +379,21 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
         args.values.contains_key("crop").then(|| args.int("crop", None, 1..=MAX_IMAGE, diags));
     let flip = args.bool("flip", false, diags);
     let batch = args.int("batch", Some(1), 1..=65_536, diags);
+    if let (Some(i), Some(t)) = (input, target) {
+        if i == t {
+            let d = Diagnostic::new(
+                ErrorKind::Type,
+                call.span,
+                "input and target are the same half of the image",
+            )
+            .with_help("set one to left and the other to right");
+            diags.push(d);
+            return None;
+        }
+    }
+    if args.failed {
+        return None;
+    }
     let (input, target, flip, batch) = (input?, target?, flip?, batch?);
     let resize = match resize {
         Some(r) => Some(r? as usize),
@@ -412,6 +443,9 @@ fn labeled_spec(prog: &Program, call: &Call, diags: &mut Vec<Diagnostic>) -> Opt
     let channels = args.int("channels", Some(3), 1..=4, diags);
     let flip = args.bool("flip", false, diags);
     let batch = args.int("batch", Some(1), 1..=65_536, diags);
+    if args.failed {
+        return None;
+    }
     let (classes, size, channels) = (classes? as usize, size? as usize, channels? as usize);
     if channels == 2 || channels == 4 {
         let span = args.values.get("channels").map_or(call.span, |v| v.1);
@@ -444,6 +478,9 @@ fn schedule(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option<
     let args = setting_args(prog, call, &["constant", "decay"], 2, diags)?;
     let constant = args.int("constant", None, 0..=1_000_000, diags);
     let decay = args.int("decay", None, 0..=1_000_000, diags);
+    if args.failed {
+        return None;
+    }
     Some(Schedule::LinearDecay { constant: constant? as usize, decay: decay? as usize })
 }
 
@@ -526,7 +563,6 @@ fn build_graph(
     b: &mut Builder,
     train: &TrainDecl,
     data: &DataSpec,
-    _settings: &HashMap<&str, &Expr>,
 ) -> Option<(Graph, Vec<StepSpec>, Option<String>)> {
     let size = data.crop.or(data.resize).expect("data_spec requires crop or resize");
     let (input_shape, target_shape) = match &data.labeled {
@@ -699,7 +735,7 @@ fn lower_step(
     })
 }
 
-/// The name of a term: its label, else `<step>` for a single term or `<step>_<k>`.
+/// Returns the name of a term: its label, else `<step>` for a single term or `<step>_<k>`.
 fn term_name(term: &LossTerm, step: &str, k: usize, count: usize) -> String {
     match &term.name {
         Some(n) => n.text.clone(),
@@ -736,15 +772,40 @@ fn optimizer(b: &mut Builder, call: &Call) -> Option<Optimizer> {
             let beta1 = args.float("beta1", Some(0.9), 0.0..=0.999_999, &mut diags);
             let beta2 = args.float("beta2", Some(0.999), 0.0..=0.999_999_9, &mut diags);
             let eps = args.float("eps", Some(1e-8), 1e-30..=1.0, &mut diags);
+            if args.failed {
+                return None;
+            }
             return Some(Optimizer::Adam { lr: lr?, beta1: beta1?, beta2: beta2?, eps: eps? });
         }
         let args = setting_args(b.prog, call, &["lr", "momentum"], 1, &mut diags)?;
         let lr = args.float("lr", None, 0.0..=10.0, &mut diags);
         let momentum = args.float("momentum", Some(0.0), 0.0..=0.999_999, &mut diags);
+        if args.failed {
+            return None;
+        }
         Some(Optimizer::Sgd { lr: lr?, momentum: momentum? })
     })();
     b.diags.append(&mut diags);
     result
+}
+
+/// Checks what the steps declare without building them, when the data binding failed and
+/// the input shapes are unknown.
+fn check_steps_alone(prog: &Program, train: &TrainDecl, diags: &mut Vec<Diagnostic>) {
+    let mut params = ParamTable::default();
+    let mut b = Builder::new(prog, &mut params);
+    for item in &train.items {
+        let TrainItem::Step(step) = item else { continue };
+        let names: Vec<&str> = prog.nets.iter().map(|n| n.name.text.as_str()).collect();
+        if !names.contains(&step.net.text.as_str()) {
+            let message = format!("step `{}` names no net", step.net.text);
+            let d = Diagnostic::new(ErrorKind::Undefined, step.net.span, message)
+                .with_help(did_you_mean(&step.net.text, names.iter().copied(), "net"));
+            b.error(d);
+        }
+        optimizer(&mut b, &step.optimizer);
+    }
+    diags.append(&mut b.diags);
 }
 
 fn fill_step_params(spec: &mut TrainSpec, params: &ParamTable) {

@@ -31,7 +31,7 @@ impl Value {
         }
     }
 
-    /// A short rendering for messages: `64`, `0.5`, `true`, `tensor`.
+    /// Renders the value briefly for messages: `64`, `0.5`, `true`, `tensor`.
     pub fn describe(&self) -> String {
         match self {
             Value::Int(i) => i.to_string(),

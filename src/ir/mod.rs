@@ -8,6 +8,7 @@
 //! - the graph is acyclic and each node has exactly the operands its op takes, in slot order;
 //! - every `Param` node refers to a declared parameter whose shape is the node's shape.
 
+pub mod export;
 mod graph;
 mod module;
 mod op;

@@ -1,6 +1,6 @@
 //! The op set and each op's shape rule.
 
-use super::{ParamId, Shape};
+use super::{NodeId, ParamId, Shape};
 use serde::{Deserialize, Serialize};
 
 /// A typed tensor operation. Operands are listed in slot order in each variant's doc.
@@ -94,6 +94,83 @@ pub enum Op {
     CrossEntropy,
     /// The identity in the forward direction; autodiff passes no gradient through it.
     StopGradient,
+
+    // The ops below come from autodiff (`src/autodiff/rules.rs` shows which forward op
+    // each serves), but they are ordinary ops with ordinary shape rules.
+    /// Matrix product of two rank-2 operands, each optionally transposed first: `a [m, k]`
+    /// (or `[k, m]` with `transpose_a`), `b [k, n]` (or `[n, k]` with `transpose_b`).
+    /// Output `[m, n]`.
+    MatMul {
+        transpose_a: bool,
+        transpose_b: bool,
+    },
+    /// The same elements in a new shape with the same element count. Operand: x.
+    Reshape {
+        shape: Shape,
+    },
+    /// Repeats the operand along `axes` to `shape`; the inverse of `Sum { axes }` on a tensor
+    /// of `shape`. The operand's shape is `shape` with `axes` removed (a scalar when `axes`
+    /// is empty, which means every axis).
+    Broadcast {
+        shape: Shape,
+        axes: Vec<usize>,
+    },
+    /// Elements `start..start + len` of the operand along `axis`.
+    Slice {
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
+    /// Gradient of conv2d with respect to its weight. Operands: x `[N, Ci, H, W]` and the
+    /// output gradient dy `[N, Co, Ho, Wo]`, where `[Ho, Wo]` is conv2d's output size for x.
+    /// Output `[Co, Ci, kh, kw]`. With x and dy swapped it is also the weight gradient of
+    /// conv_transpose2d.
+    Conv2dWeightGrad {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    },
+    /// Per-channel sum of `dy * x_hat`, where `x_hat` is x normalized with its batch
+    /// statistics: the gradient of batch_norm's scale. Operands: x `[N, C, ...]`, dy (x's
+    /// shape). Output `[C]`.
+    BatchNormScaleGrad {
+        eps: f32,
+    },
+    /// Gradient of training-mode batch_norm with respect to x:
+    /// `scale * inv_std * (dy - offset_grad / M - x_hat * scale_grad / M)`, with `M` the
+    /// element count per channel. Operands: x, scale `[C]`, dy, scale_grad `[C]` (from
+    /// `BatchNormScaleGrad`), offset_grad `[C]` (the per-channel sum of dy). Output: x's
+    /// shape.
+    BatchNormInputGrad {
+        eps: f32,
+    },
+    /// `dy` where `x > 0`, `slope * dy` elsewhere (relu uses slope 0). Operands: x, dy.
+    LeakyReluGrad {
+        slope: f32,
+    },
+    /// `dy` with the mask of the forward dropout node `forward` applied and the kept
+    /// elements scaled by `1 / (1 - p)`. The mask is drawn again from the counter-based
+    /// hash keyed by the forward node's id, so nothing is stored. Operand: dy.
+    DropoutGrad {
+        p: f32,
+        forward: NodeId,
+    },
+    /// Routes each element of dy to the first maximum of its window in x. Operands: x, dy.
+    /// Output: x's shape.
+    MaxPool2dGrad {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    /// `dy * (sigmoid(x) - y) / n`, the gradient of `BceWithLogits` with respect to its
+    /// logits. Operands: logits x, targets y (x's shape or a scalar), dy `[]`. Output: x's
+    /// shape.
+    BceWithLogitsGrad,
+    /// `dy * sign(a - b) / n` with `sign(0) = 0`, the gradient of `L1Loss` with respect to
+    /// a. Operands: a, b, dy `[]`. Output: a's shape.
+    L1LossGrad,
+    /// `dy * (softmax(x) - one_hot(labels)) / N`, the gradient of `CrossEntropy` with
+    /// respect to its logits. Operands: logits `[N, K]`, labels `[N]`, dy `[]`.
+    CrossEntropyGrad,
 }
 
 /// A violated shape rule, rendered by the front end with the source span of the node.
@@ -139,6 +216,19 @@ impl Op {
             Op::MseLoss => "mse",
             Op::CrossEntropy => "cross_entropy",
             Op::StopGradient => "stop_gradient",
+            Op::MatMul { .. } => "matmul",
+            Op::Reshape { .. } => "reshape",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Slice { .. } => "slice",
+            Op::Conv2dWeightGrad { .. } => "conv2d_weight_grad",
+            Op::BatchNormScaleGrad { .. } => "batch_norm_scale_grad",
+            Op::BatchNormInputGrad { .. } => "batch_norm_input_grad",
+            Op::LeakyReluGrad { .. } => "leaky_relu_grad",
+            Op::DropoutGrad { .. } => "dropout_grad",
+            Op::MaxPool2dGrad { .. } => "max_pool2d_grad",
+            Op::BceWithLogitsGrad => "bce_logits_grad",
+            Op::L1LossGrad => "l1_grad",
+            Op::CrossEntropyGrad => "cross_entropy_grad",
         }
     }
 
@@ -158,7 +248,11 @@ impl Op {
             | Op::MaxPool2d { .. }
             | Op::Sum { .. }
             | Op::Mean { .. }
-            | Op::StopGradient => (1, 1),
+            | Op::StopGradient
+            | Op::Reshape { .. }
+            | Op::Broadcast { .. }
+            | Op::Slice { .. }
+            | Op::DropoutGrad { .. } => (1, 1),
             Op::Concat { .. } => (1, usize::MAX),
             Op::Add
             | Op::Sub
@@ -167,7 +261,14 @@ impl Op {
             | Op::BceWithLogits
             | Op::L1Loss
             | Op::MseLoss
-            | Op::CrossEntropy => (2, 2),
+            | Op::CrossEntropy
+            | Op::MatMul { .. }
+            | Op::Conv2dWeightGrad { .. }
+            | Op::BatchNormScaleGrad { .. }
+            | Op::LeakyReluGrad { .. }
+            | Op::MaxPool2dGrad { .. } => (2, 2),
+            Op::BceWithLogitsGrad | Op::L1LossGrad | Op::CrossEntropyGrad => (3, 3),
+            Op::BatchNormInputGrad { .. } => (5, 5),
         }
     }
 
@@ -214,6 +315,25 @@ impl Op {
                 }
             }
             Op::CrossEntropy => cross_entropy_shape(operands[0], operands[1]),
+            Op::MatMul { transpose_a, transpose_b } => {
+                matmul_shape(operands, *transpose_a, *transpose_b)
+            }
+            Op::Reshape { shape } => reshape_shape(operands[0], shape),
+            Op::Broadcast { shape, axes } => broadcast_shape(operands[0], shape, axes),
+            Op::Slice { axis, start, len } => slice_shape(operands[0], *axis, *start, *len),
+            Op::Conv2dWeightGrad { kernel, stride, padding } => {
+                conv2d_weight_grad_shape(operands, *kernel, *stride, *padding)
+            }
+            Op::BatchNormScaleGrad { .. } => batch_norm_scale_grad_shape(operands),
+            Op::BatchNormInputGrad { .. } => batch_norm_input_grad_shape(operands),
+            Op::LeakyReluGrad { .. } => same_shapes(self.name(), operands[0], operands[1]),
+            Op::MaxPool2dGrad { kernel, stride } => {
+                max_pool2d_grad_shape(operands[0], operands[1], *kernel, *stride)
+            }
+            Op::DropoutGrad { .. } => Ok(operands[0].clone()),
+            Op::BceWithLogitsGrad | Op::L1LossGrad | Op::CrossEntropyGrad => {
+                loss_grad_shape(self, operands)
+            }
         })
     }
 }
@@ -399,4 +519,129 @@ fn cross_entropy_shape(logits: &Shape, labels: &Shape) -> Result<Shape, ShapeErr
         ));
     }
     Ok(Shape::scalar())
+}
+
+fn matmul_shape(ops: &[&Shape], transpose_a: bool, transpose_b: bool) -> Result<Shape, ShapeError> {
+    let (a, b) = (ops[0], ops[1]);
+    expect_rank("matmul operand a", a, 2)?;
+    expect_rank("matmul operand b", b, 2)?;
+    let (m, ka) = if transpose_a { (a.0[1], a.0[0]) } else { (a.0[0], a.0[1]) };
+    let (kb, n) = if transpose_b { (b.0[1], b.0[0]) } else { (b.0[0], b.0[1]) };
+    if ka != kb {
+        return fail(format!(
+            "matmul inner dimensions differ: {a} (transposed: {transpose_a}) and {b} \
+             (transposed: {transpose_b})"
+        ));
+    }
+    Ok(Shape::new([m, n]))
+}
+
+fn reshape_shape(x: &Shape, shape: &Shape) -> Result<Shape, ShapeError> {
+    if x.numel() != shape.numel() {
+        return fail(format!("reshape from {x} to {shape} changes the element count"));
+    }
+    Ok(shape.clone())
+}
+
+fn broadcast_shape(x: &Shape, shape: &Shape, axes: &[usize]) -> Result<Shape, ShapeError> {
+    let reduced = reduce_shape(shape, axes)?;
+    if &reduced != x {
+        return fail(format!(
+            "broadcast to {shape} along axes {axes:?} needs an operand of shape {reduced}, got {x}"
+        ));
+    }
+    Ok(shape.clone())
+}
+
+fn slice_shape(x: &Shape, axis: usize, start: usize, len: usize) -> Result<Shape, ShapeError> {
+    if axis >= x.rank() {
+        return fail(format!("slice axis {axis} is out of range for {x}"));
+    }
+    if len == 0 || start + len > x.0[axis] {
+        return fail(format!(
+            "slice {start}..{} along axis {axis} is empty or outside {x}",
+            start + len
+        ));
+    }
+    let mut out = x.clone();
+    out.0[axis] = len;
+    Ok(out)
+}
+
+fn conv2d_weight_grad_shape(
+    ops: &[&Shape],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<Shape, ShapeError> {
+    let (x, dy) = (ops[0], ops[1]);
+    expect_rank("conv2d_weight_grad input", x, 4)?;
+    expect_rank("conv2d_weight_grad output gradient", dy, 4)?;
+    let weight = Shape::new([dy.0[1], x.0[1], kernel[0], kernel[1]]);
+    let y = conv2d_shape(&[x, &weight], stride, padding)?;
+    if &y != dy {
+        return fail(format!(
+            "conv2d_weight_grad output gradient must have conv2d's output shape {y}, got {dy}"
+        ));
+    }
+    Ok(weight)
+}
+
+fn batch_norm_scale_grad_shape(ops: &[&Shape]) -> Result<Shape, ShapeError> {
+    let (x, dy) = (ops[0], ops[1]);
+    if x.rank() < 2 {
+        return fail(format!("batch_norm_scale_grad input must have a channel axis, got {x}"));
+    }
+    same_shapes("batch_norm_scale_grad", x, dy)?;
+    Ok(Shape::new([x.0[1]]))
+}
+
+fn batch_norm_input_grad_shape(ops: &[&Shape]) -> Result<Shape, ShapeError> {
+    let (x, dy) = (ops[0], ops[2]);
+    let channels = batch_norm_scale_grad_shape(&[x, dy])?;
+    for (what, s) in [("scale", ops[1]), ("scale gradient", ops[3]), ("offset gradient", ops[4])] {
+        if s != &channels {
+            return fail(format!(
+                "batch_norm_input_grad {what} must have shape {channels}, got {s}"
+            ));
+        }
+    }
+    Ok(x.clone())
+}
+
+fn max_pool2d_grad_shape(
+    x: &Shape,
+    dy: &Shape,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> Result<Shape, ShapeError> {
+    let y = max_pool2d_shape(x, kernel, stride)?;
+    if &y != dy {
+        return fail(format!(
+            "max_pool2d_grad output gradient must have max_pool2d's output shape {y}, got {dy}"
+        ));
+    }
+    Ok(x.clone())
+}
+
+fn same_shapes(name: &str, a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
+    if a != b {
+        return fail(format!("{name} needs operands of equal shapes, got {a} and {b}"));
+    }
+    Ok(a.clone())
+}
+
+/// Checks the loss gradients: the forward loss's rule on the first two operands, and
+/// a scalar output gradient.
+fn loss_grad_shape(op: &Op, ops: &[&Shape]) -> Result<Shape, ShapeError> {
+    let forward = match op {
+        Op::BceWithLogitsGrad => Op::BceWithLogits,
+        Op::L1LossGrad => Op::L1Loss,
+        _ => Op::CrossEntropy,
+    };
+    forward.infer_shape(&ops[..2]).expect("a loss is not a leaf")?;
+    if !ops[2].is_scalar() {
+        return fail(format!("{} output gradient must be a scalar, got {}", op.name(), ops[2]));
+    }
+    Ok(ops[0].clone())
 }

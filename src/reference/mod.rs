@@ -5,6 +5,7 @@
 //! the dropout masks (through [`random`]) and the running-statistics update of batch norm
 //! in training mode. It is slow by design; size its inputs for tests.
 
+pub mod grad;
 mod ops;
 pub mod random;
 
@@ -151,5 +152,18 @@ fn evaluate_node(
         Op::L1Loss => ops::mean_of(operands[0], operands[1], |a, b| (a - b).abs()),
         Op::MseLoss => ops::mean_of(operands[0], operands[1], |a, b| (a - b) * (a - b)),
         Op::CrossEntropy => ops::cross_entropy(operands[0], operands[1]),
+        Op::MatMul { .. }
+        | Op::Reshape { .. }
+        | Op::Broadcast { .. }
+        | Op::Slice { .. }
+        | Op::Conv2dWeightGrad { .. }
+        | Op::BatchNormScaleGrad { .. }
+        | Op::BatchNormInputGrad { .. }
+        | Op::LeakyReluGrad { .. }
+        | Op::DropoutGrad { .. }
+        | Op::MaxPool2dGrad { .. }
+        | Op::BceWithLogitsGrad
+        | Op::L1LossGrad
+        | Op::CrossEntropyGrad => grad::evaluate(&node.op, &operands, &dims, run),
     })
 }

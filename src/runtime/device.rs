@@ -33,6 +33,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Pipelines of every program compiled on this device, reused across compiles.
+    pub kernels: super::KernelCache,
 }
 
 fn instance() -> wgpu::Instance {
@@ -130,7 +132,7 @@ impl Gpu {
                 RuntimeError::RequestDevice { adapter: info.name.clone(), message: e.to_string() }
             })?;
         tracing::info!(adapter = %info.name, backend = ?info.backend, "opened device");
-        Ok(Gpu { adapter, device, queue, info, limits, features })
+        Ok(Gpu { adapter, device, queue, info, limits, features, kernels: Default::default() })
     }
 
     /// Returns the compile target that this device's limits and features allow.

@@ -5,10 +5,12 @@
 //! and records every dispatch into one compute pass of one command buffer. It submits
 //! that buffer once and reads back only the outputs the caller names.
 
+mod cache;
 mod device;
 mod params;
 mod program;
 
+pub use cache::{kernel_key, CacheCounts, CachedPipeline, KernelCache};
 pub use device::{list_adapters, AdapterSummary, Gpu, LAVAPIPE_HINT};
 pub use params::{initial_values, ParamStore};
 pub use program::{MemoryReport, Program};

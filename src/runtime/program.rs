@@ -1,7 +1,7 @@
 //! A compiled program: buffers, pipelines and bind groups for a list of kernels, created
 //! once, and the run that records every dispatch into one compute pass and one submit.
 
-use super::{Gpu, ParamStore, RuntimeError};
+use super::{kernel_key, CacheCounts, CachedPipeline, Gpu, ParamStore, RuntimeError};
 use crate::codegen::wgsl::{RunValues, RUN_VALUES_BYTES};
 use crate::codegen::{value_resource, Access, Kernel, Mode, Resource};
 use crate::ir::{Graph, NodeId, Op};
@@ -42,6 +42,7 @@ pub struct Program {
     outputs: Vec<Port>,
     run_values: wgpu::Buffer,
     memory: MemoryReport,
+    shaders: CacheCounts,
 }
 
 fn storage_buffer(
@@ -117,15 +118,22 @@ impl Program {
             mapped_at_creation: false,
         });
 
-        let mut pipelines: HashMap<String, (wgpu::ComputePipeline, wgpu::BindGroupLayout)> =
-            HashMap::new();
+        let mut pipelines: HashMap<[u8; 32], CachedPipeline> = HashMap::new();
+        let mut shaders = CacheCounts::default();
         let mut compiled = Vec::with_capacity(kernels.len());
         for kernel in kernels {
-            if !pipelines.contains_key(&kernel.wgsl) {
-                let created = create_pipeline(gpu, kernel)?;
-                pipelines.insert(kernel.wgsl.clone(), created);
+            let key = kernel_key(kernel);
+            if !pipelines.contains_key(&key) {
+                let (cached, reused) =
+                    gpu.kernels.get_or_create(key, || create_pipeline(gpu, kernel))?;
+                if reused {
+                    shaders.reused += 1;
+                } else {
+                    shaders.compiled += 1;
+                }
+                pipelines.insert(key, cached);
             }
-            let (pipeline, layout) = &pipelines[&kernel.wgsl];
+            let CachedPipeline { pipeline, layout } = &pipelines[&key];
             let entries: Vec<wgpu::BindGroupEntry> = kernel
                 .bindings
                 .iter()
@@ -179,12 +187,13 @@ impl Program {
         };
         tracing::info!(
             kernels = compiled.len(),
-            pipelines = pipelines.len(),
+            shaders_compiled = shaders.compiled,
+            shaders_reused = shaders.reused,
             intermediate_bytes = memory.intermediate_bytes,
             unshared_bytes = memory.unshared_bytes,
             "compiled program"
         );
-        Ok(Program { kernels: compiled, inputs, outputs, run_values, memory })
+        Ok(Program { kernels: compiled, inputs, outputs, run_values, memory, shaders })
     }
 
     /// Creates the pinned buffers (inputs, constants, outputs, aux) and the planned ones.
@@ -253,6 +262,12 @@ impl Program {
 
     pub fn memory(&self) -> &MemoryReport {
         &self.memory
+    }
+
+    /// Returns how many distinct shaders this compile created and how many it took from
+    /// the device's kernel cache.
+    pub fn shader_counts(&self) -> CacheCounts {
+        self.shaders
     }
 
     /// Returns the kernel names in dispatch order.
@@ -335,10 +350,7 @@ impl Program {
 
 /// Creates the pipeline and bind group layout of one kernel, turning wgpu validation
 /// errors into a [`RuntimeError::Pipeline`] that names the kernel.
-fn create_pipeline(
-    gpu: &Gpu,
-    kernel: &Kernel,
-) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout), RuntimeError> {
+fn create_pipeline(gpu: &Gpu, kernel: &Kernel) -> Result<CachedPipeline, RuntimeError> {
     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&kernel.name),
@@ -386,7 +398,7 @@ fn create_pipeline(
             message: error.to_string(),
         });
     }
-    Ok((pipeline, layout))
+    Ok(CachedPipeline { pipeline, layout })
 }
 
 /// Copies each `(buffer, elements)` to a staging buffer and reads it back, in one submit.

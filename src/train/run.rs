@@ -13,8 +13,12 @@
 //! same weights as 2N straight steps when the engine itself is deterministic. A
 //! non-finite loss stops the run before its weights are checkpointed.
 //!
+//! A resume whose checkpoint was trained from another `.net` source, and a new run with
+//! `init_from`, copy only the tensors whose name and shape still match
+//! ([`crate::edit::restore`]). Every other parameter starts from its initializer.
+//!
 //! Cannot do yet: stop cleanly on Ctrl-C (a stop loses the steps since the last
-//! checkpoint), or resume from a checkpoint whose `.net` source differs.
+//! checkpoint).
 
 use crate::ir::{Module, ParamKind, Shape};
 use crate::train::checkpoint::{
@@ -63,10 +67,6 @@ pub enum RunError {
     #[diagnostic(help("continue it with --resume {}, or write the new run elsewhere with --out", dir.display()))]
     RunExists { dir: PathBuf },
 
-    #[error("the checkpoint in {} was trained from a different .net source (SHA-256 {found}, this file is {expected})", dir.display())]
-    #[diagnostic(help("resume with the .net file the run started from, or start a new run from its weights with --init-from"))]
-    SourceChanged { dir: PathBuf, found: String, expected: String },
-
     #[error("the checkpoint in {} was trained on `{found}` with {pairs} pairs, but this run uses `{expected}` with {now} pairs", dir.display())]
     #[diagnostic(help("resume on the data set the run started with"))]
     DataChanged { dir: PathBuf, found: String, pairs: usize, expected: String, now: usize },
@@ -83,6 +83,14 @@ pub enum RunError {
 
     #[error("training step {step} failed: {message}")]
     Engine { step: u64, message: String },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Transfer(#[from] crate::edit::transfer::TransferError),
+
+    #[error("--resume and --init-from both name a checkpoint")]
+    #[diagnostic(help("pass --resume to continue a run, or --init-from to start a new run from a checkpoint's weights"))]
+    ResumeAndInit,
 }
 
 /// One training iteration and access to the state a checkpoint stores. The `Trainer`
@@ -135,6 +143,11 @@ pub struct RunOptions {
     pub seed: u64,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    /// A checkpoint whose parameters a new run starts from where name and shape match.
+    pub init_from: Option<PathBuf>,
+    /// Accept an `init_from` checkpoint, or the checkpoint of an edited model on resume,
+    /// that matches no trainable parameter.
+    pub force: bool,
     pub quiet: bool,
     pub images_every: u64,
     pub checkpoint_every: u64,
@@ -177,6 +190,7 @@ pub fn train(
 
     let mut seed = options.seed;
     let resumed = match &options.resume {
+        Some(_) if options.init_from.is_some() => return Err(RunError::ResumeAndInit),
         Some(dir) => Some(resume(module, engine, options, dir, &data.train, &mut seed)?),
         None => {
             if run_dir.join(checkpoint::CHECKPOINTS_DIR).exists() {
@@ -185,6 +199,11 @@ pub fn train(
             None
         }
     };
+    if let Some(dir) = &options.init_from {
+        let saved = checkpoint::load(dir)?;
+        crate::edit::restore::restore_matching(module, engine, saved, options.force)?;
+        tracing::info!(checkpoint = %dir.display(), "initialised from checkpoint");
+    }
 
     let columns = engine.loss_names();
     let first_step = resumed.as_ref().map_or(0, |r| r.step);
@@ -287,13 +306,7 @@ fn resume(
     let record = &saved.record;
 
     let expected = checkpoint::sha256_hex(options.source.as_bytes());
-    if record.model.sha256 != expected {
-        return Err(RunError::SourceChanged {
-            dir: folder,
-            found: record.model.sha256.clone(),
-            expected,
-        });
-    }
+    let edited = record.model.sha256 != expected;
     if record.data.dataset != options.dataset || record.data.pairs != train.len() {
         return Err(RunError::DataChanged {
             dir: folder,
@@ -308,6 +321,17 @@ fn resume(
         *seed = record.seed;
     }
 
+    let step = record.step;
+    if edited {
+        // The model changed since the checkpoint: carry over what still matches.
+        tracing::info!(checkpoint_sha256 = %record.model.sha256, sha256 = %expected, "the .net source changed since the checkpoint");
+        let rng = record.rng.clone();
+        crate::edit::restore::restore_matching(module, engine, saved, options.force)?;
+        restore_rng(engine, &folder, &rng)?;
+        tracing::info!(step, checkpoint = %folder.display(), model = %module.name, "resumed after an edit");
+        return Ok(Resumed { step, checkpoint: folder });
+    }
+
     let (weight_shapes, moment_shapes) = engine.tensor_shapes();
     checkpoint::check_tensors(
         &folder.join(checkpoint::WEIGHTS_FILE),
@@ -319,16 +343,23 @@ fn resume(
         &saved.moments,
         &moment_shapes,
     )?;
-    let step = record.step;
     let failed = |message| RunError::Engine { step, message };
     engine.restore(&saved.weights, &saved.moments).map_err(failed)?;
-    engine.restore_rng(&record.rng).map_err(|reason| RunError::EngineState {
-        dir: folder.clone(),
-        found: record.rng.to_string(),
-        reason,
-    })?;
+    restore_rng(engine, &folder, &record.rng)?;
     tracing::info!(step, checkpoint = %folder.display(), model = %module.name, "resumed");
     Ok(Resumed { step, checkpoint: folder })
+}
+
+fn restore_rng(
+    engine: &mut dyn Engine,
+    folder: &Path,
+    state: &serde_json::Value,
+) -> Result<(), RunError> {
+    engine.restore_rng(state).map_err(|reason| RunError::EngineState {
+        dir: folder.to_path_buf(),
+        found: state.to_string(),
+        reason,
+    })
 }
 
 /// The state of the training loop.

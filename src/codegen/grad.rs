@@ -1,0 +1,346 @@
+//! Kernels of the ops that autodiff adds: weight, batch-norm, activation, pooling and
+//! loss gradients, plus the layout ops (matmul, broadcast, slice) the rules use.
+//!
+//! Reshape needs no kernel: like `flatten`, it reads its operand's buffer. The
+//! elementwise-shaped kernels are split into chunks that each fit one binding, as the
+//! forward elementwise kernels are; broadcast and slice chunk their output but bind their
+//! whole operand.
+//!
+//! conv2d_weight_grad is an implicit GEMM from [`super::gemm`]; the direct loop here, one
+//! weight element per invocation, remains for a geometry the GEMM generator rejects.
+
+use super::elementwise::{elementwise_chunks, Chunk};
+use super::wgsl::{f32_literal, fill, i, u};
+use super::{Binding, CodegenError, Grid, Kernel, LowerContext};
+use crate::ir::{NodeId, Op};
+
+const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
+const RANDOM: &str = include_str!("../../shaders/random.wgsl");
+const DROPOUT: &str = include_str!("../../shaders/dropout.wgsl");
+const BINARY: &str = include_str!("../../shaders/binary.wgsl");
+const CONV2D_WEIGHT_GRAD: &str = include_str!("../../shaders/conv2d_weight_grad.wgsl");
+const BATCH_NORM_GRAD_STATS: &str = include_str!("../../shaders/batch_norm_grad_stats.wgsl");
+const BATCH_NORM_SCALE_GRAD: &str = include_str!("../../shaders/batch_norm_scale_grad.wgsl");
+const BATCH_NORM_INPUT_GRAD: &str = include_str!("../../shaders/batch_norm_input_grad.wgsl");
+const LOSS_GRAD: &str = include_str!("../../shaders/loss_grad.wgsl");
+const CROSS_ENTROPY_GRAD: &str = include_str!("../../shaders/cross_entropy_grad.wgsl");
+const MAX_POOL2D_GRAD: &str = include_str!("../../shaders/max_pool2d_grad.wgsl");
+const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const GATHER: &str = include_str!("../../shaders/gather.wgsl");
+
+/// A grid of one invocation per item, `WG` invocations a workgroup.
+fn linear_grid(ctx: &LowerContext<'_>, role: &str, items: usize) -> Result<Grid, CodegenError> {
+    let groups = (items as u64).div_ceil(u64::from(ctx.target.tuning.workgroup_size));
+    Grid::fold(&ctx.kernel_name(role), groups, ctx.target.max_workgroups_per_dimension)
+}
+
+/// A grid of one workgroup per channel.
+fn channel_grid(ctx: &LowerContext<'_>, role: &str, channels: usize) -> Result<Grid, CodegenError> {
+    Grid::fold(&ctx.kernel_name(role), channels as u64, ctx.target.max_workgroups_per_dimension)
+}
+
+pub(super) fn lower_conv2d_weight_grad(
+    ctx: &LowerContext<'_>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<Kernel, CodegenError> {
+    if let Some(kernel) = super::conv::lower_conv2d_weight_grad_gemm(ctx, stride, padding)? {
+        return Ok(kernel);
+    }
+    let role = "conv2d_weight_grad";
+    let (x, dy, dw) = (ctx.operand_dims(0), ctx.operand_dims(1), ctx.dims().to_vec());
+    let grid = linear_grid(ctx, role, ctx.numel())?;
+    let constants = vec![
+        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("N", u(x[0] as u64)),
+        ("CI", u(x[1] as u64)),
+        ("H", u(x[2] as u64)),
+        ("W", u(x[3] as u64)),
+        ("CO", u(dy[1] as u64)),
+        ("OH", u(dy[2] as u64)),
+        ("OW", u(dy[3] as u64)),
+        ("KH", u(dw[2] as u64)),
+        ("KW", u(dw[3] as u64)),
+        ("SH", u(stride[0] as u64)),
+        ("SW", u(stride[1] as u64)),
+        ("PH", i(padding[0] as i64)),
+        ("PW", i(padding[1] as i64)),
+    ];
+    let bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("dw")];
+    let flops = 2 * (dy[0] * dy[2] * dy[3]) as u64 * ctx.numel() as u64;
+    Ok(ctx.kernel(role, CONV2D_WEIGHT_GRAD, &constants, bindings, grid, flops))
+}
+
+/// Constants of the per-channel batch-norm gradient kernels, for x of `dims`.
+fn batch_norm_constants(
+    ctx: &LowerContext<'_>,
+    dims: &[usize],
+    eps: f32,
+) -> Vec<(&'static str, String)> {
+    let spatial: usize = dims[2..].iter().product();
+    vec![
+        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("C", u(dims[1] as u64)),
+        ("S", u(spatial as u64)),
+        ("M", u((dims[0] * spatial) as u64)),
+        ("EPS", f32_literal(eps)),
+    ]
+}
+
+pub(super) fn lower_batch_norm_scale_grad(
+    ctx: &LowerContext<'_>,
+    eps: f32,
+) -> Result<Kernel, CodegenError> {
+    let role = "batch_norm_scale_grad";
+    let dims = ctx.operand_dims(0);
+    let grid = channel_grid(ctx, role, dims[1])?;
+    let constants = batch_norm_constants(ctx, &dims, eps);
+    let body = format!("{WORKGROUP_SUM}\n{BATCH_NORM_GRAD_STATS}\n{BATCH_NORM_SCALE_GRAD}");
+    let bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("scale_grad")];
+    let flops = 8 * ctx.graph.shape(ctx.operands()[0]).numel() as u64;
+    Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
+}
+
+pub(super) fn lower_batch_norm_input_grad(
+    ctx: &LowerContext<'_>,
+    eps: f32,
+) -> Result<Kernel, CodegenError> {
+    let role = "batch_norm_input_grad";
+    let dims = ctx.dims().to_vec();
+    let grid = channel_grid(ctx, role, dims[1])?;
+    let constants = batch_norm_constants(ctx, &dims, eps);
+    let body = format!("{WORKGROUP_SUM}\n{BATCH_NORM_GRAD_STATS}\n{BATCH_NORM_INPUT_GRAD}");
+    let bindings = vec![
+        ctx.read("x", 0),
+        ctx.read("scale", 1),
+        ctx.read("dy", 2),
+        ctx.read("scale_grad", 3),
+        ctx.read("offset_grad", 4),
+        ctx.output("dx"),
+    ];
+    let flops = 12 * ctx.numel() as u64;
+    Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
+}
+
+pub(super) fn lower_leaky_relu_grad(
+    ctx: &LowerContext<'_>,
+    slope: f32,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let role = "leaky_relu_grad";
+    let expression = format!("select(rhs * {}, rhs, lhs > 0.0)", f32_literal(slope));
+    let body =
+        fill(BINARY, &[("A_INDEX", "i".into()), ("B_INDEX", "i".into()), ("EXPR", expression)]);
+    let chunks = elementwise_chunks(ctx, role, ctx.numel())?;
+    Ok(chunks
+        .into_iter()
+        .map(|c| {
+            let bindings = vec![
+                ctx.read("a", 0).range(c.start, c.len),
+                ctx.read("b", 1).range(c.start, c.len),
+                ctx.output("y").range(c.start, c.len),
+            ];
+            ctx.kernel(&c.role, &body, &c.constants, bindings, c.grid, c.len as u64)
+        })
+        .collect())
+}
+
+/// Lowers a dropout gradient with the forward dropout kernel itself, keyed by the forward
+/// node, so the mask is the same one the forward pass drew.
+pub(super) fn lower_dropout_grad(
+    ctx: &LowerContext<'_>,
+    p: f32,
+    forward: NodeId,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let body = format!("{RANDOM}\n{DROPOUT}");
+    let chunks = elementwise_chunks(ctx, "dropout_grad", ctx.numel())?;
+    Ok(chunks
+        .into_iter()
+        .map(|mut c| {
+            c.constants.extend([
+                ("NODE", u(forward.index() as u64)),
+                ("THRESHOLD", u(super::dropout_threshold(p))),
+                ("SCALE", f32_literal(scale)),
+            ]);
+            let bindings = vec![
+                ctx.read("x", 0).range(c.start, c.len),
+                ctx.output("y").range(c.start, c.len),
+                Binding::run_values(),
+            ];
+            ctx.kernel(&c.role, &body, &c.constants, bindings, c.grid, c.len as u64)
+        })
+        .collect())
+}
+
+pub(super) fn lower_max_pool2d_grad(
+    ctx: &LowerContext<'_>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> Result<Kernel, CodegenError> {
+    let role = "max_pool2d_grad";
+    let (x, dy) = (ctx.operand_dims(0), ctx.operand_dims(1));
+    let grid = linear_grid(ctx, role, ctx.numel())?;
+    let constants = vec![
+        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("PLANES", u((x[0] * x[1]) as u64)),
+        ("H", u(x[2] as u64)),
+        ("W", u(x[3] as u64)),
+        ("OH", u(dy[2] as u64)),
+        ("OW", u(dy[3] as u64)),
+        ("KH", u(kernel[0] as u64)),
+        ("KW", u(kernel[1] as u64)),
+        ("SH", u(stride[0] as u64)),
+        ("SW", u(stride[1] as u64)),
+    ];
+    let bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("dx")];
+    let flops = (kernel[0] * kernel[1]) as u64 * ctx.numel() as u64;
+    Ok(ctx.kernel(role, MAX_POOL2D_GRAD, &constants, bindings, grid, flops))
+}
+
+/// Lowers the gradient of a mean loss with respect to its first operand.
+pub(super) fn lower_loss_grad(
+    ctx: &LowerContext<'_>,
+    op: &Op,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let count = ctx.numel();
+    let expression = match op {
+        Op::BceWithLogitsGrad => "g * (stable_sigmoid(a) - b) * INV_N",
+        Op::L1LossGrad => "g * sign(a - b) * INV_N",
+        other => unreachable!("{} is not an elementwise loss gradient", other.name()),
+    };
+    let scalar_target = ctx.operand_dims(1).is_empty() && count > 1;
+    let body = fill(
+        LOSS_GRAD,
+        &[("B_INDEX", if scalar_target { "0u" } else { "i" }.into()), ("EXPR", expression.into())],
+    );
+    let target = |c: &Chunk| {
+        let binding = ctx.read("y", 1);
+        if scalar_target {
+            binding
+        } else {
+            binding.range(c.start, c.len)
+        }
+    };
+    let chunks = elementwise_chunks(ctx, op.name(), count)?;
+    Ok(chunks
+        .into_iter()
+        .map(|mut c| {
+            // The mean's factor is over the whole tensor, not the chunk.
+            c.constants.push(("INV_N", f32_literal((1.0 / count as f64) as f32)));
+            let bindings = vec![
+                ctx.read("x", 0).range(c.start, c.len),
+                target(&c),
+                ctx.read("dy", 2),
+                ctx.output("dx").range(c.start, c.len),
+            ];
+            ctx.kernel(&c.role, &body, &c.constants, bindings, c.grid, 6 * c.len as u64)
+        })
+        .collect())
+}
+
+pub(super) fn lower_cross_entropy_grad(ctx: &LowerContext<'_>) -> Result<Kernel, CodegenError> {
+    let role = "cross_entropy_grad";
+    let dims = ctx.dims().to_vec();
+    let grid = linear_grid(ctx, role, dims[0])?;
+    let constants = vec![
+        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("ROWS", u(dims[0] as u64)),
+        ("K", u(dims[1] as u64)),
+    ];
+    let bindings =
+        vec![ctx.read("logits", 0), ctx.read("labels", 1), ctx.read("dy", 2), ctx.output("dx")];
+    Ok(ctx.kernel(role, CROSS_ENTROPY_GRAD, &constants, bindings, grid, 6 * ctx.numel() as u64))
+}
+
+pub(super) fn lower_matmul(
+    ctx: &LowerContext<'_>,
+    transpose_a: bool,
+    transpose_b: bool,
+) -> Result<Kernel, CodegenError> {
+    let role = "matmul";
+    let a = ctx.operand_dims(0);
+    let out = ctx.dims().to_vec();
+    let (m, n) = (out[0], out[1]);
+    let k = if transpose_a { a[0] } else { a[1] };
+    let grid = linear_grid(ctx, role, m * n)?;
+    let constants = vec![
+        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("M", u(m as u64)),
+        ("N", u(n as u64)),
+        ("K", u(k as u64)),
+    ];
+    let a_at = if transpose_a { "p * M + i" } else { "i * K + p" };
+    let b_at = if transpose_b { "j * K + p" } else { "p * N + j" };
+    let body = fill(MATMUL, &[("A_AT", a_at.into()), ("B_AT", b_at.into())]);
+    let bindings = vec![ctx.read("a", 0), ctx.read("b", 1), ctx.output("y")];
+    Ok(ctx.kernel(role, &body, &constants, bindings, grid, 2 * (m * n * k) as u64))
+}
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; dims.len()];
+    for axis in (0..dims.len().saturating_sub(1)).rev() {
+        strides[axis] = strides[axis + 1] * dims[axis + 1];
+    }
+    strides
+}
+
+/// Lowers a gather whose source index of output element `g` is `source`.
+fn lower_gather(
+    ctx: &LowerContext<'_>,
+    role: &str,
+    source: String,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let body = fill(GATHER, &[("SOURCE", source)]);
+    let chunks = elementwise_chunks(ctx, role, ctx.numel())?;
+    Ok(chunks
+        .into_iter()
+        .map(|c| {
+            let bindings = vec![ctx.read("x", 0), ctx.output("y").range(c.start, c.len)];
+            ctx.kernel(&c.role, &body, &c.constants, bindings, c.grid, 0)
+        })
+        .collect())
+}
+
+pub(super) fn lower_broadcast(
+    ctx: &LowerContext<'_>,
+    axes: &[usize],
+) -> Result<Vec<Kernel>, CodegenError> {
+    // The source index sums, over the axes that the operand keeps, the output coordinate
+    // times the operand's stride. A scalar operand is read at 0.
+    let dims = ctx.dims().to_vec();
+    let out_strides = strides(&dims);
+    let kept: Vec<usize> = if axes.is_empty() {
+        Vec::new()
+    } else {
+        (0..dims.len()).filter(|a| !axes.contains(a)).collect()
+    };
+    let kept_dims: Vec<usize> = kept.iter().map(|&a| dims[a]).collect();
+    let source_strides = strides(&kept_dims);
+    let terms: Vec<String> = kept
+        .iter()
+        .zip(&source_strides)
+        .map(|(&axis, &stride)| {
+            format!("((g / {}u) % {}u) * {}u", out_strides[axis], dims[axis], stride)
+        })
+        .collect();
+    let source = if terms.is_empty() { "0u".to_string() } else { terms.join(" + ") };
+    lower_gather(ctx, "broadcast", source)
+}
+
+pub(super) fn lower_slice(
+    ctx: &LowerContext<'_>,
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let input = ctx.operand_dims(0);
+    let inner: usize = input[axis + 1..].iter().product();
+    let source = format!(
+        "(g / {block}u) * {source_block}u + {offset}u + g % {block}u",
+        block = len * inner,
+        source_block = input[axis] * inner,
+        offset = start * inner,
+    );
+    lower_gather(ctx, "slice", source)
+}

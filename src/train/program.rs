@@ -1,0 +1,210 @@
+//! The iteration program: one training iteration of a `train` section as one kernel list.
+//!
+//! Needs: a module with a `train` section whose steps have scalar losses.
+//!
+//! Guarantees: the kernels run phase 0 (the shared forward values, such as
+//! `fake = generator(input)`), then for each step `k` in order its loss, its backward
+//! pass and its optimizer updates, before anything of phase `k + 1`. So a later step's
+//! `Param` nodes read the weights the earlier steps just updated, and each step's updates
+//! touch only the parameters it lists. The optimizer state lives in the parameter store
+//! as extra buffers of a training copy of the module, named
+//! `optimizer.<step>.<parameter>.<state>`, next to one `optimizer.<step>.values` buffer
+//! per step that the host fills with the learning rate and Adam's `beta^t` before each
+//! iteration.
+
+use super::optimizer::state_names;
+use super::TrainError;
+use crate::autodiff::{self, StepGradients};
+use crate::codegen::optimizer::{lower_update, UpdateBindings};
+use crate::codegen::{lower_node, value_resource, Kernel, LowerContext, Mode, Target};
+use crate::ir::{
+    Graph, Init, Module, NodeId, Optimizer, ParamDecl, ParamId, ParamKind, Schedule, Shape,
+};
+use tracing::{info, warn};
+
+/// One parameter update of a step.
+#[derive(Clone, Debug)]
+pub struct ParamUpdate {
+    pub param: ParamId,
+    /// The gradient node in [`TrainProgram::graph`].
+    pub grad: NodeId,
+    /// The optimizer state buffers, in the order of [`state_names`].
+    pub state: Vec<ParamId>,
+}
+
+/// One optimizer step of the iteration, as compiled.
+#[derive(Clone, Debug)]
+pub struct StepPlan {
+    pub name: String,
+    pub phase: u32,
+    pub optimizer: Optimizer,
+    pub updates: Vec<ParamUpdate>,
+    /// Parameters the step lists but its loss does not depend on: they are not updated.
+    pub unused: Vec<ParamId>,
+    /// The `[lr, beta1^t, beta2^t]` buffer of the step.
+    pub values: ParamId,
+    /// The step's loss node and its named terms, as `(output name, node)`.
+    pub loss: NodeId,
+    pub terms: Vec<(String, NodeId)>,
+}
+
+/// Everything a [`super::Trainer`] compiles and runs.
+#[derive(Clone, Debug)]
+pub struct TrainProgram {
+    /// The module with the optimizer state and per-step value buffers added to `params`.
+    pub module: Module,
+    /// The iteration graph with every step's backward nodes.
+    pub graph: Graph,
+    pub steps: Vec<StepPlan>,
+    pub schedule: Schedule,
+    /// Every kernel of one iteration, in dispatch order.
+    pub kernels: Vec<Kernel>,
+    /// The values a run can read back: each loss term by its name, and each step's total
+    /// loss by the step's name.
+    pub outputs: Vec<(String, NodeId)>,
+}
+
+impl TrainProgram {
+    /// Differentiates every step of `module`'s `train` section and lowers the iteration.
+    pub fn build(module: &Module, target: &Target) -> Result<TrainProgram, TrainError> {
+        let _span = tracing::info_span!("build_train_program", model = %module.name).entered();
+        let train = module
+            .train
+            .as_ref()
+            .ok_or_else(|| TrainError::NoTrainSection { model: module.name.clone() })?;
+        let mut graph = train.graph.clone();
+        let mut training = module.clone();
+        let mut steps = Vec::with_capacity(train.steps.len());
+        for step in &train.steps {
+            let gradients = autodiff::differentiate(&mut graph, &module.params, step)?;
+            for &param in &gradients.unused {
+                warn!(step = %step.name, param = %module.params[param].name,
+                    "the step's loss does not depend on this parameter, so it is never updated");
+            }
+            steps.push(plan_step(&mut training, step, gradients));
+        }
+        steps.sort_by_key(|s| s.phase);
+
+        let outputs = output_list(&steps);
+        let kernels = lower_iteration(&graph, &training, &steps, target)?;
+        info!(kernels = kernels.len(), nodes = graph.node_count(), "built the training program");
+        Ok(TrainProgram {
+            module: training,
+            graph,
+            steps,
+            schedule: train.schedule.clone(),
+            kernels,
+            outputs,
+        })
+    }
+}
+
+/// Declares the optimizer state of one step in `training` and returns the step's plan.
+fn plan_step(
+    training: &mut Module,
+    step: &crate::ir::StepSpec,
+    gradients: StepGradients,
+) -> StepPlan {
+    let declare = |training: &mut Module, name: String, shape: Shape, net: &str| {
+        training.params.push(ParamDecl {
+            name,
+            shape,
+            init: Init::Constant { value: 0.0 },
+            kind: ParamKind::Buffer,
+            net: net.to_string(),
+            span: None,
+        });
+        training.params.len() - 1
+    };
+
+    let mut updates = Vec::with_capacity(gradients.grads.len());
+    for &(param, grad) in &gradients.grads {
+        let decl = training.params[param].clone();
+        let state = state_names(&step.optimizer)
+            .iter()
+            .map(|state| {
+                let name = format!("optimizer.{}.{}.{state}", step.name, decl.name);
+                declare(training, name, decl.shape.clone(), &decl.net)
+            })
+            .collect();
+        updates.push(ParamUpdate { param, grad, state });
+    }
+    let values =
+        declare(training, format!("optimizer.{}.values", step.name), Shape::new([3]), &step.name);
+    let terms = step.terms.iter().map(|t| (t.name.clone(), t.node)).collect();
+    StepPlan {
+        name: step.name.clone(),
+        phase: step.phase,
+        optimizer: step.optimizer.clone(),
+        updates,
+        unused: gradients.unused,
+        values,
+        loss: step.loss,
+        terms,
+    }
+}
+
+/// Lists each step's terms by name and its total by the step's name, skipping a total
+/// that is also a term.
+fn output_list(steps: &[StepPlan]) -> Vec<(String, NodeId)> {
+    let mut outputs: Vec<(String, NodeId)> = Vec::new();
+    for step in steps {
+        for (name, node) in &step.terms {
+            if !outputs.iter().any(|(n, _)| n == name) {
+                outputs.push((name.clone(), *node));
+            }
+        }
+        if !outputs.iter().any(|(n, _)| n == &step.name) {
+            outputs.push((step.name.clone(), step.loss));
+        }
+    }
+    outputs
+}
+
+/// Lowers every node in topological order and inserts each step's updates right after
+/// the last node of its phase.
+fn lower_iteration(
+    graph: &Graph,
+    training: &Module,
+    steps: &[StepPlan],
+    target: &Target,
+) -> Result<Vec<Kernel>, TrainError> {
+    let mut kernels = Vec::new();
+    let mut next_step = 0;
+    for node in graph.topo_order() {
+        let phase = graph.node(node).phase;
+        while next_step < steps.len() && steps[next_step].phase < phase {
+            kernels.extend(lower_updates(graph, training, &steps[next_step], target)?);
+            next_step += 1;
+        }
+        let ctx = LowerContext { graph, node, target, mode: Mode::Train };
+        kernels.extend(lower_node(&ctx)?);
+    }
+    for step in &steps[next_step..] {
+        kernels.extend(lower_updates(graph, training, step, target)?);
+    }
+    Ok(kernels)
+}
+
+fn lower_updates(
+    graph: &Graph,
+    training: &Module,
+    step: &StepPlan,
+    target: &Target,
+) -> Result<Vec<Kernel>, TrainError> {
+    let mut kernels = Vec::with_capacity(step.updates.len());
+    for update in &step.updates {
+        let decl = &training.params[update.param];
+        let name = format!("optimizer.{}.{}", step.name, decl.name);
+        let bindings = UpdateBindings {
+            param: update.param,
+            grad: value_resource(graph, update.grad, Mode::Train),
+            grad_node: update.grad,
+            state: update.state.clone(),
+            values: step.values,
+            count: decl.shape.numel(),
+        };
+        kernels.extend(lower_update(&name, &step.optimizer, &bindings, target)?);
+    }
+    Ok(kernels)
+}

@@ -18,7 +18,7 @@ mod data {
     use super::*;
     use image::{Rgb, RgbImage};
     use netc::ir::{DataSpec, Half};
-    use netc::train::data::{locate, DataCursor, DataError, Mode, PairedDataset};
+    use netc::train::data::{locate, DataCursor, DataError, ImageDataset, Mode};
 
     fn pix2pix_spec() -> DataSpec {
         DataSpec {
@@ -61,7 +61,7 @@ mod data {
     #[test]
     fn loads_every_facades_pair() {
         let start = std::time::Instant::now();
-        let set = PairedDataset::load(&facades_train(), &pix2pix_spec(), Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(&facades_train(), &pix2pix_spec(), Mode::Train, 3).unwrap();
         eprintln!("decoded and resized 400 pairs in {:?}", start.elapsed());
         assert_eq!(set.len(), 400);
         assert_eq!(set.batches_per_epoch(), 400);
@@ -85,7 +85,7 @@ mod data {
             let module = netc::frontend::compile_file(&model, &set).unwrap();
             let train = module.train.as_ref().unwrap();
             assert_eq!(train.data.resize, Some(resize));
-            let set = PairedDataset::load(&facades_train(), &train.data, Mode::Train, 3).unwrap();
+            let set = ImageDataset::load(&facades_train(), &train.data, Mode::Train, 3).unwrap();
             let batch = set.batch(0, DataCursor::default());
             for name in ["input", "target"] {
                 let node = train
@@ -103,7 +103,7 @@ mod data {
     fn binds_right_half_as_input() {
         // Without resize, crop or flip, the values are the decoded pixels themselves.
         let dir = facades_train();
-        let set = PairedDataset::load(&dir, &plain_spec(1), Mode::Eval, 3).unwrap();
+        let set = ImageDataset::load(&dir, &plain_spec(1), Mode::Eval, 3).unwrap();
         let batch = set.fixed_samples(1);
         let file = &set.files()[batch.indices[0]];
         let img = image::open(file).unwrap().to_rgb8();
@@ -127,7 +127,7 @@ mod data {
         }
 
         let swapped = DataSpec { input: Half::Left, target: Half::Right, ..plain_spec(1) };
-        let other = PairedDataset::load(&dir, &swapped, Mode::Eval, 3).unwrap().fixed_samples(1);
+        let other = ImageDataset::load(&dir, &swapped, Mode::Eval, 3).unwrap().fixed_samples(1);
         assert_eq!(other.input, batch.target);
         assert_eq!(other.target, batch.input);
     }
@@ -139,7 +139,7 @@ mod data {
             write_pair(&dir.path().join(format!("{i}.png")), 40, ramp, ramp);
         }
         let spec = DataSpec { resize: Some(40), crop: Some(31), batch: 2, ..pix2pix_spec() };
-        let set = PairedDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
         let mut flipped = 0;
         let mut origins = std::collections::HashSet::new();
         for epoch in 0..4 {
@@ -165,7 +165,7 @@ mod data {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("a.png"), 20, ramp, |x, y| ramp(y, x));
         let spec = DataSpec { resize: None, crop: Some(13), batch: 1, ..pix2pix_spec() };
-        let set = PairedDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &spec, Mode::Train, 3).unwrap();
         let plane = 13 * 13;
         for epoch in 0..8 {
             let batch = set.batch(11, DataCursor { epoch, batch: 0 });
@@ -204,7 +204,7 @@ mod data {
 
     #[test]
     fn order_reproducible_from_seed() {
-        let set = PairedDataset::load(&facades_train(), &plain_spec(4), Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(&facades_train(), &plain_spec(4), Mode::Train, 3).unwrap();
         let order = set.order(5, 2);
         let mut sorted = order.clone();
         sorted.sort();
@@ -229,7 +229,7 @@ mod data {
         for i in 0..7 {
             write_pair(&dir.path().join(format!("{i}.png")), 8, ramp, ramp);
         }
-        let set = PairedDataset::load(dir.path(), &plain_spec(3), Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &plain_spec(3), Mode::Train, 3).unwrap();
         assert_eq!(set.batches_per_epoch(), 2);
         assert_eq!(set.cursor_at(2), DataCursor { epoch: 1, batch: 0 });
     }
@@ -238,7 +238,7 @@ mod data {
     fn luma_channel_when_network_takes_one() {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("g.png"), 8, |_, _| [255, 255, 255], |_, _| [0, 0, 0]);
-        let set = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Eval, 1).unwrap();
+        let set = ImageDataset::load(dir.path(), &plain_spec(1), Mode::Eval, 1).unwrap();
         let batch = set.fixed_samples(4);
         assert_eq!(batch.shape, [1, 1, 8, 8]);
         assert!(batch.input.iter().all(|&v| v == -1.0));
@@ -256,7 +256,7 @@ mod data {
         RgbImage::new(300, 256).save(dir.path().join("wide.png")).unwrap();
         std::fs::write(dir.path().join("README.txt"), b"skipped: not an image extension").unwrap();
 
-        let err = PairedDataset::load(dir.path(), &pix2pix_spec(), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &pix2pix_spec(), Mode::Train, 3).unwrap_err();
         let DataError::BadFiles { files, total, .. } = &err else {
             panic!("unexpected error {err:?}")
         };
@@ -277,12 +277,12 @@ mod data {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("a.png"), 16, ramp, ramp);
         write_pair(&dir.path().join("b.png"), 12, ramp, ramp);
-        let err = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("b.png: halves are 12x12"), "{message}");
 
         let resized = DataSpec { resize: Some(10), ..plain_spec(1) };
-        let set = PairedDataset::load(dir.path(), &resized, Mode::Train, 3).unwrap();
+        let set = ImageDataset::load(dir.path(), &resized, Mode::Train, 3).unwrap();
         assert_eq!(set.sample_size(), 10);
     }
 
@@ -290,15 +290,86 @@ mod data {
     fn too_few_pairs_for_batch() {
         let dir = tempfile::tempdir().unwrap();
         write_pair(&dir.path().join("a.png"), 8, ramp, ramp);
-        let err = PairedDataset::load(dir.path(), &plain_spec(2), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &plain_spec(2), Mode::Train, 3).unwrap_err();
         assert!(matches!(err, DataError::TooFewPairs { count: 1, batch: 2, .. }), "{err:?}");
     }
 
     #[test]
     fn empty_folder_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let err = PairedDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
+        let err = ImageDataset::load(dir.path(), &plain_spec(1), Mode::Train, 3).unwrap_err();
         assert!(matches!(err, DataError::Empty { .. }), "{err:?}");
+    }
+
+    fn labeled_spec(classes: usize, channels: usize, batch: usize) -> DataSpec {
+        let labeled = Some(netc::ir::LabeledData { classes, channels });
+        DataSpec { resize: Some(8), crop: None, flip: true, batch, labeled, ..pix2pix_spec() }
+    }
+
+    /// Writes `root/NAME/K.png` images of assorted sizes, each a solid colour per class.
+    fn labeled_folder(classes: &[(&str, [u8; 3])], per_class: u32) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (name, colour) in classes {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for k in 0..per_class {
+                let img = RgbImage::from_pixel(9 + 3 * k, 7 + k, Rgb(*colour));
+                img.save(dir.join(format!("{k}.png"))).unwrap();
+            }
+        }
+        root
+    }
+
+    #[test]
+    fn labeled_classes_follow_folder_order() {
+        let colours = [("zebra", [255, 255, 255]), ("ant", [0, 0, 0]), ("cat", [255, 0, 0])];
+        let root = labeled_folder(&colours, 3);
+        let set = ImageDataset::load(root.path(), &labeled_spec(3, 3, 4), Mode::Train, 3).unwrap();
+        assert_eq!(set.classes(), ["ant", "cat", "zebra"]);
+        assert_eq!(set.len(), 9);
+        assert_eq!(set.target_shape(), [4]);
+        assert_eq!(set.batches_per_epoch(), 2);
+
+        let batch = set.batch(1, DataCursor { epoch: 0, batch: 1 });
+        assert_eq!(batch.shape, [4, 3, 8, 8]);
+        assert_eq!(batch.target.len(), 4);
+        for (slot, &index) in batch.indices.iter().enumerate() {
+            let class = batch.target[slot] as usize;
+            let folder = set.files()[index].parent().unwrap().file_name().unwrap();
+            assert_eq!(folder.to_str().unwrap(), set.classes()[class], "slot {slot}");
+            let red = batch.input[slot * 192];
+            let expected = if class == 0 { -1.0 } else { 1.0 };
+            assert_eq!(red, expected, "slot {slot} class {class}");
+        }
+    }
+
+    #[test]
+    fn labeled_errors_name_folder_and_file() {
+        let root = labeled_folder(&[("a", [0, 0, 0]), ("b", [9, 9, 9])], 2);
+        let err =
+            ImageDataset::load(root.path(), &labeled_spec(3, 3, 1), Mode::Train, 3).unwrap_err();
+        assert!(matches!(err, DataError::ClassCount { found: 2, classes: 3, .. }), "{err:?}");
+
+        std::fs::write(root.path().join("b/broken.jpg"), b"no").unwrap();
+        let err =
+            ImageDataset::load(root.path(), &labeled_spec(2, 3, 1), Mode::Train, 3).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("broken.jpg: not a readable image"), "{message}");
+
+        let err =
+            ImageDataset::load(root.path(), &labeled_spec(2, 1, 1), Mode::Train, 3).unwrap_err();
+        assert!(matches!(err, DataError::InvalidSpec { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn labeled_grayscale_has_one_channel() {
+        let root = labeled_folder(&[("a", [0, 0, 0]), ("b", [255, 255, 255])], 1);
+        let set = ImageDataset::load(root.path(), &labeled_spec(2, 1, 2), Mode::Eval, 1).unwrap();
+        let batch = set.fixed_samples(2);
+        assert_eq!(batch.shape, [2, 1, 8, 8]);
+        assert_eq!(batch.target, [0.0, 1.0]);
+        assert!(batch.input[..64].iter().all(|&v| v == -1.0));
+        assert!(batch.input[64..].iter().all(|&v| v == 1.0));
     }
 
     #[test]
@@ -1325,5 +1396,198 @@ mod run {
         )
         .unwrap_err();
         assert!(err.to_string().contains("pairs/train"), "{err}");
+    }
+}
+/// The whole run on the device (lavapipe here): a two-level pix2pix trained on six real
+/// facades pairs, through the `Trainer`, checkpoints and the CLI.
+mod device {
+    use super::facades_train;
+    use netc::runtime::Gpu;
+    use netc::train::checkpoint;
+    use netc::train::engine::DeviceEngine;
+    use netc::train::report::{read_losses, LOSSES_FILE};
+    use netc::train::run::{train, RunOptions};
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::{Mutex, OnceLock};
+
+    /// pix2pix at 16x16: a U-Net generator with one skip, batch norm and dropout, and a
+    /// small PatchGAN. Two pairs a batch and a learning rate that decays after epoch 0.
+    const TINY: &str = r#"param ngf = 4
+param size = 16
+
+defaults conv2d(kernel=4, stride=2, padding=1, bias=false, init=normal(0, 0.02))
+defaults conv_transpose2d(kernel=4, stride=2, padding=1, bias=false, init=normal(0, 0.02))
+defaults batch_norm(eps=1e-5, scale_init=normal(1, 0.02), offset_init=constant(0))
+
+net generator(x: [3, size, size]) {
+    e1 = x -> conv2d(ngf)
+    e2 = leaky_relu(0.2) -> conv2d(ngf * 2) -> batch_norm
+    d2 = relu -> conv_transpose2d(ngf) -> batch_norm -> dropout(0.5)
+    d1 = relu -> conv_transpose2d(3) -> tanh
+    skip e1 -> d1
+}
+
+net discriminator(x: [3, size, size], y: [3, size, size]) {
+    xy = concat(x, y)
+    l1 = conv2d(ngf) -> leaky_relu(0.2)
+    l2 = conv2d(ngf * 2) -> batch_norm -> leaky_relu(0.2)
+    logits = conv2d(1, stride=1)
+}
+
+train {
+    data: paired(input=right, target=left, resize=size + 3, crop=size, flip=true, batch=2)
+    schedule: linear_decay(constant=1, decay=2)
+    infer: generator
+
+    fake = generator(input)
+    step discriminator: adam(lr=2e-4, beta1=0.5) minimize
+        d_real: bce_logits(discriminator(input, target), 1)
+        + d_fake: bce_logits(discriminator(input, stop_gradient(fake)), 0)
+    step generator: adam(lr=2e-4, beta1=0.5) minimize
+        g_gan: bce_logits(discriminator(input, fake), 1)
+        + g_l1: 100 * l1(fake, target)
+}
+"#;
+
+    fn gpu() -> &'static Mutex<Gpu> {
+        static GPU: OnceLock<Mutex<Gpu>> = OnceLock::new();
+        GPU.get_or_init(|| {
+            Mutex::new(Gpu::open(None).expect("the device tests need a wgpu adapter (lavapipe)"))
+        })
+    }
+
+    /// A data folder with `facades/train/` holding the first six real pairs.
+    fn six_pairs() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let train = root.path().join("facades/train");
+        std::fs::create_dir_all(&train).unwrap();
+        for i in 1..=6 {
+            std::fs::copy(facades_train().join(format!("{i}.jpg")), train.join(format!("{i}.jpg")))
+                .unwrap();
+        }
+        root
+    }
+
+    fn options(data: &Path, out: &Path, steps: u64) -> RunOptions {
+        RunOptions {
+            source: TINY.to_string(),
+            dataset: "facades".into(),
+            data: Some(data.to_path_buf()),
+            steps: Some(steps),
+            seed: 4,
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            images_every: 0,
+            checkpoint_every: 0,
+            ..RunOptions::default()
+        }
+    }
+
+    fn bits(run: &Path) -> Vec<(String, Vec<u32>)> {
+        let saved = checkpoint::load(run).unwrap();
+        let all = saved.weights.iter().chain(&saved.moments);
+        all.map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect())).collect()
+    }
+
+    fn loss_bits(run: &Path) -> Vec<Vec<u32>> {
+        let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        rows.iter().map(|r| r.losses.iter().map(|v| v.to_bits()).collect()).collect()
+    }
+
+    #[test]
+    fn resume_is_bit_identical() {
+        let module = netc::frontend::compile_source("tiny.net", TINY, &[]).unwrap();
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let data = six_pairs();
+        let runs = tempfile::tempdir().unwrap();
+        let (straight, split) = (runs.path().join("straight"), runs.path().join("split"));
+
+        // Six pairs in batches of two: steps 1-3 are epoch 0 and steps 4-6 epoch 1, at a
+        // decayed learning rate.
+        let mut engine = DeviceEngine::new(&gpu, &module, 4).unwrap();
+        train(&module, &mut engine, &options(data.path(), &straight, 6)).unwrap();
+        let mut engine = DeviceEngine::new(&gpu, &module, 4).unwrap();
+        train(&module, &mut engine, &options(data.path(), &split, 3)).unwrap();
+
+        // A fresh engine with another seed: everything must come from the checkpoint.
+        let mut engine = DeviceEngine::new(&gpu, &module, 99).unwrap();
+        let resume = RunOptions {
+            resume: Some(split.clone()),
+            out: None,
+            seed: 99,
+            ..options(data.path(), &split, 6)
+        };
+        let summary = train(&module, &mut engine, &resume).unwrap();
+        assert_eq!(summary.first_step, 3);
+        assert_eq!(summary.steps, 3);
+
+        let (a, b) = (bits(&straight), bits(&split));
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter().any(|(n, _)| n == "generator.d2.norm.running_mean"),
+            "{:?}",
+            a.iter().map(|t| &t.0).collect::<Vec<_>>()
+        );
+        assert!(
+            a.iter().any(|(n, _)| n.starts_with("optimizer.generator.")),
+            "no optimizer state saved"
+        );
+        for ((name, x), (other, y)) in a.iter().zip(&b) {
+            assert_eq!(name, other);
+            assert!(x == y, "{name} differs after resume");
+        }
+        assert_eq!(loss_bits(&straight), loss_bits(&split));
+
+        let record = checkpoint::load(&split).unwrap().record;
+        assert_eq!(record.step, 6);
+        // The next step is the first of epoch 2, at a third of the base rate.
+        assert_eq!(record.epoch, 2);
+        assert_eq!(record.learning_rates["generator"], 2e-4 / 3.0);
+        assert_eq!(record.rng["iteration"], 6);
+    }
+
+    #[test]
+    fn cli_trains_then_resumes() {
+        let data = six_pairs();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("tiny.net"), TINY).unwrap();
+        let netc = |args: &[&str]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_netc"))
+                .current_dir(work.path())
+                .args(args)
+                .env("NETC_DATA", data.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "netc {args:?} failed:\n{stdout}\n{stderr}");
+            stdout
+        };
+
+        let stdout = netc(&["run", "tiny.net", "--train", "facades", "--steps", "2", "--quiet"]);
+        assert!(stdout.contains("trained steps 1..2"), "{stdout}");
+        let run = work.path().join("runs/tiny-facades");
+        assert!(run.join("index.html").is_file());
+        assert!(run.join("images/step-00000002.png").is_file());
+
+        let stdout = netc(&[
+            "run",
+            "tiny.net",
+            "--train",
+            "facades",
+            "--steps",
+            "4",
+            "--quiet",
+            "--resume",
+            "runs/tiny-facades",
+        ]);
+        assert!(stdout.contains("trained steps 3..4"), "{stdout}");
+        let (columns, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        assert_eq!(columns, ["d_real", "d_fake", "g_gan", "g_l1"]);
+        assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        let record = checkpoint::load(&run).unwrap().record;
+        assert_eq!(record.model.source, TINY);
+        assert_eq!(record.step, 4);
     }
 }

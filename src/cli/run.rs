@@ -1,5 +1,13 @@
+//! `netc run`: trains a model (`--train`) or runs its generator on images (`--infer`).
+//! The training loop itself is `netc::train::run`; this file only gathers its inputs.
+
 use super::{DeviceArgs, ModelArgs};
 use clap::Args;
+use netc::frontend;
+use netc::runtime::Gpu;
+use netc::train::engine::DeviceEngine;
+use netc::train::report;
+use netc::train::run::{self, RunOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,8 +59,72 @@ pub struct RunArgs {
     /// Recompile and continue with transferred weights when the model file changes
     #[arg(long)]
     pub watch: bool,
+    /// Write an image grid, the loss plot and index.html every this many steps
+    #[arg(long, default_value_t = 200, value_name = "STEPS", requires = "train")]
+    pub images_every: u64,
+    /// Write a checkpoint every this many steps (and always at the end)
+    #[arg(long, default_value_t = 500, value_name = "STEPS", requires = "train")]
+    pub checkpoint_every: u64,
 }
 
-pub fn run(_args: &RunArgs) -> miette::Result<ExitCode> {
-    Err(miette::miette!("netc run is not built yet"))
+pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
+    match &args.train {
+        Some(dataset) => train(args, dataset),
+        None if !args.infer.is_empty() => super::infer::run(args),
+        None => Err(miette::miette!(
+            "netc run needs --train NAME or --infer IMAGE...; see netc run --help"
+        )),
+    }
+}
+
+/// `netc run FILE --train NAME`: compiles the model, opens the device and hands the run to
+/// `netc::train::run::train`.
+fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
+    if args.watch {
+        return Err(miette::miette!("netc run --train --watch is not supported yet"));
+    }
+    let path = &args.model.file;
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| miette::miette!("failed to read {}: {e}", path.display()))?;
+    let name = path.display().to_string();
+    let module =
+        frontend::compile_source(&name, &source, &args.model.set).map_err(miette::Report::new)?;
+
+    let options = RunOptions {
+        source,
+        overrides: args.model.set.clone(),
+        dataset: dataset.to_string(),
+        data: args.data.clone(),
+        data_env: std::env::var_os("NETC_DATA"),
+        epochs: args.epochs,
+        steps: args.steps.map(|s| s as u64),
+        seed: args.seed,
+        out: args.out.clone(),
+        resume: args.resume.clone(),
+        init_from: args.init_from.clone(),
+        force: args.force,
+        quiet: args.quiet,
+        images_every: args.images_every,
+        checkpoint_every: args.checkpoint_every,
+    };
+
+    // Data errors come before the device work, which takes minutes on a CPU adapter.
+    let data = run::load_data(&module, &options).map_err(miette::Report::new)?;
+    let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
+    let mut engine = DeviceEngine::new(&gpu, &module, args.seed).map_err(miette::Report::new)?;
+    let summary =
+        run::train_on(&module, &mut engine, &options, data).map_err(miette::Report::new)?;
+
+    let losses: Vec<String> =
+        summary.last_losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+    println!(
+        "trained steps {}..{} at {:.3} s/step; last losses: {}",
+        summary.first_step + 1,
+        summary.first_step + summary.steps,
+        summary.mean_seconds_per_step,
+        losses.join(", ")
+    );
+    println!("checkpoint: {}", summary.checkpoint.display());
+    println!("report: {}", summary.run_dir.join(report::INDEX_FILE).display());
+    Ok(ExitCode::SUCCESS)
 }

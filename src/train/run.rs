@@ -24,7 +24,7 @@ use crate::ir::{Module, ParamKind, Shape};
 use crate::train::checkpoint::{
     self, Checkpoint, CheckpointError, DataRecord, ModelRecord, Record, Tensor,
 };
-use crate::train::data::{self, Batch, DataError, Mode, PairedDataset};
+use crate::train::data::{self, Batch, DataError, ImageDataset, Mode};
 use crate::train::progress;
 use crate::train::report::{self, LossLog, LossRow, PageInfo, Panel, ReportError};
 use indicatif::ProgressBar;
@@ -165,8 +165,8 @@ pub struct RunSummary {
 }
 
 /// The data a run trains on and shows in its grids.
-struct RunData {
-    train: PairedDataset,
+pub struct RunData {
+    train: ImageDataset,
     /// Fixed samples for the image grids: from `val/` when present, else from `train/`.
     grid: Batch,
 }
@@ -184,6 +184,17 @@ pub fn train(
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
     let data = load_data(module, options)?;
+    train_on(module, engine, options, data)
+}
+
+/// Trains as [`train`] does, on data that [`load_data`] already loaded. The CLI loads the
+/// data first, so a missing or broken file is reported before the device compiles.
+pub fn train_on(
+    module: &Module,
+    engine: &mut dyn Engine,
+    options: &RunOptions,
+    data: RunData,
+) -> Result<RunSummary, RunError> {
     let run_dir = run_folder(module, options)?;
     std::fs::create_dir_all(&run_dir)
         .map_err(|source| ReportError::Write { path: run_dir.clone(), source })?;
@@ -237,7 +248,9 @@ pub fn train(
     Ok(summary)
 }
 
-fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError> {
+/// Finds, decodes and checks the training data (and `val/` for the grids, when present)
+/// and compares its batch shapes with the train graph's inputs.
+pub fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError> {
     let spec = module
         .train
         .as_ref()
@@ -247,10 +260,10 @@ fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError>
     let dirs = data::locate(&options.dataset, options.data.as_deref(), options.data_env.clone())?;
 
     let started = Instant::now();
-    let train = PairedDataset::load(&dirs.train, &spec.data, Mode::Train, channels)?;
+    let train = ImageDataset::load(&dirs.train, &spec.data, Mode::Train, channels)?;
     let grid = match &dirs.val {
         Some(val) => {
-            PairedDataset::load(val, &spec.data, Mode::Eval, channels)?.fixed_samples(GRID_SAMPLES)
+            ImageDataset::load(val, &spec.data, Mode::Eval, channels)?.fixed_samples(GRID_SAMPLES)
         }
         None => train.fixed_samples(GRID_SAMPLES),
     };
@@ -258,11 +271,11 @@ fn load_data(module: &Module, options: &RunOptions) -> Result<RunData, RunError>
 
     // The batches must have the shape of the graph's `input` and `target`.
     let size = train.sample_size();
-    let data_shape = Shape::new([spec.data.batch, channels, size, size]);
-    for name in ["input", "target"] {
+    let input_shape = Shape::new([spec.data.batch, channels, size, size]);
+    for (name, data) in [("input", input_shape), ("target", Shape::new(train.target_shape()))] {
         if let Some(model) = graph_input(module, name) {
-            if model != data_shape {
-                return Err(RunError::ShapeMismatch { name: name.into(), data: data_shape, model });
+            if model != data {
+                return Err(RunError::ShapeMismatch { name: name.into(), data, model });
             }
         }
     }
@@ -298,7 +311,7 @@ fn resume(
     engine: &mut dyn Engine,
     options: &RunOptions,
     dir: &Path,
-    train: &PairedDataset,
+    train: &ImageDataset,
     seed: &mut u64,
 ) -> Result<Resumed, RunError> {
     let folder = checkpoint::resolve(dir)?;
@@ -479,6 +492,31 @@ impl Looper<'_> {
 
     /// Writes the image grid of `step`, the loss plot and `index.html`.
     fn write_outputs(&mut self, step: u64) -> Result<(), RunError> {
+        // A classifier's output is not an image, so labeled data gets no grids.
+        if !self.data.train.is_labeled() {
+            self.write_grid(step)?;
+        }
+        report::write_plot(self.run_dir)?;
+
+        let checkpoint =
+            self.last_checkpoint.as_ref().and_then(|c| c.strip_prefix(self.run_dir).ok());
+        let info = PageInfo {
+            model: &self.module.name,
+            dataset: &self.options.dataset,
+            step,
+            total_steps: self.total,
+            epoch: self.data.train.cursor_at(step.saturating_sub(1) as usize).epoch,
+            overrides: &self.options.overrides,
+            seed: self.seed,
+            checkpoint: checkpoint.map(|c| c.display().to_string()),
+        };
+        let page = report::write_index(self.run_dir, &info)?;
+        tracing::debug!(step, page = %page.display(), "wrote image grid and index");
+        Ok(())
+    }
+
+    /// Writes the input | output | target grid of `step`.
+    fn write_grid(&mut self, step: u64) -> Result<(), RunError> {
         let grid = &self.data.grid;
         let (out_channels, output) =
             self.engine.generate(grid).map_err(|message| RunError::Engine { step, message })?;
@@ -493,25 +531,6 @@ impl Looper<'_> {
             })
             .collect();
         report::write_grid(self.run_dir, step, &rows)?;
-        report::write_plot(self.run_dir)?;
-
-        let checkpoint = self
-            .last_checkpoint
-            .as_ref()
-            .and_then(|c| c.strip_prefix(self.run_dir).ok())
-            .map(|c| c.display().to_string());
-        let info = PageInfo {
-            model: &self.module.name,
-            dataset: &self.options.dataset,
-            step,
-            total_steps: self.total,
-            epoch: self.data.train.cursor_at(step.saturating_sub(1) as usize).epoch,
-            overrides: &self.options.overrides,
-            seed: self.seed,
-            checkpoint,
-        };
-        let page = report::write_index(self.run_dir, &info)?;
-        tracing::debug!(step, page = %page.display(), "wrote image grid and index");
         Ok(())
     }
 }

@@ -1,23 +1,30 @@
-//! The paired-image data set: side-by-side image pairs turned into `[N, C, H, W]` batches.
+//! The image data set: a folder of images turned into `[N, C, H, W]` batches.
 //!
-//! Needs a folder of JPEG or PNG files, each two square halves side by side (the pix2pix
-//! layout: facades has the photo on the left and the label map on the right), and the
-//! model's [`DataSpec`]. [`PairedDataset::load`] decodes and checks every file before it
-//! returns, so a broken file stops a run before its first step. It caches the halves
-//! already resized, as 8-bit RGB, so an epoch only crops, flips and converts.
+//! Paired data is a folder of JPEG or PNG files, each two square halves side by side (the
+//! pix2pix layout: facades has the photo on the left and the label map on the right), and
+//! the model's [`DataSpec`] sets which half is the input. Labeled data
+//! (`DataSpec::labeled`) is one subfolder per class, class `k` being the `k`-th folder by
+//! name, and the target is the class index. [`ImageDataset::load`] decodes and checks
+//! every file before it returns, so a broken file stops a run before its first step. It
+//! caches the images already resized, as 8-bit pixels, so an epoch only crops, flips and
+//! converts.
 //!
-//! Guarantees afterwards: [`PairedDataset::batch`] is a pure function of the seed and the
+//! Guarantees afterwards: [`ImageDataset::batch`] is a pure function of the seed and the
 //! [`DataCursor`]. The file order of an epoch and each sample's crop and flip are drawn from
 //! ChaCha8 streams keyed by (seed, epoch, position), so a resumed run gets the same batches
-//! as an uninterrupted one. Values are in [-1, 1]. An epoch has `len / batch` batches, and
-//! the last partial batch is dropped because the graph's batch size is fixed.
+//! as an uninterrupted one. Image values are in [-1, 1]. An epoch has `len / batch`
+//! batches, and the last partial batch is dropped because the graph's batch size is fixed.
 //!
-//! Cannot do yet: images with an alpha channel lose it (halves are converted to RGB or to
-//! luma), and halves that are not square are rejected rather than resized unevenly.
+//! Cannot do yet: images with an alpha channel lose it (they are converted to RGB or to
+//! luma), and paired halves that are not square are rejected rather than resized unevenly.
+
+mod decode;
 
 use crate::ir::{DataSpec, Half};
-use image::imageops::FilterType;
-use image::{GrayImage, RgbImage};
+use decode::{
+    decode_all, decode_labeled, decode_pair, list_images, list_labeled, mismatched_sizes, Sample,
+    Target,
+};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -65,6 +72,10 @@ pub enum DataError {
     #[error("{} holds {count} image pairs, fewer than the batch size {batch}", dir.display())]
     #[diagnostic(help("lower the `batch` of the model's train section or add image pairs"))]
     TooFewPairs { dir: PathBuf, count: usize, batch: usize },
+
+    #[error("{} has {found} class folders, but the model's data has {classes} classes", dir.display())]
+    #[diagnostic(help("put each class's images in its own subfolder (class k is the k-th folder by name), or change `classes`"))]
+    ClassCount { dir: PathBuf, found: usize, classes: usize },
 
     #[error("invalid data settings: {reason}")]
     #[diagnostic(help("fix the `data` settings of the model's train section"))]
@@ -155,8 +166,14 @@ fn not_found_hint(name: &str, root: &Path, source: RootSource) -> String {
             "./data, the default when neither --data nor $NETC_DATA is set".to_string()
         }
     };
+    // `netc data fetch` finds $NETC_DATA and ./data itself; only a --data folder needs
+    // repeating.
     let fetch = if FETCHABLE.contains(&name) {
-        format!("download it with `netc data fetch {name} --data {}`, or ", root.display())
+        let flag = match source {
+            RootSource::Flag => format!(" --data {}", root.display()),
+            RootSource::Env | RootSource::Default => String::new(),
+        };
+        format!("download it with `netc data fetch {name}{flag}`, or ")
     } else {
         String::new()
     };
@@ -173,14 +190,15 @@ pub struct DataCursor {
     pub batch: usize,
 }
 
-/// One batch in NCHW layout, values in [-1, 1].
+/// One batch in NCHW layout, image values in [-1, 1].
 #[derive(Clone, Debug)]
 pub struct Batch {
-    /// `[N, C, H, W]`.
+    /// `[N, C, H, W]` of `input`.
     pub shape: [usize; 4],
     pub input: Vec<f32>,
+    /// Images of the input's shape for paired data, or `N` class indices as f32.
     pub target: Vec<f32>,
-    /// Indices into [`PairedDataset::files`] of the batch's samples, in batch order.
+    /// Indices into [`ImageDataset::files`] of the batch's samples, in batch order.
     pub indices: Vec<usize>,
 }
 
@@ -194,60 +212,15 @@ pub enum Mode {
     Eval,
 }
 
-/// Both halves of one file, resized and stored as 8-bit pixels.
+/// A validated, decoded image folder: side-by-side pairs, or labeled images in one
+/// subfolder per class.
 #[derive(Clone, Debug)]
-struct Pair {
-    input: Pixels,
-    target: Pixels,
-}
-
-#[derive(Clone, Debug)]
-enum Pixels {
-    Rgb(RgbImage),
-    Luma(GrayImage),
-}
-
-impl Pixels {
-    fn side(&self) -> usize {
-        match self {
-            Pixels::Rgb(img) => img.width() as usize,
-            Pixels::Luma(img) => img.width() as usize,
-        }
-    }
-
-    /// Writes the `size` x `size` window at (`x0`, `y0`), mirrored when `flip`, into `out`
-    /// as planar channels mapped from [0, 255] to [-1, 1].
-    fn write_window(&self, x0: usize, y0: usize, size: usize, flip: bool, out: &mut [f32]) {
-        let plane = size * size;
-        for y in 0..size {
-            for x in 0..size {
-                let sx = if flip { x0 + size - 1 - x } else { x0 + x };
-                let (sx, sy) = (sx as u32, (y0 + y) as u32);
-                let at = y * size + x;
-                match self {
-                    Pixels::Rgb(img) => {
-                        let p = img.get_pixel(sx, sy).0;
-                        for c in 0..3 {
-                            out[c * plane + at] = to_unit(p[c]);
-                        }
-                    }
-                    Pixels::Luma(img) => out[at] = to_unit(img.get_pixel(sx, sy).0[0]),
-                }
-            }
-        }
-    }
-}
-
-fn to_unit(v: u8) -> f32 {
-    f32::from(v) / 127.5 - 1.0
-}
-
-/// A validated, decoded paired-image folder.
-#[derive(Clone, Debug)]
-pub struct PairedDataset {
+pub struct ImageDataset {
     dir: PathBuf,
     files: Vec<PathBuf>,
-    pairs: Vec<Pair>,
+    /// Class folder names of a labeled data set, in class order; empty for pairs.
+    classes: Vec<String>,
+    pairs: Vec<Sample>,
     spec: DataSpec,
     mode: Mode,
     channels: usize,
@@ -257,9 +230,11 @@ pub struct PairedDataset {
     sample: usize,
 }
 
-impl PairedDataset {
-    /// Decodes and checks every image in `dir`, splits it into halves bound as `spec`
-    /// sets, and caches the resized halves. `channels` is 3 (RGB) or 1 (luma).
+impl ImageDataset {
+    /// Decodes and checks every image in `dir` and caches the resized pixels. For paired
+    /// data it splits each file into the halves that `spec` binds to input and target. For
+    /// labeled data (`spec.labeled`) each subfolder of `dir` is a class, in name order.
+    /// `channels` is 3 (RGB) or 1 (luma).
     ///
     /// Every file is checked before this returns; the error lists each bad file.
     pub fn load(
@@ -269,8 +244,23 @@ impl PairedDataset {
         channels: usize,
     ) -> Result<Self, DataError> {
         check_spec(spec, channels)?;
-        let files = list_images(dir)?;
-        let results = decode_all(&files, spec, mode, channels);
+        let (files, classes, results) = match &spec.labeled {
+            Some(labeled) => {
+                let side = spec.resize.or(spec.crop).unwrap_or(0);
+                let (classes, listed) = list_labeled(dir, labeled.classes)?;
+                let files: Vec<PathBuf> = listed.iter().map(|(f, _)| f.clone()).collect();
+                let decode =
+                    |i: usize, path: &Path| decode_labeled(path, listed[i].1, side, channels);
+                let results = decode_all(&files, decode);
+                (files, classes, results)
+            }
+            None => {
+                let files = list_images(dir)?;
+                let decode = |_: usize, path: &Path| decode_pair(path, spec, mode, channels);
+                let results = decode_all(&files, decode);
+                (files, Vec::new(), results)
+            }
+        };
 
         let mut pairs = Vec::with_capacity(files.len());
         let mut bad = Vec::new();
@@ -302,9 +292,10 @@ impl PairedDataset {
             Mode::Eval => stored,
         };
         tracing::debug!(dir = %dir.display(), pairs = pairs.len(), stored, sample, "loaded data");
-        Ok(PairedDataset {
+        Ok(ImageDataset {
             dir: dir.to_path_buf(),
             files,
+            classes,
             pairs,
             spec: spec.clone(),
             mode,
@@ -318,9 +309,31 @@ impl PairedDataset {
         &self.dir
     }
 
-    /// Returns the image files, sorted by name. Batch indices point into this list.
+    /// Returns the image files, sorted by name (by class folder, then name, for labeled
+    /// data). Batch indices point into this list.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Returns the class folder names of a labeled data set, in class order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Checks whether targets are class indices rather than images.
+    pub fn is_labeled(&self) -> bool {
+        self.spec.labeled.is_some()
+    }
+
+    /// Returns the shape of [`Batch::target`]: `[N]` class indices for labeled data, else
+    /// the input's `[N, C, H, W]`.
+    pub fn target_shape(&self) -> Vec<usize> {
+        let batch = self.spec.batch;
+        if self.is_labeled() {
+            vec![batch]
+        } else {
+            vec![batch, self.channels, self.sample, self.sample]
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -371,7 +384,7 @@ impl PairedDataset {
         self.assemble(seed, cursor, indices)
     }
 
-    /// Up to `count` samples in file order with no augmentation, for image grids. In
+    /// Builds up to `count` samples in file order with no augmentation, for image grids. In
     /// [`Mode::Train`] it takes the centre crop.
     pub fn fixed_samples(&self, count: usize) -> Batch {
         let count = count.min(self.pairs.len());
@@ -404,13 +417,20 @@ impl PairedDataset {
         let size = self.sample;
         let per_sample = self.channels * size * size;
         let mut input = vec![0.0; indices.len() * per_sample];
-        let mut target = vec![0.0; indices.len() * per_sample];
+        let per_target = if self.is_labeled() { 1 } else { per_sample };
+        let mut target = vec![0.0; indices.len() * per_target];
         for (slot, &index) in indices.iter().enumerate() {
             let (x0, y0, flip) = window(slot, index);
+            let sample = &self.pairs[index];
             let range = slot * per_sample..(slot + 1) * per_sample;
-            let pair = &self.pairs[index];
-            pair.input.write_window(x0, y0, size, flip, &mut input[range.clone()]);
-            pair.target.write_window(x0, y0, size, flip, &mut target[range]);
+            sample.input.write_window(x0, y0, size, flip, &mut input[range]);
+            let range = slot * per_target..(slot + 1) * per_target;
+            match &sample.target {
+                Target::Image(pixels) => {
+                    pixels.write_window(x0, y0, size, flip, &mut target[range])
+                }
+                Target::Class(class) => target[slot] = *class as f32,
+            }
         }
         Batch {
             shape: [indices.len(), self.channels, size, size],
@@ -429,7 +449,17 @@ fn check_spec(spec: &DataSpec, channels: usize) -> Result<(), DataError> {
     if spec.batch == 0 {
         return invalid("batch is 0".to_string());
     }
-    if spec.input == spec.target {
+    if let Some(labeled) = &spec.labeled {
+        if labeled.channels != channels {
+            let found = labeled.channels;
+            return invalid(format!(
+                "the data has {found} channels, but the network takes {channels}"
+            ));
+        }
+        if spec.resize.or(spec.crop).is_none() {
+            return invalid("labeled data needs a size".to_string());
+        }
+    } else if spec.input == spec.target {
         let half = if spec.input == Half::Left { "left" } else { "right" };
         return invalid(format!("input and target are both the {half} half"));
     }
@@ -438,153 +468,6 @@ fn check_spec(spec: &DataSpec, channels: usize) -> Result<(), DataError> {
         (Some(r), Some(c)) if c > r => invalid(format!("crop {c} is larger than resize {r}")),
         _ => Ok(()),
     }
-}
-
-/// Files whose halves differ in size from the first file's, which happens when the spec
-/// does not resize. Call only when every file decoded, so `files` and `pairs` line up.
-fn mismatched_sizes(files: &[PathBuf], pairs: &[Pair]) -> Vec<BadFile> {
-    if pairs.len() != files.len() || pairs.is_empty() {
-        return Vec::new();
-    }
-    let first = pairs[0].input.side();
-    let odd = files.iter().zip(pairs).filter(|(_, pair)| pair.input.side() != first);
-    odd.map(|(path, pair)| {
-        let side = pair.input.side();
-        let reason = format!(
-            "halves are {side}x{side}, but {} has {first}x{first}; set `resize` to accept both",
-            files[0].display()
-        );
-        BadFile { path: path.clone(), reason }
-    })
-    .collect()
-}
-
-/// Lists the image files directly in `dir`, sorted by name. Other files are skipped.
-fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let read_err = |source| DataError::ReadDir { dir: dir.to_path_buf(), source };
-    let mut files = Vec::new();
-    let mut skipped = 0usize;
-    for entry in std::fs::read_dir(dir).map_err(read_err)? {
-        let path = entry.map_err(read_err)?.path();
-        let is_image = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)));
-        if is_image && path.is_file() {
-            files.push(path);
-        } else {
-            skipped += 1;
-        }
-    }
-    if skipped > 0 {
-        tracing::debug!(dir = %dir.display(), skipped, "skipped entries that are not image files");
-    }
-    if files.is_empty() {
-        return Err(DataError::Empty { dir: dir.to_path_buf() });
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Decodes every file on all cores, keeping the input order.
-fn decode_all(
-    files: &[PathBuf],
-    spec: &DataSpec,
-    mode: Mode,
-    channels: usize,
-) -> Vec<Result<Pair, String>> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
-    let chunk = files.len().div_ceil(workers.max(1));
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter().map(|f| decode_guarded(f, spec, mode, channels)).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("decode_guarded catches decoder panics"))
-            .collect()
-    })
-}
-
-/// Runs [`decode_pair`] and turns a decoder panic into an error for that file, because a
-/// malformed image must not end the run.
-fn decode_guarded(
-    path: &Path,
-    spec: &DataSpec,
-    mode: Mode,
-    channels: usize,
-) -> Result<Pair, String> {
-    let decode = || decode_pair(path, spec, mode, channels);
-    std::panic::catch_unwind(decode).unwrap_or_else(|_| Err("the image decoder panicked".into()))
-}
-
-/// Decodes one file and returns its two halves resized for `mode`, or the reason it is
-/// invalid.
-fn decode_pair(path: &Path, spec: &DataSpec, mode: Mode, channels: usize) -> Result<Pair, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("failed to read: {e}"))?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("failed to read: {e}"))?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !ends_with_jpeg_eoi(&bytes) {
-        return Err("not a readable image: truncated JPEG (no end-of-image marker)".to_string());
-    }
-    let image = reader.decode().map_err(|e| format!("not a readable image: {e}"))?;
-
-    let (width, height) = (image.width(), image.height());
-    if height == 0 || width != 2 * height {
-        return Err(format!(
-            "is {width}x{height}, but a pair is two square halves side by side \
-             (width = 2 x height)"
-        ));
-    }
-    let side = height;
-
-    // Train mode resizes to `resize` and crops later; eval mode resizes to the crop size.
-    let target_side = match mode {
-        Mode::Train => spec.resize,
-        Mode::Eval => spec.crop.or(spec.resize),
-    };
-    let stored = target_side.map_or(side, |s| s as u32);
-    if mode == Mode::Train && spec.resize.is_none() {
-        if let Some(crop) = spec.crop.filter(|&c| c as u32 > side) {
-            return Err(format!("halves are {side}x{side}, smaller than the crop {crop}"));
-        }
-    }
-
-    let half = |x0: u32| -> Pixels {
-        let view = image.crop_imm(x0, 0, side, side);
-        let resized = if stored == side {
-            view
-        } else {
-            view.resize_exact(stored, stored, FilterType::CatmullRom)
-        };
-        if channels == 1 {
-            Pixels::Luma(resized.to_luma8())
-        } else {
-            Pixels::Rgb(resized.to_rgb8())
-        }
-    };
-    let (left, right) = (half(0), half(side));
-    let (input, target) = match spec.input {
-        Half::Left => (left, right),
-        Half::Right => (right, left),
-    };
-    Ok(Pair { input, target })
-}
-
-/// Checks whether a JPEG's end-of-image marker (`FF D9`) is among its last bytes. The JPEG decoder
-/// fills a truncated file's missing rows with grey instead of failing, so a cut-off
-/// download would otherwise train silently. Some encoders pad after the marker, hence the
-/// window rather than the last two bytes.
-fn ends_with_jpeg_eoi(bytes: &[u8]) -> bool {
-    const TAIL: usize = 64;
-    let tail = &bytes[bytes.len().saturating_sub(TAIL)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// A ChaCha8 generator for one (seed, stream, epoch, index) tuple.

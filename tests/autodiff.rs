@@ -118,7 +118,7 @@ mod common {
             }
         }
 
-        /// The module with a `train` section running `steps` on this graph.
+        /// Builds the module with a `train` section that runs `steps` on this graph.
         pub fn train_module(&self, steps: Vec<StepSpec>) -> Module {
             let mut module = self.module();
             module.train = Some(TrainSpec {
@@ -683,8 +683,8 @@ mod rules {
             let p = b.declare_with("g", "p", &[3, 5], UNIFORM);
             let q = b.declare_with("g", "q", &[4, 5], UNIFORM);
             let (p, q) = (b.read(p), b.read(q));
-            // p q^T is [3, 4]; its transpose times p is [4, 5]; both operands transposed
-            // gives [5, 4] again.
+            // p q^T is [3, 4] and its transpose times p is [4, 5]. With both operands
+            // transposed, back^T (p q^T)^T is [5, 3].
             let pq = b.op(Op::MatMul { transpose_a: false, transpose_b: true }, &[p, q], "pq");
             let back = b.op(Op::MatMul { transpose_a: true, transpose_b: false }, &[pq, p], "back");
             b.op(Op::MatMul { transpose_a: true, transpose_b: true }, &[back, pq], "both")
@@ -748,7 +748,7 @@ mod rules {
         check(1e-3, |b| {
             let logits =
                 b.declare_with("g", "logits", &[5, 7], Init::Uniform { low: -3.0, high: 3.0 });
-            // Class 2 for every row; labels take no gradient, so a buffer holds them.
+            // Class 2 for every row. Labels take no gradient, so a buffer stores them.
             let labels = b.buffer("g", "labels", 5, 2.0);
             let (logits, labels) = (b.read(logits), b.read(labels));
             b.op(Op::CrossEntropy, &[logits, labels], "ce")
@@ -1208,7 +1208,7 @@ mod pix2pix {
     use netc::train::Trainer;
     use std::path::Path;
 
-    /// The repository's pix2pix at its smallest legal size, 4 filters at 64x64.
+    /// Compiles the repository's pix2pix at its smallest legal size, 4 filters at 64x64.
     fn small_pix2pix() -> Module {
         let set = ["ngf=4", "ndf=4", "size=64"].map(String::from);
         netc::frontend::compile_file(Path::new("models/pix2pix.net"), &set)

@@ -139,6 +139,16 @@ mod watch {
     }
 
     #[test]
+    fn watcher_rejects_folder_and_missing_parent() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let error = FileWatcher::new(folder.path()).err().expect("a folder is rejected");
+        assert!(error.to_string().contains("it is a folder"), "{error}");
+        let missing = folder.path().join("gone/model.net");
+        let error = FileWatcher::new(&missing).err().expect("a missing folder is rejected");
+        assert!(error.to_string().contains("cannot watch"), "{error}");
+    }
+
+    #[test]
     fn watcher_sees_delete_and_recreate() {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let path = folder.path().join("model.net");

@@ -261,7 +261,8 @@ fn check_saved(saved: &[SavedTensor]) -> Result<(), TransferError> {
 }
 
 impl TransferReport {
-    /// Renders the three groups, one tensor a line, for the start of a run.
+    /// Renders the copied, re-initialised and dropped tensors, one a line, for the start
+    /// of a run.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let total = self.copied.len() + self.reinitialized.len();
@@ -282,12 +283,9 @@ impl TransferReport {
             };
             let _ = writeln!(out, "  re-initialised  {} {}: {reason}", r.name, r.shape);
         }
-        for d in &self.dropped {
-            let reason = match &d.new_shape {
-                Some(shape) => format!("the model now has {shape}"),
-                None => "not in the model".to_string(),
-            };
-            let _ = writeln!(out, "  dropped         {} {}: {reason}", d.name, d.shape);
+        // A reshaped tensor is already listed as re-initialised, with both shapes.
+        for d in self.dropped.iter().filter(|d| d.new_shape.is_none()) {
+            let _ = writeln!(out, "  dropped         {} {}: not in the model", d.name, d.shape);
         }
         out
     }
@@ -475,7 +473,6 @@ copied 1 of 2 parameters and buffers from the checkpoint (48 of 128 values)
   re-initialised  g.d1.conv_transpose.weight [4, 5, 2, 2]: the checkpoint has [4, 3, 2, 2]
   dropped         g.e1.norm.scale [4]: not in the model
   dropped         g.e1.norm.running_mean [4]: not in the model
-  dropped         g.d1.conv_transpose.weight [4, 3, 2, 2]: the model now has [4, 5, 2, 2]
 ";
         assert_eq!(text, expected);
     }

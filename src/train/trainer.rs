@@ -96,12 +96,12 @@ impl<'g> Trainer<'g> {
         })
     }
 
-    /// The compiled program: its graph, steps, kernels and the training module.
+    /// Returns the compiled program: its graph, steps, kernels and the training module.
     pub fn program(&self) -> &TrainProgram {
         &self.program
     }
 
-    /// The compiled device program, for dispatch counts and the memory report.
+    /// Returns the compiled device program, for dispatch counts and the memory report.
     pub fn device_program(&self) -> &Program {
         &self.compiled
     }
@@ -111,7 +111,7 @@ impl<'g> Trainer<'g> {
         self.state.epoch = epoch;
     }
 
-    /// The learning rate each step uses in the current epoch, by step name.
+    /// Returns the learning rate each step uses in the current epoch, by step name.
     pub fn learning_rates(&self) -> Vec<(String, f32)> {
         self.program
             .steps
@@ -126,8 +126,8 @@ impl<'g> Trainer<'g> {
     }
 
     /// Runs one iteration on a batch and returns every loss term by name, then each
-    /// step's total loss by the step's name. The values are those computed before the
-    /// iteration's updates.
+    /// step's total loss by the step's name. Each step's loss is computed with the weights
+    /// that step sees: after the updates of the steps before it in this iteration.
     pub fn step(
         &mut self,
         input: &[f32],
@@ -140,7 +140,7 @@ impl<'g> Trainer<'g> {
     }
 
     /// Runs one iteration without reading anything back, for iterations whose losses
-    /// nobody shows.
+    /// are not shown.
     pub fn step_unread(&mut self, input: &[f32], target: &[f32]) -> Result<(), TrainError> {
         self.run(input, target, &[]).map(|_| ())
     }
@@ -179,7 +179,7 @@ impl<'g> Trainer<'g> {
         Ok(values)
     }
 
-    /// The counters a checkpoint stores.
+    /// Returns the counters a checkpoint stores.
     pub fn state(&self) -> TrainerState {
         self.state.clone()
     }
@@ -198,7 +198,7 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// Every tensor a checkpoint stores: the module's parameters and buffers under their
+    /// Downloads every tensor a checkpoint stores: the module's parameters and buffers under their
     /// own names, and the optimizer state as `optimizer.<step>.<parameter>.<state>`.
     pub fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
         let values = self.store.download_all(self.gpu)?;
@@ -245,7 +245,7 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// The names of the trainable parameters of `net`, in declaration order.
+    /// Returns the names of the trainable parameters of `net`, in declaration order.
     pub fn trainable_names(&self, net: &str) -> Vec<String> {
         self.program
             .module
@@ -256,7 +256,7 @@ impl<'g> Trainer<'g> {
             .collect()
     }
 
-    /// The names of the loss terms, step by step; a step without named terms contributes
+    /// Returns the names of the loss terms, step by step; a step without named terms contributes
     /// its total under the step's name.
     pub fn term_names(&self) -> Vec<String> {
         let mut names = Vec::new();

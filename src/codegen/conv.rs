@@ -1,21 +1,117 @@
-//! Convolutions as implicit GEMMs: conv2d and conv_transpose2d, each invocation
-//! accumulating a register tile of `conv_pixel_tile` output pixels by
-//! `conv_out_channel_tile` output channels. The transposed convolution visits only the
-//! kernel taps that reach each output pixel, so a stride-2 layer does a quarter of the
-//! work of the plain gather.
-//!
-//! FIXME(perf): no subgroup operand sharing or texture loads yet, which is where the
-//! remaining speed on lavapipe is.
+//! Convolutions: conv2d and conv_transpose2d as implicit GEMMs from [`super::gemm`], with
+//! the tiling [`gemm::choose_tiling`] picks for the target (subgroup operand sharing
+//! where the target has a fixed subgroup size). The direct kernels below remain for a
+//! geometry the GEMM generator rejects: each invocation accumulates a register tile of
+//! `conv_pixel_tile` output pixels by `conv_out_channel_tile` output channels, and the
+//! transposed convolution visits only the kernel taps that reach each output pixel.
 
+use super::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, GemmError, Operand};
 use super::wgsl::{fill, i, u};
-use super::{Binding, CodegenError, Grid, Kernel, LowerContext};
+use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Target};
 
 const CONV2D: &str = include_str!("../../shaders/conv2d.wgsl");
 const CONV_TRANSPOSE2D: &str = include_str!("../../shaders/conv_transpose2d.wgsl");
 
-/// Lowers either convolution; the two share constants and differ in the template and in
-/// where the weight keeps its channel axes.
-fn lower_conv(
+/// Builds the tiling inputs of a target. `max_invocations` is WebGPU's guaranteed minimum, because
+/// the target does not record the adapter's.
+fn device_profile(target: &Target) -> DeviceProfile {
+    DeviceProfile {
+        fixed_subgroup_size: if target.subgroups { target.subgroup_size } else { None },
+        max_invocations: 256,
+        cpu: target.cpu,
+    }
+}
+
+/// Lowers either convolution as an implicit GEMM, or returns `None` when the generator
+/// rejects the geometry or tiling (the caller then uses the direct kernel).
+fn lower_gemm(
+    ctx: &LowerContext<'_>,
+    role: &str,
+    op: ConvOp,
+    geometry: &ConvGeometry,
+) -> Result<Option<Kernel>, CodegenError> {
+    let name = ctx.kernel_name(role);
+    let tiling = gemm::choose_tiling(op, geometry, &device_profile(ctx.target));
+    let has_bias = ctx.operand_count() == 3;
+    let max = ctx.target.max_workgroups_per_dimension;
+    let generated = match gemm::generate(op, geometry, &tiling, has_bias, max) {
+        Ok(generated) => generated,
+        Err(GemmError::GridTooLarge { workgroups, limit, .. }) => {
+            return Err(CodegenError::GridTooLarge { kernel: name, workgroups, limit });
+        }
+        Err(error) => {
+            tracing::warn!(kernel = %name, %error, "implicit GEMM rejected; using the direct kernel");
+            return Ok(None);
+        }
+    };
+
+    // The generated shader names its bindings lhs, rhs, dst and bias, in that order. The
+    // operand slots are those of conv2d, conv_transpose2d (x, weight, bias) and of the IR's
+    // conv2d_weight_grad (x, dy).
+    let names = ["lhs", "rhs", "dst", "bias"];
+    let bindings = generated
+        .bindings
+        .iter()
+        .zip(names)
+        .map(|(operand, name)| match operand {
+            Operand::Input => ctx.read(name, 0),
+            Operand::Weight | Operand::OutputGrad => ctx.read(name, 1),
+            Operand::Bias => ctx.read(name, 2),
+            Operand::Output => ctx.output(name),
+        })
+        .collect();
+    let wgsl = format!("// netc kernel {name}\n\n{}", generated.wgsl);
+    Ok(Some(Kernel {
+        name,
+        node: ctx.node,
+        wgsl,
+        bindings,
+        grid: generated.grid,
+        flops: generated.flops,
+    }))
+}
+
+/// Builds the GEMM geometry of the node: input operand 0, output the node itself.
+fn geometry(ctx: &LowerContext<'_>, stride: [usize; 2], padding: [usize; 2]) -> ConvGeometry {
+    let x = ctx.operand_dims(0);
+    let weight = ctx.operand_dims(1);
+    let out = ctx.dims();
+    ConvGeometry {
+        batch: x[0],
+        in_channels: x[1],
+        in_size: [x[2], x[3]],
+        out_channels: out[1],
+        out_size: [out[2], out[3]],
+        kernel: [weight[2], weight[3]],
+        stride,
+        padding,
+    }
+}
+
+/// Lowers the IR's conv2d_weight_grad (operands x and dy, output the weight's shape) as an
+/// implicit GEMM, or returns `None` when the generator rejects it.
+pub(super) fn lower_conv2d_weight_grad_gemm(
+    ctx: &LowerContext<'_>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<Option<Kernel>, CodegenError> {
+    let (x, dy, dw) = (ctx.operand_dims(0), ctx.operand_dims(1), ctx.dims());
+    let geometry = ConvGeometry {
+        batch: x[0],
+        in_channels: x[1],
+        in_size: [x[2], x[3]],
+        out_channels: dy[1],
+        out_size: [dy[2], dy[3]],
+        kernel: [dw[2], dw[3]],
+        stride,
+        padding,
+    };
+    lower_gemm(ctx, "conv2d_weight_grad", ConvOp::Conv2dWeightGrad, &geometry)
+}
+
+/// Lowers either convolution directly; the two share constants and differ in the
+/// template and in where the weight keeps its channel axes.
+fn lower_direct(
     ctx: &LowerContext<'_>,
     role: &str,
     template: &str,
@@ -166,7 +262,11 @@ pub(super) fn lower_conv2d(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    lower_conv(ctx, "conv2d", CONV2D, stride, padding)
+    let geometry = geometry(ctx, stride, padding);
+    match lower_gemm(ctx, "conv2d", ConvOp::Conv2d, &geometry)? {
+        Some(kernel) => Ok(kernel),
+        None => lower_direct(ctx, "conv2d", CONV2D, stride, padding),
+    }
 }
 
 pub(super) fn lower_conv_transpose2d(
@@ -174,5 +274,9 @@ pub(super) fn lower_conv_transpose2d(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    lower_conv(ctx, "conv_transpose2d", CONV_TRANSPOSE2D, stride, padding)
+    let geometry = geometry(ctx, stride, padding);
+    match lower_gemm(ctx, "conv_transpose2d", ConvOp::ConvTranspose2d, &geometry)? {
+        Some(kernel) => Ok(kernel),
+        None => lower_direct(ctx, "conv_transpose2d", CONV_TRANSPOSE2D, stride, padding),
+    }
 }

@@ -6,9 +6,9 @@
 //! forward elementwise kernels are. Broadcast and slice chunk their output but bind their
 //! whole operand, so an operand over one binding is rejected.
 //!
-//! FIXME(perf): conv2d_weight_grad is a direct loop over the output pixels with a small
-//! register block of channels per invocation; an implicit GEMM with larger tiles (and
-//! subgroup sharing) belongs here.
+//! conv2d_weight_grad is an implicit GEMM from [`super::gemm`]. The direct loop here, over
+//! the output pixels with a small register block of channels per invocation, remains for
+//! a geometry the GEMM generator rejects.
 
 use super::elementwise::{elementwise_chunks, Chunk};
 use super::wgsl::{f32_literal, fill, i, u};
@@ -49,6 +49,9 @@ pub(super) fn lower_conv2d_weight_grad(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
+    if let Some(kernel) = super::conv::lower_conv2d_weight_grad_gemm(ctx, stride, padding)? {
+        return Ok(kernel);
+    }
     let role = "conv2d_weight_grad";
     let (x, dy, dw) = (ctx.operand_dims(0), ctx.operand_dims(1), ctx.dims().to_vec());
     let (ci, co, kh, kw) = (x[1], dy[1], dw[2], dw[3]);

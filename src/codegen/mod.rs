@@ -17,6 +17,7 @@ mod conv;
 mod dense;
 pub mod dump;
 mod elementwise;
+pub mod gemm;
 mod grad;
 pub mod grid;
 mod layout;
@@ -329,6 +330,8 @@ pub fn validate_wgsl(source: &str) -> Result<(), String> {
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     );
+    validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+    validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
     validator.validate(&module).map_err(|e| e.emit_to_string(source))?;
     Ok(())
 }

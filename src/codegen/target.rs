@@ -41,6 +41,11 @@ pub struct Target {
     /// `minStorageBufferOffsetAlignment` in bytes, for kernels that bind chunks.
     pub storage_offset_alignment: u32,
     pub subgroups: bool,
+    /// The subgroup size when the adapter has a single one (`subgroup_min_size ==
+    /// subgroup_max_size`); the subgroup GEMM kernels bake it in. `None` when unknown.
+    pub subgroup_size: Option<u32>,
+    /// Whether the adapter runs shaders on the CPU (lavapipe), which favours larger tiles.
+    pub cpu: bool,
     pub tuning: Tuning,
 }
 
@@ -55,6 +60,8 @@ impl Default for Target {
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
             subgroups: false,
+            subgroup_size: None,
+            cpu: false,
             tuning: Tuning::default(),
         }
     }
@@ -76,6 +83,8 @@ impl Target {
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_size: None,
+            cpu: false,
             tuning: Tuning::default(),
         }
     }

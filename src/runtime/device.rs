@@ -137,6 +137,10 @@ impl Gpu {
 
     /// Returns the compile target that this device's limits and features allow.
     pub fn target(&self) -> crate::codegen::Target {
-        crate::codegen::Target::from_limits(&self.limits, self.features)
+        let mut target = crate::codegen::Target::from_limits(&self.limits, self.features);
+        let fixed = self.info.subgroup_min_size == self.info.subgroup_max_size;
+        target.subgroup_size = (target.subgroups && fixed).then_some(self.info.subgroup_min_size);
+        target.cpu = self.info.device_type == wgpu::DeviceType::Cpu;
+        target
     }
 }

@@ -1,0 +1,246 @@
+//! Writes the WGSL of one implicit-GEMM kernel from a [`Problem`] and a [`Tiling`].
+//!
+//! Each invocation accumulates a `tile_m x tile_n` block of C in scalar variables. Its
+//! columns are interleaved with its neighbours' (column `j` of a lane is
+//! `n_lane + j * stride`), so neighbouring lanes read neighbouring pixels. With a subgroup
+//! size set, the A values of a step are loaded once per subgroup, one row per lane, and
+//! handed to every lane with `subgroupBroadcast`. Without one, every invocation loads its
+//! own A values.
+
+use super::problem::Problem;
+use super::{ConvOp, GemmError, GemmKernel, Operand, Tiling};
+use crate::codegen::Grid;
+use std::fmt::Write;
+
+pub(super) fn kernel(
+    p: &Problem,
+    t: &Tiling,
+    with_bias: bool,
+    max_workgroups_per_dimension: u32,
+) -> Result<GemmKernel, GemmError> {
+    let columns_per_workgroup = t.workgroup_size * t.tile_n;
+    let tiles_m = p.m.div_ceil(t.tile_m);
+    let tiles_n = p.n.div_ceil(columns_per_workgroup);
+    let total = u64::from(p.classes) * u64::from(tiles_m) * u64::from(tiles_n);
+    let too_large = GemmError::GridTooLarge {
+        op: p.op.name(),
+        workgroups: total,
+        limit: max_workgroups_per_dimension,
+    };
+    if total > i32::MAX as u64 {
+        return Err(too_large);
+    }
+    let grid =
+        Grid::fold(p.op.name(), total, max_workgroups_per_dimension).map_err(|_| too_large)?;
+
+    let mut s = String::new();
+    header(&mut s, p, t, [tiles_m, tiles_n], &grid);
+    bindings(&mut s, p.op, with_bias);
+    entry(&mut s, p, t, with_bias);
+    Ok(GemmKernel {
+        label: format!("{}_{}x{}x{}", p.op.name(), p.m, p.n, p.k),
+        wgsl: s,
+        entry_point: "main",
+        bindings: binding_roles(p.op, with_bias),
+        grid,
+        uses_subgroups: t.subgroup_size.is_some(),
+        flops: 0,
+    })
+}
+
+fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], grid: &Grid) {
+    let lanes = t.subgroup_size.map_or("none".to_string(), |n| n.to_string());
+    let classes = match p.classes {
+        1 => String::new(),
+        n => format!(", once per each of {n} output parity classes"),
+    };
+    let _ = writeln!(
+        s,
+        "// {}: implicit GEMM, M = {}, N = {}, K = {}{classes}.\n\
+         // Tiling: {}x{} outputs per invocation, {} invocations per workgroup, subgroup {lanes},\n\
+         // {} reduction steps staged at a time, in blocks of {} rows.",
+        p.op.name(),
+        p.m,
+        p.n,
+        p.k,
+        t.tile_m,
+        t.tile_n,
+        t.workgroup_size,
+        t.k_chunk,
+        t.block_m.clamp(1, t.tile_m)
+    );
+    let gemm = [("M", p.m as usize), ("N", p.n as usize), ("K", p.k as usize)];
+    for (name, value) in gemm.iter().chain(p.constants()) {
+        let _ = writeln!(s, "const {name} = {value}i;");
+    }
+    let _ = writeln!(s, "const TILES_M = {}i;\nconst TILES_N = {}i;", tiles[0], tiles[1]);
+    let _ = writeln!(s, "{}", grid.wgsl());
+}
+
+fn bindings(s: &mut String, op: ConvOp, with_bias: bool) {
+    let (a, b) = match op {
+        ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("weight", "input"),
+        ConvOp::Conv2dWeightGrad => ("output gradient", "input"),
+        ConvOp::ConvTranspose2dWeightGrad => ("input", "output gradient"),
+    };
+    let _ = writeln!(
+        s,
+        "// A: the {a}.\n@group(0) @binding(0) var<storage, read> lhs: array<f32>;\n\
+         // B: the {b}.\n@group(0) @binding(1) var<storage, read> rhs: array<f32>;\n\
+         @group(0) @binding(2) var<storage, read_write> dst: array<f32>;"
+    );
+    if with_bias {
+        let _ = writeln!(s, "@group(0) @binding(3) var<storage, read> bias: array<f32>;");
+    }
+    s.push('\n');
+}
+
+fn binding_roles(op: ConvOp, with_bias: bool) -> Vec<Operand> {
+    let mut roles = match op {
+        ConvOp::Conv2d | ConvOp::ConvTranspose2d => vec![Operand::Weight, Operand::Input],
+        ConvOp::Conv2dWeightGrad => vec![Operand::OutputGrad, Operand::Input],
+        ConvOp::ConvTranspose2dWeightGrad => vec![Operand::Input, Operand::OutputGrad],
+    };
+    roles.push(Operand::Output);
+    if with_bias {
+        roles.push(Operand::Bias);
+    }
+    roles
+}
+
+fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
+    let (tm, tn) = (t.tile_m, t.tile_n);
+    let lane_builtins = if t.subgroup_size.is_some() {
+        ",\n    @builtin(subgroup_invocation_id) lane_id: u32,\n    @builtin(subgroup_id) subgroup_id: u32"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        s,
+        "@compute @workgroup_size({})\nfn main(\n    @builtin(workgroup_id) wg: vec3<u32>,\n    \
+         @builtin(local_invocation_index) local: u32{lane_builtins},\n) {{",
+        t.workgroup_size
+    );
+    s.push_str(
+        "    let flat = group_index(wg);\n    if flat >= GROUPS {\n        return;\n    }\n",
+    );
+    s.push_str("    let parity = i32(flat) / (TILES_M * TILES_N);\n");
+    s.push_str("    let tile = i32(flat) % (TILES_M * TILES_N);\n");
+    let _ = writeln!(s, "    let m0 = (tile % TILES_M) * {tm};");
+    let _ = writeln!(s, "    let n0 = (tile / TILES_M) * {};", t.workgroup_size * tn);
+    s.push_str(p.class_setup());
+
+    // Column j of this invocation is n_lane + j * stride.
+    let stride = match t.subgroup_size {
+        Some(lanes) => {
+            let _ = writeln!(s, "    let lane = i32(lane_id);");
+            let _ = writeln!(s, "    let n_lane = n0 + i32(subgroup_id) * {} + lane;", lanes * tn);
+            lanes
+        }
+        None => {
+            s.push_str("    let n_lane = n0 + i32(local);\n");
+            t.workgroup_size
+        }
+    };
+    for j in 0..tn {
+        let _ = writeln!(s, "    let col{j} = n_lane + {};", j * stride);
+        s.push_str(&p.column_setup(j));
+    }
+
+    // Rows this invocation loads of A: one per subgroup lane, or all of its own.
+    let a_rows: Vec<String> = match t.subgroup_size {
+        Some(lanes) => {
+            (0..tm.div_ceil(lanes)).map(|r| format!("m0 + {} + lane", r * lanes)).collect()
+        }
+        None => (0..tm).map(|i| format!("m0 + {i}")).collect(),
+    };
+    for (r, row) in a_rows.iter().enumerate() {
+        let _ = writeln!(s, "    let ar{r} = {row};\n    let ar{r}_live = ar{r} < M;");
+    }
+    for i in 0..tm {
+        for j in 0..tn {
+            let _ = writeln!(s, "    var c{i}_{j} = 0.0;");
+        }
+    }
+
+    main_loop(s, p, t, a_rows.len());
+
+    // Store the tile.
+    for i in 0..tm {
+        let _ = writeln!(s, "    let row{i} = m0 + {i};");
+        for j in 0..tn {
+            let value =
+                if with_bias { format!("c{i}_{j} + bias[row{i}]") } else { format!("c{i}_{j}") };
+            let _ = writeln!(
+                s,
+                "    if row{i} < M && live{j} {{\n        dst[{}] = {value};\n    }}",
+                p.output_offset(&format!("row{i}"), j)
+            );
+        }
+    }
+    s.push_str("}\n");
+}
+
+/// Writes the `k` loop. Each trip stages `k_chunk` steps of A and B values, then runs the
+/// multiply-adds one block of `block_m` rows at a time. A block's accumulators can then
+/// stay in registers for the whole chunk while the staged operands are reread.
+fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
+    let (tm, tn, chunk) = (t.tile_m, t.tile_n, t.k_chunk);
+    let ragged = p.k % chunk != 0;
+    for kk in 0..chunk {
+        let names: Vec<String> = (0..a_loads)
+            .map(|r| format!("a{kk}_{r}"))
+            .chain((0..tn).map(|j| format!("b{kk}_{j}")))
+            .collect();
+        let _ = writeln!(s, "    var {}: f32;", names.join(": f32;\n    var "));
+    }
+    let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
+    for kk in 0..chunk {
+        let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
+        s.push_str(p.step_setup());
+        let in_range = if ragged { " && k < K" } else { "" };
+        for r in 0..a_loads {
+            let access = p.a_access(&format!("ar{r}"));
+            let extra = if access.valid.is_empty() {
+                String::new()
+            } else {
+                format!(" && {}", access.valid)
+            };
+            let _ = writeln!(
+                s,
+                "        let a{r}_valid = ar{r}_live{extra}{in_range};\n        \
+                 a{kk}_{r} = select(0.0, lhs[select(0i, {}, a{r}_valid)], a{r}_valid);",
+                access.offset
+            );
+        }
+        for j in 0..tn {
+            s.push_str(&p.b_pixel(j));
+            let access = p.b_access(j);
+            let _ = writeln!(
+                s,
+                "        let b{j}_valid = {}{in_range};\n        \
+                 b{kk}_{j} = select(0.0, rhs[select(0i, {}, b{j}_valid)], b{j}_valid);",
+                access.valid, access.offset
+            );
+        }
+        s.push_str("        }\n");
+    }
+    let block = t.block_m.clamp(1, tm);
+    for first in (0..tm).step_by(block as usize) {
+        for kk in 0..chunk {
+            for i in first..(first + block).min(tm) {
+                let a = match t.subgroup_size {
+                    Some(lanes) => {
+                        format!("subgroupBroadcast(a{kk}_{}, {}u)", i / lanes, i % lanes)
+                    }
+                    None => format!("a{kk}_{i}"),
+                };
+                let _ = writeln!(s, "        let s{kk}_{i} = {a};");
+                for j in 0..tn {
+                    let _ = writeln!(s, "        c{i}_{j} = fma(s{kk}_{i}, b{kk}_{j}, c{i}_{j});");
+                }
+            }
+        }
+    }
+    s.push_str("    }\n");
+}

@@ -1,0 +1,267 @@
+//! The GEMM view of each convolution op: sizes, and the WGSL expressions that compute the
+//! address of each A and B element and of each output from the GEMM indices.
+//!
+//! All index arithmetic is `i32`, so that padding taps can go negative before the bounds
+//! test. Every snippet reads the names the emitter defines: `k` (the reduction index),
+//! `parity` (the output parity class of conv_transpose2d) and per-column values suffixed
+//! with the column number.
+
+use super::{ConvGeometry, ConvOp, GemmError};
+
+/// One convolution as `C[m, n] = sum_k A(m, k) * B(k, n)`, run once per class.
+pub(super) struct Problem {
+    pub op: ConvOp,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    /// Independent GEMMs of the same size: the output parity classes of conv_transpose2d,
+    /// 1 for the other ops.
+    pub classes: u32,
+    constants: Vec<(&'static str, usize)>,
+}
+
+/// An element access: its offset in the buffer and whether it is inside the tensor.
+pub(super) struct Access {
+    pub offset: String,
+    pub valid: String,
+}
+
+impl Problem {
+    pub fn new(op: ConvOp, g: &ConvGeometry) -> Self {
+        let [h, w] = g.in_size;
+        let [oh, ow] = g.out_size;
+        let [kh, kw] = g.kernel;
+        let [sy, sx] = g.stride;
+        let [py, px] = g.padding;
+        let (ci, co, batch) = (g.in_channels, g.out_channels, g.batch);
+        let spatial = [("KH", kh), ("KW", kw), ("SY", sy), ("SX", sx), ("PY", py), ("PX", px)];
+        let (m, n, k, classes, mut constants) = match op {
+            ConvOp::Conv2d => {
+                let c = vec![("CI", ci), ("H", h), ("W", w), ("CO", co), ("OH", oh), ("OW", ow)];
+                (co, batch * oh * ow, ci * kh * kw, 1, c)
+            }
+            ConvOp::ConvTranspose2d => {
+                let (qh, qw) = (oh.div_ceil(sy), ow.div_ceil(sx));
+                let (ty, tx) = (kh.div_ceil(sy), kw.div_ceil(sx));
+                let c = vec![
+                    ("CI", ci),
+                    ("H", h),
+                    ("W", w),
+                    ("CO", co),
+                    ("OH", oh),
+                    ("OW", ow),
+                    ("QH", qh),
+                    ("QW", qw),
+                    ("TY", ty),
+                    ("TX", tx),
+                ];
+                (co, batch * qh * qw, ci * ty * tx, sy * sx, c)
+            }
+            ConvOp::Conv2dWeightGrad => {
+                // A is dy over the output pixels, B gathers x.
+                let c = vec![("C2", ci), ("DH", oh), ("DW", ow), ("IH", h), ("IW", w)];
+                (co, ci * kh * kw, batch * oh * ow, 1, c)
+            }
+            ConvOp::ConvTranspose2dWeightGrad => {
+                // A is x over the input pixels, B gathers dy: the same correlation as the
+                // conv2d weight gradient with the two images swapped.
+                let c = vec![("C2", co), ("DH", h), ("DW", w), ("IH", oh), ("IW", ow)];
+                (ci, co * kh * kw, batch * h * w, 1, c)
+            }
+        };
+        constants.extend(spatial);
+        let as_u32 = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Problem {
+            op,
+            m: as_u32(m),
+            n: as_u32(n),
+            k: as_u32(k),
+            classes: as_u32(classes),
+            constants,
+        }
+    }
+
+    /// Returns the op's sizes as `(name, value)` pairs, declared as `i32` constants in the shader.
+    pub fn constants(&self) -> &[(&'static str, usize)] {
+        &self.constants
+    }
+
+    /// Statements run once per workgroup after `parity` is known.
+    pub fn class_setup(&self) -> &'static str {
+        match self.op {
+            ConvOp::ConvTranspose2d => {
+                "    // Output rows oy = qy * SY + ry are reached by the taps ky = ky0 + ty * SY,\n\
+                 \x20   // from input rows iy = qy + dy0 - ty.\n\
+                 \x20   let ry = parity / SX;\n\
+                 \x20   let rx = parity % SX;\n\
+                 \x20   let ky0 = (ry + PY) % SY;\n\
+                 \x20   let kx0 = (rx + PX) % SX;\n\
+                 \x20   let dy0 = (ry + PY - ky0) / SY;\n\
+                 \x20   let dx0 = (rx + PX - kx0) / SX;\n"
+            }
+            _ => "",
+        }
+    }
+
+    /// Statements that decode column `col{j}` (already defined) into the values its loads and
+    /// its store need, including `live{j}`, whether the column is an output at all.
+    pub fn column_setup(&self, j: u32) -> String {
+        match self.op {
+            ConvOp::Conv2d => format!(
+                "    let live{j} = col{j} < N;\n\
+                 \x20   let b{j} = col{j} / (OH * OW);\n\
+                 \x20   let pix{j} = col{j} % (OH * OW);\n\
+                 \x20   let y{j} = (pix{j} / OW) * SY - PY;\n\
+                 \x20   let x{j} = (pix{j} % OW) * SX - PX;\n\
+                 \x20   let base{j} = b{j} * (CI * H * W) + y{j} * W + x{j};\n"
+            ),
+            ConvOp::ConvTranspose2d => format!(
+                "    let b{j} = col{j} / (QH * QW);\n\
+                 \x20   let q{j} = col{j} % (QH * QW);\n\
+                 \x20   let oy{j} = (q{j} / QW) * SY + ry;\n\
+                 \x20   let ox{j} = (q{j} % QW) * SX + rx;\n\
+                 \x20   let live{j} = col{j} < N && oy{j} < OH && ox{j} < OW;\n\
+                 \x20   let y{j} = q{j} / QW + dy0;\n\
+                 \x20   let x{j} = q{j} % QW + dx0;\n\
+                 \x20   let base{j} = b{j} * (CI * H * W) + y{j} * W + x{j};\n"
+            ),
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => format!(
+                "    let live{j} = col{j} < N;\n\
+                 \x20   let ky{j} = (col{j} / KW) % KH;\n\
+                 \x20   let kx{j} = col{j} % KW;\n\
+                 \x20   let base{j} = (col{j} / (KH * KW)) * (IH * IW) + ky{j} * IW + kx{j};\n"
+            ),
+        }
+    }
+
+    /// Statements at the top of each step of the `k` loop, shared by all loads of the step.
+    pub fn step_setup(&self) -> &'static str {
+        match self.op {
+            ConvOp::Conv2d => {
+                "        let ci = k / (KH * KW);\n\
+                 \x20       let ky = (k / KW) % KH;\n\
+                 \x20       let kx = k % KW;\n\
+                 \x20       let koff = ci * (H * W) + ky * W + kx;\n"
+            }
+            ConvOp::ConvTranspose2d => {
+                "        let ci = k / (TY * TX);\n\
+                 \x20       let ty = (k / TX) % TY;\n\
+                 \x20       let tx = k % TX;\n\
+                 \x20       let ky = ky0 + ty * SY;\n\
+                 \x20       let kx = kx0 + tx * SX;\n\
+                 \x20       let tap = ky < KH && kx < KW;\n\
+                 \x20       let koff = ci * (H * W) - ty * W - tx;\n\
+                 \x20       let aoff = ci * (CO * KH * KW) + ky * KW + kx;\n"
+            }
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
+                "        let b = k / (DH * DW);\n\
+                 \x20       let pix = k % (DH * DW);\n\
+                 \x20       let y = (pix / DW) * SY - PY;\n\
+                 \x20       let x = (pix % DW) * SX - PX;\n\
+                 \x20       let aoff = b * (M * DH * DW) + pix;\n\
+                 \x20       let boff = b * (C2 * IH * IW) + y * IW + x;\n"
+            }
+        }
+    }
+
+    /// Returns the A element of row `row` (an `i32` expression) at step `k`.
+    pub fn a_access(&self, row: &str) -> Access {
+        match self.op {
+            ConvOp::Conv2d => Access { offset: format!("{row} * K + k"), valid: String::new() },
+            ConvOp::ConvTranspose2d => {
+                Access { offset: format!("aoff + {row} * (KH * KW)"), valid: "tap".to_string() }
+            }
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
+                Access { offset: format!("aoff + {row} * (DH * DW)"), valid: String::new() }
+            }
+        }
+    }
+
+    /// Statements defining `by{j}`, `bx{j}` (the input pixel) before [`Self::b_access`].
+    pub fn b_pixel(&self, j: u32) -> String {
+        match self.op {
+            ConvOp::Conv2d => {
+                format!("        let by{j} = y{j} + ky;\n        let bx{j} = x{j} + kx;\n")
+            }
+            ConvOp::ConvTranspose2d => {
+                format!("        let by{j} = y{j} - ty;\n        let bx{j} = x{j} - tx;\n")
+            }
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
+                format!("        let by{j} = y + ky{j};\n        let bx{j} = x + kx{j};\n")
+            }
+        }
+    }
+
+    /// Returns the B element of column `j` at step `k`, after [`Self::b_pixel`].
+    pub fn b_access(&self, j: u32) -> Access {
+        let (rows, cols, offset) = match self.op {
+            ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("H", "W", format!("base{j} + koff")),
+            _ => ("IH", "IW", format!("boff + base{j}")),
+        };
+        let valid = format!("live{j} && u32(by{j}) < u32({rows}) && u32(bx{j}) < u32({cols})");
+        Access { offset, valid }
+    }
+
+    /// Returns the offset of output element (`row`, column `j`).
+    pub fn output_offset(&self, row: &str, j: u32) -> String {
+        match self.op {
+            ConvOp::Conv2d => format!("b{j} * (CO * OH * OW) + {row} * (OH * OW) + pix{j}"),
+            ConvOp::ConvTranspose2d => {
+                format!("b{j} * (CO * OH * OW) + {row} * (OH * OW) + oy{j} * OW + ox{j}")
+            }
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
+                format!("{row} * N + col{j}")
+            }
+        }
+    }
+}
+
+/// Checks that `g` is a geometry `op` can run: sizes at least 1, the output size from the
+/// op's shape rule, and every buffer index within `i32`.
+pub(super) fn check_geometry(op: ConvOp, g: &ConvGeometry) -> Result<(), GemmError> {
+    let invalid = |reason: String| Err(GemmError::InvalidGeometry { op: op.name(), reason });
+    let dims = [
+        g.batch,
+        g.in_channels,
+        g.out_channels,
+        g.in_size[0],
+        g.in_size[1],
+        g.out_size[0],
+        g.out_size[1],
+        g.kernel[0],
+        g.kernel[1],
+        g.stride[0],
+        g.stride[1],
+    ];
+    if dims.contains(&0) {
+        return invalid(format!("every size, kernel and stride must be at least 1, got {g:?}"));
+    }
+    for d in 0..2 {
+        let (i, o, k, s, p) = (g.in_size[d], g.out_size[d], g.kernel[d], g.stride[d], g.padding[d]);
+        let ok = match op {
+            ConvOp::Conv2d | ConvOp::Conv2dWeightGrad => {
+                i + 2 * p >= k && o == (i + 2 * p - k) / s + 1
+            }
+            // The output size may exceed the plain rule by an output padding below the
+            // stride, as when conv_transpose2d computes the input gradient of a conv2d.
+            ConvOp::ConvTranspose2d | ConvOp::ConvTranspose2dWeightGrad => {
+                let full = (i - 1) * s + k;
+                o + 2 * p >= full && o + 2 * p < full + s
+            }
+        };
+        if !ok {
+            return invalid(format!(
+                "output size {o} along axis {d} does not follow from input {i}, kernel {k}, \
+                 stride {s} and padding {p}"
+            ));
+        }
+    }
+    let elements = |c: usize, s: [usize; 2]| g.batch * c * s[0] * s[1];
+    let largest = elements(g.in_channels, g.in_size)
+        .max(elements(g.out_channels, g.out_size))
+        .max(g.in_channels * g.out_channels * g.kernel[0] * g.kernel[1]);
+    if largest > i32::MAX as usize {
+        return invalid(format!("a tensor of {largest} elements exceeds the i32 index range"));
+    }
+    Ok(())
+}

@@ -1,48 +1,43 @@
-// The transpose of conv2d, as a gather: y[n, co, oy, ox] = bias[co] + sum over
-// (ci, ky, kx) of x[n, ci, iy, ix] * w[ci, co, ky, kx] where oy = iy * SH + ky - PH and
-// ox = ix * SW + kx - PW. Each invocation computes COT output channels of one pixel.
+// The transpose of conv2d: y[n, co, oy, ox] = bias[co] + sum over (ci, ky, kx) of
+// x[n, ci, iy, ix] * w[ci, co, ky, kx] where oy = iy * SH + ky - PH, ox = ix * SW + kx - PW.
+// Output pixels whose ox share a residue modulo SW use the same kernel columns, so each
+// invocation takes TP pixels of one residue class of one row (ox = rx + SW * q) and
+// visits only the taps that reach them: ky = (oy + PH) mod SH + SH * a, and likewise kx.
+// For those, ix = q + (rx + PW - kx) / SW exactly, so the TP inputs are contiguous. The
+// TP x TC register tile is unrolled into scalar variables by the code generator.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = group_index(wid) * WG + lid;
-    let pixels = N * OH * OW;
-    if (t >= pixels * CO_GROUPS) {
+    if (t >= N * OH * SW * Q_TILES * CO_GROUPS) {
         return;
     }
-    let ox = t % OW;
-    let oy = (t / OW) % OH;
-    let n = (t / (OW * OH)) % N;
-    let co0 = (t / pixels) * COT;
-
-    var acc: array<f32, COT>;
+    let tile = t % Q_TILES;
+    let rx = (t / Q_TILES) % SW;
+    let oy = (t / (Q_TILES * SW)) % OH;
+    let n = (t / (Q_TILES * SW * OH)) % N;
+    let co0 = (t / (Q_TILES * SW * OH * N)) * TC;
+    let q0 = tile * TP;
+{{DECLARE}}
+    let ky0 = (oy + u32(PH)) % SH;
+    let kx0 = (rx + u32(PW)) % SW;
     for (var ci = 0u; ci < CI; ci += 1u) {
         let x_plane = (n * CI + ci) * H * W;
-        for (var ky = 0u; ky < KH; ky += 1u) {
+        let w_ci = ci * CO * KH * KW;
+        for (var ky = ky0; ky < KH; ky += SH) {
             let ty = i32(oy) + PH - i32(ky);
-            if (ty < 0 || u32(ty) % SH != 0u || u32(ty) / SH >= H) {
+            let iy = ty / i32(SH);
+            if (ty < 0 || iy >= i32(H)) {
                 continue;
             }
-            let iy = u32(ty) / SH;
-            for (var kx = 0u; kx < KW; kx += 1u) {
-                let tx = i32(ox) + PW - i32(kx);
-                if (tx < 0 || u32(tx) % SW != 0u || u32(tx) / SW >= W) {
-                    continue;
-                }
-                let v = x[x_plane + iy * W + u32(tx) / SW];
-                let tap = ky * KW + kx;
-                for (var j = 0u; j < COT; j += 1u) {
-                    // Channels past CO read a valid weight and are never stored.
-                    let co = min(co0 + j, CO - 1u);
-                    acc[j] += v * w[(ci * CO + co) * KH * KW + tap];
-                }
+            let x_row = x_plane + u32(iy) * W;
+            for (var kx = kx0; kx < KW; kx += SW) {
+                let shift = (i32(rx) + PW - i32(kx)) / i32(SW);
+                let tap = w_ci + ky * KW + kx;
+{{LOADS}}
+{{FMAS}}
             }
         }
     }
-
-    for (var j = 0u; j < COT; j += 1u) {
-        let co = co0 + j;
-        if (co < CO) {
-            y[((n * CO + co) * OH + oy) * OW + ox] = acc[j] + {{BIAS}};
-        }
-    }
+{{STORES}}
 }

@@ -129,6 +129,7 @@ mod common {
                     crop: None,
                     flip: false,
                     batch: 1,
+                    labeled: None,
                 },
                 graph: self.graph.clone(),
                 steps,

@@ -452,6 +452,11 @@ mod errors {
     }
 
     #[test]
+    fn unused_train_value_is_reported() {
+        check("unused_let", &[], &[Unused]);
+    }
+
+    #[test]
     fn missing_input_and_argument() {
         check("missing_input", &[], &[Missing, Missing]);
     }
@@ -568,15 +573,6 @@ mod cli {
         let out = netc(&["check", "models/pix2pix.net", "--set", "nfg=32"]);
         assert!(!out.status.success());
         assert!(stderr(&out).contains("did you mean `ngf`?"), "{}", stderr(&out));
-    }
-
-    #[test]
-    fn check_grad_not_supported_yet() {
-        for flag in ["--grad", "--watch"] {
-            let out = netc(&["check", "models/pix2pix.net", flag]);
-            assert!(!out.status.success());
-            assert!(stderr(&out).contains("not supported yet"), "{}", stderr(&out));
-        }
     }
 
     #[test]
@@ -810,5 +806,42 @@ mod fuzz {
             let text = std::fs::read_to_string("models/pix2pix.net").unwrap();
             exercise("pix2pix.net", &text, &[format!("{name}={value}"), "ngf=8".into()]);
         }
+    }
+}
+
+/// IR dumps of the shipped models: one line per node in topological order, so that any
+/// change to the lowering shows up as a reviewable snapshot diff.
+mod ir_dump {
+    use super::*;
+
+    fn dump(graph: &ir::Graph) -> String {
+        let mut out = String::new();
+        for id in graph.topo_order() {
+            let node = graph.node(id);
+            let operands: Vec<&str> =
+                graph.operands(id).iter().map(|&o| graph.node(o).name.as_str()).collect();
+            let line = format!(
+                "{} {} {} {} <- [{}]\n",
+                node.phase,
+                node.name,
+                node.op.name(),
+                node.shape,
+                operands.join(", ")
+            );
+            out.push_str(&line);
+        }
+        out
+    }
+
+    #[test]
+    fn classifier_net_dump() {
+        let m = compile_model("models/classifier.net", &[]);
+        insta::assert_snapshot!(dump(&m.net("classifier").unwrap().graph));
+    }
+
+    #[test]
+    fn pix2pix_train_dump() {
+        let m = compile_model("models/pix2pix.net", &["ngf=8", "ndf=8", "size=64"]);
+        insta::assert_snapshot!(dump(&m.train.as_ref().unwrap().graph));
     }
 }

@@ -673,3 +673,67 @@ mod limits {
         assert_close("output", &outcome.device, &outcome.reference.data, 1e-4);
     }
 }
+
+#[path = "unet/mod.rs"]
+mod unet;
+
+mod generator {
+    use super::support::{assert_close, gpu};
+    use netc::codegen::wgsl::RunValues;
+    use netc::codegen::{lower_graph, Mode};
+    use netc::reference::{self, Tensor};
+    use netc::runtime::{initial_values, ParamStore, Program};
+    use std::collections::HashMap;
+
+    /// Runs the whole U-Net on the device and in the reference, from the same seeded
+    /// parameters, and compares the output and the updated running statistics.
+    fn compare(mode: Mode, batch: usize) {
+        let module = super::unet::generator(4, 256, batch);
+        let net = &module.nets[0];
+        let output = net.graph.output("output").unwrap();
+        let input: Vec<f32> =
+            (0..batch * 3 * 256 * 256).map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0).collect();
+        let run = RunValues { seed: 3, step: 1, ..Default::default() };
+
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let params = ParamStore::initialized(&gpu, &module, 9).unwrap();
+        let kernels = lower_graph(&net.graph, &gpu.target(), mode).unwrap();
+        let outputs = vec![("output".to_string(), output)];
+        let program =
+            Program::compile(&gpu, &net.graph, mode, &kernels, &params, &outputs).unwrap();
+        assert!(
+            program.memory().intermediate_bytes < program.memory().unshared_bytes * 3 / 4,
+            "memory plan shares too little: {:?}",
+            program.memory()
+        );
+        program.write_input(&gpu, "input", &input).unwrap();
+        let device = program.run(&gpu, &run, &["output"]).unwrap().remove(0);
+        let device_params = params.download_all(&gpu).unwrap();
+        drop(gpu);
+
+        let mut values: Vec<Option<Tensor>> = module
+            .params
+            .iter()
+            .map(|decl| Some(Tensor::new(decl.shape.0.clone(), initial_values(decl, 9).unwrap())))
+            .collect();
+        let inputs =
+            HashMap::from([("input".to_string(), Tensor::new(vec![batch, 3, 256, 256], input))]);
+        let result = reference::evaluate(&net.graph, &inputs, &mut values, mode, &run).unwrap();
+        let want = result[output.index()].as_ref().unwrap();
+        assert_close("generator output", &device, &want.data, 1e-4);
+        for (id, decl) in module.params.iter().enumerate() {
+            let want = values[id].as_ref().unwrap();
+            assert_close(&decl.name, &device_params[id], &want.data, 1e-4);
+        }
+    }
+
+    #[test]
+    fn unet_forward_matches_reference_in_evaluation() {
+        compare(Mode::Eval, 1);
+    }
+
+    #[test]
+    fn unet_forward_matches_reference_in_training() {
+        compare(Mode::Train, 2);
+    }
+}

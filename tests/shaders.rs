@@ -195,3 +195,66 @@ fn op_kind_shaders_match_snapshots() {
         insta::assert_snapshot!(name, program_text(&kernels));
     }
 }
+
+#[test]
+fn pix2pix_generator_program_matches_snapshot() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+    let module = netc::frontend::compile_file(&path, &[]).expect("pix2pix.net compiles");
+    let net = module.net("generator").expect("pix2pix has a generator");
+    let kernels =
+        lower_graph(&net.graph, &Target::default(), Mode::Eval).expect("lowering succeeds");
+    for kernel in &kernels {
+        if let Err(message) = validate_wgsl(&kernel.wgsl) {
+            panic!("kernel {} is invalid WGSL:\n{message}", kernel.name);
+        }
+    }
+    insta::assert_snapshot!("pix2pix_generator", program_text(&kernels));
+}
+
+#[test]
+fn netc_shaders_writes_valid_wgsl_files() {
+    let out = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(["shaders", model.to_str().unwrap(), "--set", "ngf=8", "--set", "ndf=8", "-o"])
+        .arg(out.path())
+        .output()
+        .expect("netc runs");
+    assert!(
+        status.status.success(),
+        "netc shaders failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let mut files = Vec::new();
+    for folder in ["generator", "discriminator", "train"] {
+        let dir = out.path().join(folder);
+        assert!(dir.is_dir(), "{folder} folder missing");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    assert!(files.len() > 100, "only {} shaders", files.len());
+    assert!(out.path().join("generator/generator.e2.conv.conv2d.wgsl").is_file());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        if let Err(message) = validate_wgsl(&text) {
+            panic!("{} is invalid WGSL:\n{message}", file.display());
+        }
+    }
+
+    // An independent naga (the `naga` command of naga-cli) checks them too where installed.
+    let Ok(version) = std::process::Command::new("naga").arg("--version").output() else {
+        return;
+    };
+    assert!(version.status.success());
+    for file in &files {
+        let result = std::process::Command::new("naga").arg(file).output().unwrap();
+        assert!(
+            result.status.success(),
+            "naga rejects {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+}

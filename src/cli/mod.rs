@@ -6,6 +6,7 @@ mod data;
 mod devices;
 mod diff;
 mod graph;
+mod infer;
 mod run;
 mod shaders;
 mod watch;

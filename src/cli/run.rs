@@ -68,9 +68,15 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
+    if !args.infer.is_empty() {
+        return super::infer::run(args);
+    }
     match &args.train {
         Some(dataset) => train(args, dataset),
-        None => Err(miette::miette!("netc run --infer is not built yet")),
+        None => Err(miette::miette!(
+            help = "pass --train NAME to train, or --infer IMAGE... with --weights to run the generator",
+            "netc run needs --train or --infer"
+        )),
     }
 }
 

@@ -1,8 +1,11 @@
-//! Direct convolutions: conv2d and conv_transpose2d, each invocation accumulating a tile
-//! of output channels for one output pixel.
+//! Convolutions as implicit GEMMs: conv2d and conv_transpose2d, each invocation
+//! accumulating a register tile of `conv_pixel_tile` output pixels by
+//! `conv_out_channel_tile` output channels. The transposed convolution visits only the
+//! kernel taps that reach each output pixel, so a stride-2 layer does a quarter of the
+//! work of the plain gather.
 //!
-//! FIXME(perf): these are direct loops; implicit-GEMM lowerings with larger register
-//! tiles (and subgroup sharing where the target has it) belong here, chosen by `Tuning`.
+//! FIXME(perf): no subgroup operand sharing or texture loads yet, which is where the
+//! remaining speed on lavapipe is.
 
 use super::wgsl::{fill, i, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext};
@@ -27,9 +30,15 @@ fn lower_conv(
     let (kh, kw) = (weight[2], weight[3]);
 
     let tuning = &ctx.target.tuning;
-    let tile = (tuning.conv_out_channel_tile as usize).clamp(1, co);
-    let co_groups = co.div_ceil(tile);
-    let invocations = (n * oh * ow * co_groups) as u64;
+    let channel_tile = (tuning.conv_out_channel_tile as usize).clamp(1, co);
+    let co_groups = co.div_ceil(channel_tile);
+    let transposed = template == CONV_TRANSPOSE2D;
+    // A conv2d tile runs along a row; a transposed tile along one residue class of it.
+    let row = if transposed { ow.div_ceil(stride[1]) } else { ow };
+    let pixel_tile = (tuning.conv_pixel_tile as usize).clamp(1, row);
+    let row_tiles = row.div_ceil(pixel_tile);
+    let classes = if transposed { stride[1] } else { 1 };
+    let invocations = (n * oh * classes * row_tiles * co_groups) as u64;
     let groups = invocations.div_ceil(u64::from(tuning.workgroup_size));
     let grid = Grid::fold(&ctx.kernel_name(role), groups, ctx.target.max_workgroups_per_dimension)?;
 
@@ -48,18 +57,108 @@ fn lower_conv(
         ("SW", u(stride[1] as u64)),
         ("PH", i(padding[0] as i64)),
         ("PW", i(padding[1] as i64)),
-        ("COT", u(tile as u64)),
+        ("TP", u(pixel_tile as u64)),
+        ("TC", u(channel_tile as u64)),
         ("CO_GROUPS", u(co_groups as u64)),
+        (if transposed { "Q_TILES" } else { "OW_TILES" }, u(row_tiles as u64)),
     ];
     let has_bias = ctx.operand_count() == 3;
-    let body = fill(template, &[("BIAS", if has_bias { "b[co]" } else { "0.0" }.to_string())]);
+    let tile = TileCode { pixels: pixel_tile, channels: channel_tile, transposed, has_bias };
+    let body = fill(
+        template,
+        &[
+            ("DECLARE", tile.declarations()),
+            ("LOADS", tile.loads()),
+            ("FMAS", tile.multiply_adds()),
+            ("STORES", tile.stores()),
+        ],
+    );
     let mut bindings: Vec<Binding> = vec![ctx.read("x", 0), ctx.read("w", 1)];
     if has_bias {
         bindings.push(ctx.read("b", 2));
     }
     bindings.push(ctx.output("y"));
-    let flops = 2 * (n * co * oh * ow) as u64 * (ci * kh * kw) as u64;
+    // A transposed convolution reaches each output pixel with KH*KW / (SH*SW) taps.
+    let taps = if transposed { (kh * kw) / (stride[0] * stride[1]).max(1) } else { kh * kw };
+    let flops = 2 * (n * co * oh * ow) as u64 * (ci * taps) as u64;
     Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
+}
+
+/// The unrolled register tile of a convolution kernel: `pixels` x `channels` scalar
+/// accumulators `a{j}_{p}`, the input loads `x{p}` and weight loads `w{j}` of one tap.
+struct TileCode {
+    pixels: usize,
+    channels: usize,
+    transposed: bool,
+    has_bias: bool,
+}
+
+impl TileCode {
+    fn declarations(&self) -> String {
+        let mut code = String::new();
+        for j in 0..self.channels {
+            // Channels past CO read a valid weight row and are never stored.
+            let row = if self.transposed { "KH * KW" } else { "CI * KH * KW" };
+            code.push_str(&format!("    let wb{j} = min(co0 + {j}u, CO - 1u) * ({row});\n"));
+        }
+        for j in 0..self.channels {
+            let names: Vec<String> = (0..self.pixels).map(|p| format!("a{j}_{p}")).collect();
+            for name in names {
+                code.push_str(&format!("    var {name} = 0.0;\n"));
+            }
+        }
+        code
+    }
+
+    fn loads(&self) -> String {
+        let indent = "                ";
+        let mut code = String::new();
+        for p in 0..self.pixels {
+            let ix = if self.transposed {
+                format!("i32(q0 + {p}u) + shift")
+            } else {
+                format!("i32((ox0 + {p}u) * SW + kx) - PW")
+            };
+            code.push_str(&format!("{indent}let ix{p} = {ix};\n"));
+            code.push_str(&format!(
+                "{indent}let x{p} = select(0.0, x[x_row + u32(clamp(ix{p}, 0, i32(W) - 1))], \
+                 ix{p} >= 0 && ix{p} < i32(W));\n"
+            ));
+        }
+        for j in 0..self.channels {
+            code.push_str(&format!("{indent}let w{j} = w[wb{j} + tap];\n"));
+        }
+        code
+    }
+
+    fn multiply_adds(&self) -> String {
+        let mut code = String::new();
+        for j in 0..self.channels {
+            for p in 0..self.pixels {
+                code.push_str(&format!("                a{j}_{p} += w{j} * x{p};\n"));
+            }
+        }
+        code
+    }
+
+    fn stores(&self) -> String {
+        let mut code = String::new();
+        for j in 0..self.channels {
+            let bias = if self.has_bias { format!("b[co0 + {j}u]") } else { "0.0".to_string() };
+            for p in 0..self.pixels {
+                let ox = if self.transposed {
+                    format!("rx + SW * (q0 + {p}u)")
+                } else {
+                    format!("ox0 + {p}u")
+                };
+                code.push_str(&format!(
+                    "    if (co0 + {j}u < CO && {ox} < OW) {{\n        \
+                     y[((n * CO + co0 + {j}u) * OH + oy) * OW + {ox}] = a{j}_{p} + {bias};\n    }}\n"
+                ));
+            }
+        }
+        code
+    }
 }
 
 pub(super) fn lower_conv2d(
@@ -70,8 +169,6 @@ pub(super) fn lower_conv2d(
     lower_conv(ctx, "conv2d", CONV2D, stride, padding)
 }
 
-/// The flop estimate counts every tap of the gather, including the ones the stride
-/// skips, so it is an upper bound of about `stride^2` times the useful work.
 pub(super) fn lower_conv_transpose2d(
     ctx: &LowerContext<'_>,
     stride: [usize; 2],

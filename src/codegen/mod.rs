@@ -15,6 +15,7 @@
 
 mod conv;
 mod dense;
+pub mod dump;
 mod elementwise;
 mod grad;
 pub mod grid;

@@ -13,6 +13,9 @@ pub struct Tuning {
     /// Output channels each conv invocation accumulates, so one input load feeds that many
     /// multiply-adds.
     pub conv_out_channel_tile: u32,
+    /// Output pixels (along a row) each conv invocation accumulates, so one weight load
+    /// feeds that many multiply-adds.
+    pub conv_pixel_tile: u32,
     /// Maximum workgroups of the first stage of a full reduction.
     pub reduce_max_groups: u32,
 }
@@ -23,6 +26,7 @@ impl Default for Tuning {
             workgroup_size: 256,
             elementwise_items: 4,
             conv_out_channel_tile: 8,
+            conv_pixel_tile: 8,
             reduce_max_groups: 256,
         }
     }

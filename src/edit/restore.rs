@@ -41,7 +41,8 @@ pub fn restore_matching(
         let Some(tensor) = tensor else { continue };
         weight.data = tensor.values;
         for (name, values) in tensor.moments {
-            let target = moments.iter_mut().find(|m| m.name == name && m.data.len() == values.len());
+            let target =
+                moments.iter_mut().find(|m| m.name == name && m.data.len() == values.len());
             if let Some(target) = target {
                 target.data = values;
                 moments_copied += 1;

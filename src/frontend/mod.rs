@@ -16,6 +16,11 @@
 //! train graph they start with the call site, the `let` or loss term name
 //! (`fake.generator.e3.conv`), and parameter nodes of step `k` with `step<k>`.
 
+// NOTE: a `Diagnostic` (about 150 bytes) is the error type of every front-end function.
+// It is built only when the file is wrong, and a syntax error ends the parse, so the size
+// of the `Err` variant costs nothing on the path of a correct file.
+#![allow(clippy::result_large_err)]
+
 pub mod ast;
 pub mod diagnostics;
 mod lower;
@@ -41,7 +46,7 @@ pub fn compile_source(
 ) -> Result<Module, Diagnostics> {
     let _span = tracing::info_span!("frontend", file = file_name).entered();
     let mut diags = Vec::new();
-    let ast = match parse::parse_file(text) {
+    let ast = match tracing::debug_span!("parse").in_scope(|| parse::parse_file(text)) {
         Ok(ast) => ast,
         Err(d) => return Err(Diagnostics::new(file_name, text, vec![d])),
     };

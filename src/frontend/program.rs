@@ -471,6 +471,16 @@ pub fn eval_function(call: &Call, args: &[(Value, crate::ir::Span)]) -> Result<V
             v => Err(super::value::type_error(args[i].1, &format!("{name} needs a number"), v)),
         }
     };
+    // Initializer values are stored as f32, so they must fit in one.
+    let f32_value = |i: usize| -> Result<f32, Diagnostic> {
+        let x = number(i)?;
+        if (x as f32).is_finite() {
+            return Ok(x as f32);
+        }
+        let message = format!("{} does not fit in a 32-bit float", format_float(x));
+        Err(Diagnostic::new(ErrorKind::Range, args[i].1, message)
+            .with_label("initializer values are 32-bit floats"))
+    };
     match name {
         "log2" => log2(&args[0]),
         "sqrt" => {
@@ -494,28 +504,22 @@ pub fn eval_function(call: &Call, args: &[(Value, crate::ir::Span)]) -> Result<V
             }
         },
         "normal" => {
-            let (mean, std) = (number(0)?, number(1)?);
+            let (mean, std) = (f32_value(0)?, f32_value(1)?);
             if std < 0.0 {
-                return Err(Diagnostic::new(
-                    ErrorKind::Range,
-                    args[1].1,
-                    "the standard deviation must not be negative",
-                ));
+                let message = "the standard deviation must not be negative";
+                return Err(Diagnostic::new(ErrorKind::Range, args[1].1, message));
             }
-            Ok(Value::Init(crate::ir::Init::Normal { mean: mean as f32, std: std as f32 }))
+            Ok(Value::Init(crate::ir::Init::Normal { mean, std }))
         }
         "uniform" => {
-            let (low, high) = (number(0)?, number(1)?);
+            let (low, high) = (f32_value(0)?, f32_value(1)?);
             if low > high {
-                return Err(Diagnostic::new(
-                    ErrorKind::Range,
-                    call.span,
-                    "uniform needs low <= high",
-                ));
+                let message = "uniform needs low <= high";
+                return Err(Diagnostic::new(ErrorKind::Range, call.span, message));
             }
-            Ok(Value::Init(crate::ir::Init::Uniform { low: low as f32, high: high as f32 }))
+            Ok(Value::Init(crate::ir::Init::Uniform { low, high }))
         }
-        "constant" => Ok(Value::Init(crate::ir::Init::Constant { value: number(0)? as f32 })),
+        "constant" => Ok(Value::Init(crate::ir::Init::Constant { value: f32_value(0)? })),
         _ => unreachable!("arity matched the name above"),
     }
 }

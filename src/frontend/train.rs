@@ -3,8 +3,8 @@
 //! networks. Afterwards each step's loss is a scalar node of its phase that depends on
 //! the parameters the step updates.
 //!
-//! Phase 0 holds `input`, `target` and the `let` values; step `k` (1-based, in file
-//! order) holds its loss terms. Each network call instantiates the network's nodes again,
+//! Phase 0 contains `input`, `target` and the `let` values, and step `k` (1-based, in
+//! file order) contains its loss terms. Each network call instantiates the network's nodes again,
 //! and all instances read the same parameters.
 
 use super::ast::{Arg, Call, Expr, ExprKind, LossTerm, StepDecl, TrainDecl, TrainItem};
@@ -68,6 +68,7 @@ pub fn lower_train(
     let mut spec = TrainSpec { data, graph, steps, schedule, epochs, generator, span };
     fill_step_params(&mut spec, params);
     check_steps_reach_params(&spec, params, train, diags);
+    check_lets_used(&spec, train, diags);
     Some(spec)
 }
 
@@ -369,6 +370,7 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
     if call.callee.text == "labeled" {
         return labeled_spec(prog, call, diags);
     }
+
     let keys = ["input", "target", "resize", "crop", "flip", "batch"];
     let args = setting_args(prog, call, &keys, 0, diags)?;
     let input = args.half("input", diags);
@@ -379,14 +381,15 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
         args.values.contains_key("crop").then(|| args.int("crop", None, 1..=MAX_IMAGE, diags));
     let flip = args.bool("flip", false, diags);
     let batch = args.int("batch", Some(1), 1..=65_536, diags);
+
+    // Cross-checks, reported even when another argument failed.
     if let (Some(i), Some(t)) = (input, target) {
         if i == t {
-            let d = Diagnostic::new(
-                ErrorKind::Type,
-                call.span,
-                "input and target are the same half of the image",
-            )
-            .with_help("set one to left and the other to right");
+            let span = args.values.get("target").map_or(call.span, |v| v.1);
+            let message = "input and target are the same half of the image";
+            let d = Diagnostic::new(ErrorKind::Type, span, message)
+                .with_label("the input is this half too")
+                .with_help("set one to left and the other to right");
             diags.push(d);
             return None;
         }
@@ -394,6 +397,7 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
     if args.failed {
         return None;
     }
+
     let (input, target, flip, batch) = (input?, target?, flip?, batch?);
     let resize = match resize {
         Some(r) => Some(r? as usize),
@@ -403,16 +407,6 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
         Some(c) => Some(c? as usize),
         None => None,
     };
-    if input == target {
-        let d = Diagnostic::new(
-            ErrorKind::Type,
-            call.span,
-            "input and target are the same half of the image",
-        )
-        .with_help("set one to left and the other to right");
-        diags.push(d);
-        return None;
-    }
     if let (Some(r), Some(c)) = (resize, crop) {
         if c > r {
             let message = format!("crop {c} is larger than the resized image {r}");
@@ -735,7 +729,8 @@ fn lower_step(
     })
 }
 
-/// Returns the name of a term: its label, else `<step>` for a single term or `<step>_<k>`.
+/// Returns the name of a term: its label, else `<step>_loss` for a single term or
+/// `<step>_<k>`.
 fn term_name(term: &LossTerm, step: &str, k: usize, count: usize) -> String {
     match &term.name {
         Some(n) => n.text.clone(),
@@ -857,5 +852,29 @@ fn check_steps_reach_params(
                 .with_help(format!("call `{}` in the loss, outside stop_gradient(...)", step.name));
             diags.push(d);
         }
+    }
+}
+
+/// Rejects a `let` value that no step reads: it would be computed every iteration for
+/// nothing, and it is most often a misspelt reference in a loss.
+fn check_lets_used(spec: &TrainSpec, train: &TrainDecl, diags: &mut Vec<Diagnostic>) {
+    let mut reached = std::collections::HashSet::new();
+    let mut stack: Vec<NodeId> = spec.steps.iter().map(|s| s.loss).collect();
+    while let Some(n) = stack.pop() {
+        if reached.insert(n) {
+            stack.extend(spec.graph.operands(n));
+        }
+    }
+    for item in &train.items {
+        let TrainItem::Let { name, .. } = item else { continue };
+        let Some(node) = spec.graph.output(&name.text) else { continue };
+        if reached.contains(&node) {
+            continue;
+        }
+        let message = format!("value `{}` of the train section is not used by any step", name.text);
+        let d = Diagnostic::new(ErrorKind::Unused, name.span, message)
+            .with_label("no loss reads this value")
+            .with_help(format!("use `{}` in a loss term, or remove it", name.text));
+        diags.push(d);
     }
 }

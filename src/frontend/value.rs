@@ -55,8 +55,12 @@ impl Value {
     }
 }
 
+/// Formats a float for messages: `2.0`, `0.5`, and `1e39` or `1e-8` for extreme sizes.
 pub fn format_float(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e15 {
+    let magnitude = f.abs();
+    if magnitude >= 1e15 || (magnitude < 1e-4 && magnitude > 0.0) {
+        format!("{f:e}")
+    } else if f.fract() == 0.0 {
         format!("{f:.1}")
     } else {
         format!("{f}")

@@ -84,7 +84,7 @@ pub struct Generator {
     /// `[N, C, H, W]` of the input and of the output.
     input_dims: [usize; 4],
     output_dims: [usize; 4],
-    /// Which half of a paired image is the generator's input.
+    /// The half of a paired image that is the generator's input.
     half: Option<Half>,
 }
 
@@ -162,7 +162,10 @@ impl Generator {
                 values[slot * in_size..(slot + 1) * in_size].copy_from_slice(&image);
             }
             self.program.write_input(gpu, &self.input, &values)?;
+            let started = std::time::Instant::now();
             let result = self.program.run(gpu, &RunValues::default(), &["output"])?.remove(0);
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(images = files.len(), seconds, "generator forward pass");
             for (slot, path) in outputs.iter().enumerate() {
                 let image = &result[slot * out_size..(slot + 1) * out_size];
                 save_png(path, image, out_channels, out_height, out_width)?;

@@ -106,6 +106,7 @@ impl Program {
         outputs: &[(String, NodeId)],
     ) -> Result<Program, RuntimeError> {
         let _span = tracing::info_span!("compile_program", kernels = kernels.len()).entered();
+        crate::codegen::dump::dump_kernels(&program_label(graph), kernels);
         let target = gpu.target();
         for kernel in kernels {
             target.check(kernel)?;
@@ -346,6 +347,48 @@ impl Program {
             ports.iter().map(|p| (&p.buffer, p.elements)).collect();
         read_with(gpu, encoder, &list)
     }
+}
+
+impl Program {
+    /// Times each kernel on its own: one submit per dispatch, each waited for, so the
+    /// figures include a submit's overhead and a run done this way is slower than
+    /// [`Program::run`]. For adapters without timestamp queries.
+    pub fn time_kernels(
+        &self,
+        gpu: &Gpu,
+        values: &RunValues,
+    ) -> Result<Vec<(String, f64)>, RuntimeError> {
+        gpu.queue.write_buffer(&self.run_values, 0, bytemuck::bytes_of(values));
+        let mut times = Vec::with_capacity(self.kernels.len());
+        for kernel in &self.kernels {
+            let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(&kernel.name),
+            });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, &kernel.bind_group, &[]);
+                let [x, y, z] = kernel.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+            let start = std::time::Instant::now();
+            gpu.queue.submit([encoder.finish()]);
+            gpu.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
+            times.push((kernel.name.clone(), start.elapsed().as_secs_f64()));
+        }
+        Ok(times)
+    }
+}
+
+/// Names a program after the network its nodes come from, for the shader dump.
+fn program_label(graph: &Graph) -> String {
+    graph
+        .inner
+        .node_weights()
+        .find_map(|n| n.name.split_once('.').map(|(net, _)| net.to_string()))
+        .unwrap_or_else(|| "program".to_string())
 }
 
 /// Creates the pipeline and bind group layout of one kernel, turning wgpu validation

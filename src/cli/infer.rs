@@ -1,0 +1,88 @@
+//! `netc run FILE --infer IMAGE... [-o DIR] [--weights CHECKPOINT]`: runs a model's
+//! generator on image files and writes a PNG per input.
+
+use super::run::RunArgs;
+use netc::frontend;
+use netc::infer::Generator;
+use netc::ir::Module;
+use netc::runtime::{Gpu, ParamStore};
+use netc::train::checkpoint;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Compiles the architecture a checkpoint was trained with, from its recorded source and
+/// `--set` overrides, so that none has to be repeated.
+fn checkpoint_module(
+    args: &RunArgs,
+    checkpoint: &checkpoint::Checkpoint,
+) -> miette::Result<Module> {
+    let model = &checkpoint.record.model;
+    if !args.model.set.is_empty() {
+        eprintln!("note: --set is ignored with --weights; the checkpoint's settings apply");
+    }
+    let file_text = std::fs::read_to_string(&args.model.file).unwrap_or_default();
+    if file_text != model.source {
+        eprintln!(
+            "note: {} differs from the model the checkpoint was trained with; using the checkpoint's",
+            args.model.file.display()
+        );
+    }
+    let name = format!("{}.net", model.name);
+    frontend::compile_source(&name, &model.source, &model.overrides).map_err(miette::Report::new)
+}
+
+/// Uploads the checkpoint's weights into `params`, after checking every name and shape.
+fn load_weights(
+    gpu: &Gpu,
+    module: &Module,
+    params: &ParamStore,
+    dir: &std::path::Path,
+    checkpoint: &checkpoint::Checkpoint,
+) -> miette::Result<()> {
+    let expected: Vec<_> =
+        module.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+    checkpoint::check_tensors(dir, &checkpoint.weights, &expected)?;
+    for tensor in &checkpoint.weights {
+        if let Some(id) = module.param_id(&tensor.name) {
+            params.upload(gpu, id, &tensor.data)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
+    let checkpoint = match &args.weights {
+        Some(dir) => Some(checkpoint::load(dir)?),
+        None => None,
+    };
+    let module = match &checkpoint {
+        Some(checkpoint) => checkpoint_module(args, checkpoint)?,
+        None => frontend::compile_file(&args.model.file, &args.model.set)
+            .map_err(miette::Report::new)?,
+    };
+    let gpu = Gpu::open(args.device.adapter.as_deref())?;
+    let params = ParamStore::initialized(&gpu, &module, args.seed)?;
+    match (&checkpoint, &args.weights) {
+        (Some(checkpoint), Some(dir)) => load_weights(&gpu, &module, &params, dir, checkpoint)?,
+        _ => eprintln!(
+            "note: no --weights given, so this runs the freshly initialised network (seed {}); \
+             its outputs are noise until the model is trained",
+            args.seed
+        ),
+    }
+
+    let started = std::time::Instant::now();
+    let generator = Generator::compile(&gpu, &module, &params)?;
+    let out_dir =
+        args.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-infer", module.name)));
+    let written = generator.run_files(&gpu, &args.infer, &out_dir)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    tracing::info!(
+        images = written.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "inference done"
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -118,7 +118,7 @@ mod common {
             }
         }
 
-        /// The module with a `train` section running `steps` on this graph.
+        /// Builds the module with a `train` section that runs `steps` on this graph.
         pub fn train_module(&self, steps: Vec<StepSpec>) -> Module {
             let mut module = self.module();
             module.train = Some(TrainSpec {
@@ -683,8 +683,8 @@ mod rules {
             let p = b.declare_with("g", "p", &[3, 5], UNIFORM);
             let q = b.declare_with("g", "q", &[4, 5], UNIFORM);
             let (p, q) = (b.read(p), b.read(q));
-            // p q^T is [3, 4]; its transpose times p is [4, 5]; both operands transposed
-            // gives [5, 4] again.
+            // p q^T is [3, 4] and its transpose times p is [4, 5]. With both operands
+            // transposed, back^T (p q^T)^T is [5, 3].
             let pq = b.op(Op::MatMul { transpose_a: false, transpose_b: true }, &[p, q], "pq");
             let back = b.op(Op::MatMul { transpose_a: true, transpose_b: false }, &[pq, p], "back");
             b.op(Op::MatMul { transpose_a: true, transpose_b: true }, &[back, pq], "both")
@@ -748,7 +748,7 @@ mod rules {
         check(1e-3, |b| {
             let logits =
                 b.declare_with("g", "logits", &[5, 7], Init::Uniform { low: -3.0, high: 3.0 });
-            // Class 2 for every row; labels take no gradient, so a buffer holds them.
+            // Class 2 for every row. Labels take no gradient, so a buffer stores them.
             let labels = b.buffer("g", "labels", 5, 2.0);
             let (logits, labels) = (b.read(logits), b.read(labels));
             b.op(Op::CrossEntropy, &[logits, labels], "ce")
@@ -1202,11 +1202,13 @@ mod gan {
 
 mod pix2pix {
     use super::common::gpu;
+    use image::{Rgb, RgbImage};
     use netc::ir::Module;
+    use netc::train::run::{train, RunOptions};
     use netc::train::Trainer;
     use std::path::Path;
 
-    /// The repository's pix2pix at its smallest legal size, 4 filters at 64x64.
+    /// Compiles the repository's pix2pix at its smallest legal size, 4 filters at 64x64.
     fn small_pix2pix() -> Module {
         let set = ["ngf=4", "ndf=4", "size=64"].map(String::from);
         netc::frontend::compile_file(Path::new("models/pix2pix.net"), &set)
@@ -1282,5 +1284,87 @@ mod pix2pix {
             );
             assert_ne!(trainable_bits(&trainer, kept), kept_before, "step {kept} changed nothing");
         }
+    }
+
+    /// Writes `count` paired 128x64 images (photo left, label map right) into
+    /// `root/pairs/train/`.
+    fn write_dataset(root: &Path, count: u32) {
+        let dir = root.join("pairs").join("train");
+        std::fs::create_dir_all(&dir).expect("the temporary folder is writable");
+        for k in 0..count {
+            let image = RgbImage::from_fn(128, 64, |x, y| {
+                let v = ((x * (3 + k) + y * 5) % 256) as u8;
+                if x < 64 {
+                    Rgb([v, 255 - v, (y * 4) as u8])
+                } else {
+                    Rgb([(x % 4 * 60) as u8, (y % 8 * 30) as u8, 90])
+                }
+            });
+            image.save(dir.join(format!("{k}.png"))).expect("the temporary folder is writable");
+        }
+    }
+
+    fn options(data: &Path, out: &Path, steps: u64, resume: Option<&Path>) -> RunOptions {
+        RunOptions {
+            source: std::fs::read_to_string("models/pix2pix.net").expect("the model is readable"),
+            overrides: ["ngf=4", "ndf=4", "size=64"].map(String::from).to_vec(),
+            dataset: "pairs".into(),
+            data: Some(data.to_path_buf()),
+            steps: Some(steps),
+            seed: 3,
+            out: Some(out.to_path_buf()),
+            resume: resume.map(Path::to_path_buf),
+            quiet: true,
+            images_every: 2,
+            checkpoint_every: 2,
+            ..RunOptions::default()
+        }
+    }
+
+    fn weight_bits(trainer: &mut Trainer<'_>) -> Vec<(String, Vec<u32>)> {
+        netc::train::Trainer::tensors(trainer)
+            .expect("tensors download")
+            .into_iter()
+            .map(|t| (t.name, t.data.iter().map(|v| v.to_bits()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn run_loop_resume_matches_straight_run() {
+        let module = small_pix2pix();
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let root = tempfile::tempdir().expect("a temporary folder");
+        write_dataset(root.path(), 3);
+        let (straight_dir, split_dir) = (root.path().join("straight"), root.path().join("split"));
+
+        let mut straight = Trainer::new(&gpu, &module, 3).expect("the trainer compiles");
+        let summary = train(&module, &mut straight, &options(root.path(), &straight_dir, 4, None))
+            .expect("the straight run trains");
+        assert_eq!(summary.steps, 4);
+        assert!(
+            summary.last_losses.iter().all(|(_, v)| v.is_finite()),
+            "{:?}",
+            summary.last_losses
+        );
+        let names: Vec<&str> = summary.last_losses.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["d_real", "d_fake", "g_gan", "g_l1"]);
+
+        let mut first = Trainer::new(&gpu, &module, 3).expect("the trainer compiles");
+        train(&module, &mut first, &options(root.path(), &split_dir, 2, None)).expect("trains");
+        drop(first);
+        let mut resumed = Trainer::new(&gpu, &module, 3).expect("the trainer compiles");
+        let options = options(root.path(), &split_dir, 4, Some(&split_dir));
+        let summary = train(&module, &mut resumed, &options).expect("the resumed run trains");
+        assert_eq!(summary.first_step, 2);
+
+        assert_eq!(resumed.state(), straight.state());
+        let (expected, got) = (weight_bits(&mut straight), weight_bits(&mut resumed));
+        assert_eq!(expected.len(), got.len());
+        for (a, b) in expected.iter().zip(&got) {
+            assert_eq!(a.0, b.0);
+            assert!(a.1 == b.1, "{} differs after the resume", a.0);
+        }
+        assert!(split_dir.join("losses.csv").exists());
+        assert!(split_dir.join("index.html").exists());
     }
 }

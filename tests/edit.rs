@@ -139,6 +139,16 @@ mod watch {
     }
 
     #[test]
+    fn watcher_rejects_folder_and_missing_parent() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let error = FileWatcher::new(folder.path()).err().expect("a folder is rejected");
+        assert!(error.to_string().contains("it is a folder"), "{error}");
+        let missing = folder.path().join("gone/model.net");
+        let error = FileWatcher::new(&missing).err().expect("a missing folder is rejected");
+        assert!(error.to_string().contains("cannot watch"), "{error}");
+    }
+
+    #[test]
     fn watcher_sees_delete_and_recreate() {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let path = folder.path().join("model.net");
@@ -243,9 +253,11 @@ mod watch {
 
         // A broken save prints the diagnostic and the watch goes on.
         std::fs::write(&path, fixture_text("broken.net")).expect("writable");
-        let header = watch.wait_for("check 3:");
-        assert!(header.last().is_some_and(|l| l.contains("has 1 error")), "{header:?}");
-        let third = watch.rest().join("\n");
+        let mut third = watch.wait_for("check 3:");
+        assert!(third.last().is_some_and(|l| l.contains("has 1 error")), "{third:?}");
+        // Diagnostics go to standard error, whose lines may arrive before the header's.
+        third.extend(watch.rest());
+        let third = third.join("\n");
         assert!(third.contains("unknown argument `strid` for conv2d"), "{third}");
 
         // Fixing it again brings the table back.
@@ -330,16 +342,16 @@ mod cache {
         // their WGSL and so their pipelines.
         let second = compile(&gpu, &widened);
         let second_keys = keys(&second.kernels);
-        let kept: HashSet<_> = first_keys.intersection(&second_keys).copied().collect();
+        let reused_keys: HashSet<_> = first_keys.intersection(&second_keys).copied().collect();
         let counts = second.program.shader_counts();
-        assert_eq!(counts.reused, kept.len());
-        assert_eq!(counts.compiled, second_keys.len() - kept.len());
+        assert_eq!(counts.reused, reused_keys.len());
+        assert_eq!(counts.compiled, second_keys.len() - reused_keys.len());
         for layer in ["e1", "e2"] {
             let untouched = layer_keys(&second.kernels, layer);
             assert!(!untouched.is_empty(), "layer {layer} has kernels");
-            assert!(untouched.is_subset(&kept), "every kernel of {layer} is reused");
+            assert!(untouched.is_subset(&reused_keys), "every kernel of {layer} is reused");
         }
-        assert!(!layer_keys(&second.kernels, "d2").is_subset(&kept), "d2 is compiled again");
+        assert!(!layer_keys(&second.kernels, "d2").is_subset(&reused_keys), "d2 is compiled again");
         assert!(counts.compiled > 0);
         assert_eq!(gpu.kernels.len(), first_keys.union(&second_keys).count());
 
@@ -380,5 +392,418 @@ mod cache {
         assert_eq!(device.len(), want.len());
         let worst = device.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "largest difference from the reference: {worst}");
+    }
+}
+
+/// `--init-from` and resume after an edit through the run driver, checkpoint files
+/// included: train the base model, widen d2 and rename e3, start from the checkpoint.
+///
+/// NOTE: the engine here is a CPU stand-in for the device trainer. Its step moves every
+/// trainable parameter and moment by a deterministic amount, which is all this test
+/// needs: trained values that differ from fresh ones, so a copy shows bit for bit.
+mod init_from {
+    use image::{Rgb, RgbImage};
+    use netc::edit::restore::restore_matching;
+    use netc::edit::transfer::{Reinit, TransferError};
+    use netc::frontend::compile_file;
+    use netc::ir::{Module, ParamKind, Shape};
+    use netc::runtime::initial_values;
+    use netc::train::checkpoint::{self, Tensor};
+    use netc::train::data::Batch;
+    use netc::train::run::{train, Engine, RunError, RunOptions};
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    const SEED: u64 = 5;
+
+    fn module(name: &str) -> Module {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/transfer").join(name);
+        compile_file(&path, &[]).unwrap_or_else(|e| panic!("{name}: {}", e.render_plain()))
+    }
+
+    /// Every parameter and buffer of a module, with Adam moments for the trainable ones.
+    struct StandIn {
+        weights: Vec<Tensor>,
+        moments: Vec<Tensor>,
+    }
+
+    impl StandIn {
+        fn new(module: &Module) -> StandIn {
+            let mut weights = Vec::new();
+            let mut moments = Vec::new();
+            for decl in &module.params {
+                let data = initial_values(decl, SEED).expect("initial values");
+                let shape = decl.shape.clone();
+                weights.push(Tensor { name: decl.name.clone(), shape: shape.clone(), data });
+                if decl.kind == ParamKind::Trainable {
+                    for moment in ["adam_m", "adam_v"] {
+                        let data = vec![0.0; shape.numel()];
+                        let name = format!("{}.{moment}", decl.name);
+                        moments.push(Tensor { name, shape: shape.clone(), data });
+                    }
+                }
+            }
+            StandIn { weights, moments }
+        }
+    }
+
+    impl Engine for StandIn {
+        fn loss_names(&self) -> Vec<String> {
+            vec!["l1".into()]
+        }
+
+        fn learning_rates(&self, _epoch: usize) -> BTreeMap<String, f32> {
+            BTreeMap::from([("generator".into(), 2e-4)])
+        }
+
+        fn step(&mut self, step: u64, _epoch: usize, _batch: &Batch) -> Result<Vec<f32>, String> {
+            for (w, tensor) in self.weights.iter_mut().enumerate() {
+                for (i, value) in tensor.data.iter_mut().enumerate() {
+                    *value += ((i + w) as f32 + step as f32).sin() * 1e-3;
+                }
+            }
+            for moment in &mut self.moments {
+                for (i, value) in moment.data.iter_mut().enumerate() {
+                    *value = 0.5 * *value + (i as f32 * 0.37 + step as f32).cos();
+                }
+            }
+            Ok(vec![1.0 / (step + 1) as f32])
+        }
+
+        fn generate(&mut self, batch: &Batch) -> Result<(usize, Vec<f32>), String> {
+            Ok((3, batch.input.clone()))
+        }
+
+        fn tensors(&mut self) -> Result<(Vec<Tensor>, Vec<Tensor>), String> {
+            Ok((self.weights.clone(), self.moments.clone()))
+        }
+
+        fn tensor_shapes(&self) -> (Vec<(String, Shape)>, Vec<(String, Shape)>) {
+            let shapes =
+                |list: &[Tensor]| list.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            (shapes(&self.weights), shapes(&self.moments))
+        }
+
+        fn restore(&mut self, weights: &[Tensor], moments: &[Tensor]) -> Result<(), String> {
+            self.weights = weights.to_vec();
+            self.moments = moments.to_vec();
+            Ok(())
+        }
+
+        fn rng_state(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+
+        fn restore_rng(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Writes three 32x16 paired images under `root/pairs/train/`.
+    fn data_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("a temporary folder");
+        let dir = root.path().join("pairs/train");
+        std::fs::create_dir_all(&dir).expect("writable");
+        for i in 0..3u32 {
+            let image =
+                RgbImage::from_fn(32, 16, |x, y| Rgb([(x * 7 + i) as u8, (y * 9) as u8, 90]));
+            image.save(dir.join(format!("{i}.png"))).expect("the image saves");
+        }
+        root
+    }
+
+    fn options(data: &Path, out: &Path, steps: u64, source: &str) -> RunOptions {
+        RunOptions {
+            source: source.into(),
+            dataset: "pairs".into(),
+            data: Some(data.to_path_buf()),
+            steps: Some(steps),
+            seed: SEED,
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            ..RunOptions::default()
+        }
+    }
+
+    fn tensor<'a>(list: &'a [Tensor], name: &str) -> Option<&'a Tensor> {
+        list.iter().find(|t| t.name == name)
+    }
+
+    fn bits(tensor: &Tensor) -> Vec<u32> {
+        tensor.data.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn unchanged_layers_start_trained() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let (trained_run, edited_run) = (runs.path().join("base"), runs.path().join("edited"));
+        let (base, edited) = (module("base.net"), module("edited.net"));
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &trained_run, 3, "base"))
+            .expect("the base model trains");
+        let trained = checkpoint::load(&trained_run).expect("the base run has a checkpoint");
+
+        // Zero steps: the checkpoint of the new run contains exactly the starting values.
+        let start = RunOptions {
+            init_from: Some(trained_run.clone()),
+            ..options(data.path(), &edited_run, 0, "edited")
+        };
+        train(&edited, &mut StandIn::new(&edited), &start).expect("--init-from starts");
+        let started = checkpoint::load(&edited_run).expect("the new run has a checkpoint");
+
+        let fresh = StandIn::new(&edited);
+        let mut copied = 0;
+        assert_eq!(started.weights.len(), fresh.weights.len());
+        for now in &started.weights {
+            let new = tensor(&fresh.weights, &now.name).expect("the edited model has it");
+            match tensor(&trained.weights, &now.name).filter(|t| t.shape == now.shape) {
+                Some(before) => {
+                    assert!(bits(now) == bits(before), "{} starts trained", now.name);
+                    assert!(bits(now) != bits(new), "{} moved in training", now.name);
+                    copied += 1;
+                }
+                None => assert!(bits(now) == bits(new), "{} starts fresh", now.name),
+            }
+        }
+        // e1, e2, d3: conv or conv_transpose weight, scale, offset and two statistics,
+        // except e1, which has no batch norm.
+        assert_eq!(copied, 1 + 5 + 5);
+
+        for now in &started.moments {
+            let before = tensor(&trained.moments, &now.name);
+            let owner = now.name.rsplit_once('.').map(|(owner, _)| owner).expect("dotted");
+            let reshaped = tensor(&trained.weights, owner)
+                .zip(tensor(&started.weights, owner))
+                .is_some_and(|(a, b)| a.shape != b.shape);
+            match before.filter(|_| !reshaped) {
+                Some(before) => assert!(bits(now) == bits(before), "{} transferred", now.name),
+                None => assert!(now.data.iter().all(|&v| v == 0.0), "{} starts at zero", now.name),
+            }
+        }
+    }
+
+    #[test]
+    fn renamed_layer_is_dropped_and_reinitialised() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let run = runs.path().join("base");
+        let (base, edited) = (module("base.net"), module("edited.net"));
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &run, 2, "base"))
+            .expect("the base model trains");
+        let saved = checkpoint::load(&run).expect("checkpoint");
+
+        let report = restore_matching(&edited, &mut StandIn::new(&edited), saved, false)
+            .expect("the transfer succeeds");
+        let dropped: Vec<&str> = report.dropped.iter().map(|d| d.name.as_str()).collect();
+        for name in ["generator.e3.conv.weight", "generator.e3.norm.scale"] {
+            assert!(dropped.contains(&name), "{name} is dropped: {dropped:?}");
+        }
+        let renamed = report
+            .reinitialized
+            .iter()
+            .find(|r| r.name == "generator.bottom.conv.weight")
+            .expect("bottom is re-initialised");
+        assert_eq!(renamed.reason, Reinit::NotInCheckpoint);
+        let widened = report
+            .reinitialized
+            .iter()
+            .find(|r| r.name == "generator.d2.conv_transpose.weight")
+            .expect("d2 is re-initialised");
+        assert_eq!(widened.reason, Reinit::Reshaped { saved: Shape::new([16, 4, 4, 4]) });
+        let text = report.render();
+        assert!(
+            text.contains(
+                "dropped         generator.e3.conv.weight [8, 8, 4, 4]: not in the model"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unrelated_checkpoint_needs_force() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let run = runs.path().join("base");
+        let base = module("base.net");
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &run, 1, "base"))
+            .expect("the base model trains");
+
+        // The same shapes under other network names: nothing matches by name.
+        let source = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/transfer/base.net"),
+        )
+        .expect("readable");
+        let renamed = source.replace("generator", "painter");
+        let other = netc::frontend::compile_source("other.net", &renamed, &[]).expect("compiles");
+        let start = |force| RunOptions {
+            init_from: Some(run.clone()),
+            force,
+            ..options(data.path(), &runs.path().join(format!("other-{force}")), 0, &renamed)
+        };
+        let error = train(&other, &mut StandIn::new(&other), &start(false)).expect_err("rejected");
+        assert!(
+            matches!(
+                error,
+                RunError::Transfer(TransferError::NothingMatches { checkpoint: 22, .. })
+            ),
+            "{error:?}"
+        );
+        train(&other, &mut StandIn::new(&other), &start(true)).expect("--force accepts it");
+    }
+
+    #[test]
+    fn resume_after_edit_continues_the_run() {
+        let data = data_root();
+        let runs = tempfile::tempdir().expect("a temporary folder");
+        let run = runs.path().join("base");
+        let (base, edited) = (module("base.net"), module("edited.net"));
+        train(&base, &mut StandIn::new(&base), &options(data.path(), &run, 2, "base"))
+            .expect("the base model trains");
+        let before = checkpoint::load(&run).expect("checkpoint");
+
+        let resume =
+            RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 2, "edited") };
+        let summary = train(&edited, &mut StandIn::new(&edited), &resume).expect("resumes");
+        assert_eq!(summary.first_step, 2);
+        assert_eq!(summary.steps, 0);
+
+        let resume =
+            RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 3, "edited") };
+        let summary = train(&edited, &mut StandIn::new(&edited), &resume).expect("resumes");
+        assert_eq!(summary.first_step, 2);
+        assert_eq!(summary.steps, 1);
+        let after = checkpoint::load(&run).expect("checkpoint");
+        assert_eq!(after.record.step, 3);
+        assert_eq!(after.record.model.source, "edited");
+        let e1 = "generator.e1.conv.weight";
+        let (a, b) = (tensor(&before.weights, e1), tensor(&after.weights, e1));
+        assert_eq!(a.map(|t| &t.shape), b.map(|t| &t.shape));
+        assert!(tensor(&after.weights, "generator.bottom.conv.weight").is_some());
+    }
+}
+
+/// Weight transfer between two device trainers: train the base model on lavapipe, widen
+/// d2 and rename e3, and start the edited model from the trained tensors.
+mod trainer_transfer {
+    use netc::edit::restore::merge_matching;
+    use netc::edit::transfer::Reinit;
+    use netc::frontend::compile_file;
+    use netc::ir::{Module, ParamKind};
+    use netc::runtime::Gpu;
+    use netc::train::checkpoint::Tensor;
+    use netc::train::{NamedTensor, Trainer};
+    use std::path::PathBuf;
+
+    fn module(name: &str) -> Module {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/edit/transfer").join(name);
+        compile_file(&path, &[]).expect("the fixture compiles")
+    }
+
+    /// Splits a trainer's tensors into the module's parameters and buffers, and the
+    /// optimizer state.
+    fn split(trainer: &Trainer, module: &Module) -> (Vec<Tensor>, Vec<Tensor>) {
+        let all = trainer.tensors().expect("the tensors read back");
+        let convert = |t: NamedTensor| Tensor { name: t.name, shape: t.shape, data: t.data };
+        let (weights, moments): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|t| module.param_id(&t.name).is_some());
+        (weights.into_iter().map(convert).collect(), moments.into_iter().map(convert).collect())
+    }
+
+    fn find<'a>(list: &'a [Tensor], name: &str) -> Option<&'a Tensor> {
+        list.iter().find(|t| t.name == name)
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.data.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Returns an uneven batch of `[1, 3, 16, 16]` values in [-1, 1].
+    fn batch(offset: usize) -> (Vec<f32>, Vec<f32>) {
+        let value = |i: usize, k: usize| ((i * k + offset) % 199) as f32 / 99.0 - 1.0;
+        ((0..768).map(|i| value(i, 31)).collect(), (0..768).map(|i| value(i, 17)).collect())
+    }
+
+    #[test]
+    fn edited_trainer_starts_from_trained_tensors() {
+        let gpu = Gpu::open(None).expect("the transfer test needs a wgpu adapter");
+        let (base, edited) = (module("base.net"), module("edited.net"));
+
+        // Train the base model for three iterations.
+        let mut trainer = Trainer::new(&gpu, &base, 5).expect("the base trainer compiles");
+        for i in 0..3 {
+            let (input, target) = batch(i);
+            trainer.step(&input, &target).expect("the iteration runs");
+        }
+        let trained = split(&trainer, &base);
+
+        // Start the edited model from them.
+        let mut next = Trainer::new(&gpu, &edited, 5).expect("the edited trainer compiles");
+        let fresh = split(&next, &edited);
+        let merged = merge_matching(&edited, fresh.clone(), trained.clone(), false)
+            .expect("the transfer succeeds");
+        let all: Vec<NamedTensor> = merged
+            .weights
+            .iter()
+            .chain(&merged.moments)
+            .map(|t| NamedTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
+            .collect();
+        next.set_tensors(&all).expect("the tensors upload");
+        let started = split(&next, &edited);
+
+        // Every parameter and buffer whose name and shape match starts trained, bit for bit.
+        let mut copied = Vec::new();
+        for now in &started.0 {
+            let new = find(&fresh.0, &now.name).expect("the fresh trainer has it");
+            match find(&trained.0, &now.name).filter(|t| t.shape == now.shape) {
+                Some(before) => {
+                    assert!(bits(now) == bits(before), "{} starts trained", now.name);
+                    let trainable = edited.param_id(&now.name).map(|id| edited.params[id].kind)
+                        == Some(ParamKind::Trainable);
+                    if trainable {
+                        assert!(bits(now) != bits(new), "{} moved in training", now.name);
+                    }
+                    copied.push(now.name.clone());
+                }
+                None => assert!(bits(now) == bits(new), "{} starts fresh", now.name),
+            }
+        }
+        assert!(copied.contains(&"generator.e1.conv.weight".to_string()), "{copied:?}");
+        assert!(copied.contains(&"generator.d3.norm.running_var".to_string()), "{copied:?}");
+        assert_eq!(copied.len(), 11, "{copied:?}");
+
+        // The optimizer state of a copied parameter comes along; the rest starts at zero.
+        for now in &started.1 {
+            let owner = copied.iter().find(|name| now.name.contains(&format!(".{name}.")));
+            match owner {
+                Some(_) => {
+                    let before = find(&trained.1, &now.name).expect("the base has this moment");
+                    assert!(bits(now) == bits(before), "{} transferred", now.name);
+                    assert!(now.data.iter().any(|&v| v != 0.0), "{} is trained state", now.name);
+                }
+                None => assert!(now.data.iter().all(|&v| v == 0.0), "{} is zero", now.name),
+            }
+        }
+        assert!(merged.moments_copied > 0);
+
+        // The renamed layer is dropped and re-initialised, and the widened one reshaped.
+        let report = &merged.report;
+        assert!(report.dropped.iter().any(|d| d.name == "generator.e3.conv.weight"));
+        let reason = |name: &str| {
+            report.reinitialized.iter().find(|r| r.name == name).map(|r| r.reason.clone())
+        };
+        assert_eq!(reason("generator.bottom.conv.weight"), Some(Reinit::NotInCheckpoint));
+        assert!(matches!(
+            reason("generator.d2.conv_transpose.weight"),
+            Some(Reinit::Reshaped { .. })
+        ));
+
+        // The edited model trains from there.
+        let (input, target) = batch(7);
+        let losses = next.step(&input, &target).expect("the edited model trains");
+        assert!(losses.iter().all(|(_, v)| v.is_finite()), "{losses:?}");
     }
 }

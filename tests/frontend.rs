@@ -576,6 +576,17 @@ mod cli {
     }
 
     #[test]
+    fn check_grad_small_pix2pix_agrees() {
+        let sizes = ["--set", "ngf=4", "--set", "ndf=4", "--set", "size=64"];
+        let out = netc(&[&["check", "models/pix2pix.net", "--grad"][..], &sizes[..]].concat());
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("discriminator.l1.conv.weight"), "{text}");
+        assert!(text.contains("generator.d1.conv_transpose.weight"), "{text}");
+        assert!(text.contains(" 0 disagree"), "{text}");
+    }
+
+    #[test]
     fn graph_dot_has_every_graph() {
         let out = netc(&["graph", "models/pix2pix.net", "--format", "dot"]);
         assert!(out.status.success(), "{}", stderr(&out));

@@ -38,7 +38,7 @@ fn declare(
     graph.add_leaf(Op::Param { id }, shape, format!("generator.{name}"), None)
 }
 
-/// A two-layer encoder-decoder, `[1, channels, 16, 16]` to `[1, 3, 16, 16]`.
+/// Builds a two-layer encoder-decoder, `[1, channels, 16, 16]` to `[1, 3, 16, 16]`.
 fn tiny_generator(channels: usize, paired: bool) -> Module {
     let mut module = Module {
         name: "tiny".into(),
@@ -198,7 +198,8 @@ fn paired_image_uses_the_input_half() {
     let left = load_input(&path, Some(Half::Left), 3, 16, 16).unwrap();
     assert!(left.iter().all(|&v| (v + 1.0).abs() < 1e-6), "left half is black");
     let whole = load_input(&path, None, 3, 16, 16).unwrap();
-    assert!(whole.iter().any(|&v| v > 0.9) && whole.iter().any(|&v| v < -0.9), "both halves");
+    assert!(whole.iter().any(|&v| v > 0.9), "the whole image has the white half");
+    assert!(whole.iter().any(|&v| v < -0.9), "the whole image has the black half");
 
     let outputs = run_generator(&tiny_generator(3, true), 1, &[path], &dir.path().join("out"));
     assert_eq!(outputs.len(), 1);
@@ -328,4 +329,30 @@ fn netc_run_infer_reports_missing_image() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("absent.jpg"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_adapter_error_says_how_to_install_lavapipe() {
+    // WGPU_BACKEND restricts wgpu to Metal, which no Linux machine has, so no adapter opens.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+        .arg("devices")
+        .env("WGPU_BACKEND", "metal")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+    // miette wraps the help line, so the command is checked in its two halves.
+    assert!(stderr.contains("apt-get install"), "{stderr}");
+    assert!(stderr.contains("mesa-vulkan-drivers libvulkan1"), "{stderr}");
+}
+
+#[test]
+fn unknown_adapter_lists_available_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = netc_infer(dir.path(), "a", &["--adapter", "no-such-adapter-name"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no adapter matches \"no-such-adapter-name\""), "{stderr}");
+    assert!(stderr.contains("available:"), "{stderr}");
 }

@@ -3,15 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-/// Returns the folder of the 400 facades training pairs (512x256 JPEGs, photo left, label map right).
+/// Returns the folder of the 400 facades training pairs (512x256 JPEGs, photo left, label
+/// map right): `$NETC_FACADES_TRAIN`, else `../shared/data/facades/train` beside the
+/// repository.
 fn facades_train() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/facades/train");
-    let fallback = PathBuf::from("/work/shared/data/facades/train");
-    if dir.is_dir() {
-        dir
-    } else {
-        fallback
-    }
+    let dir = match std::env::var_os("NETC_FACADES_TRAIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/facades/train"),
+    };
+    assert!(
+        dir.is_dir(),
+        "the facades training pairs are not at {}; set NETC_FACADES_TRAIN to their folder",
+        dir.display()
+    );
+    dir
 }
 
 mod data {

@@ -1,11 +1,11 @@
 //! Reverse-mode differentiation of the training graph, one step at a time.
 //!
-//! Needs: a shape-checked [`TrainSpec`] graph whose step losses are scalars.
+//! Needs: a shape-checked [`crate::ir::TrainSpec`] graph whose step losses are scalars.
 //!
 //! Guarantees afterwards, for each step `k`:
 //! - the graph contains nodes, all in phase `k`, that compute the gradient of the step's loss
-//!   with respect to every parameter the step lists and that reaches the loss; each such
-//!   gradient is also a graph output named `grad.<step>.<parameter>`;
+//!   with respect to every parameter the step lists and that reaches the loss. The pass
+//!   returns them in [`StepGradients`] and adds no graph outputs;
 //! - a value with several consumers gets the sum of their contributions;
 //! - only nodes on a path from one of the step's `Param` nodes to its loss get gradient
 //!   work: `StopGradient` cuts the graph, and so do operands that have no gradient (class
@@ -195,7 +195,7 @@ fn nodes_on_path(graph: &Graph, wanted: &HashSet<ParamId>, loss: NodeId) -> Hash
     on_path
 }
 
-/// Sums each parameter's contributions and registers the gradients as graph outputs.
+/// Sums each parameter's contributions into its gradient node.
 fn finish(
     mut emitter: Emitter<'_>,
     step: &StepSpec,

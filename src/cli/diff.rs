@@ -12,9 +12,13 @@ pub fn run(old: &Path, new: &Path, set: &[String]) -> miette::Result<ExitCode> {
     let (before, after) = match (before, after) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(a), Err(b)) => {
-            // Both files have errors: show the old file's here, the new file's on return.
-            eprintln!("{:?}", miette::Report::new(a));
-            return Err(miette::Report::new(b));
+            // Both files have errors: show the old file's here, the new file's on return,
+            // and one copy when both are the same file.
+            let (a, b) = (miette::Report::new(a), miette::Report::new(b));
+            if format!("{a:?}") != format!("{b:?}") {
+                eprintln!("{a:?}");
+            }
+            return Err(b);
         }
         (Err(e), _) | (_, Err(e)) => return Err(miette::Report::new(e)),
     };

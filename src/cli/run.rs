@@ -68,14 +68,11 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
-    if !args.infer.is_empty() {
-        return super::infer::run(args);
-    }
     match &args.train {
         Some(dataset) => train(args, dataset),
+        None if !args.infer.is_empty() => super::infer::run(args),
         None => Err(miette::miette!(
-            help = "pass --train NAME to train, or --infer IMAGE... with --weights to run the generator",
-            "netc run needs --train or --infer"
+            "netc run needs --train NAME or --infer IMAGE...; see netc run --help"
         )),
     }
 }

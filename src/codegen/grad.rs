@@ -3,11 +3,12 @@
 //!
 //! Reshape needs no kernel: like `flatten`, it reads its operand's buffer. The
 //! elementwise-shaped kernels are split into chunks that each fit one binding, as the
-//! forward elementwise kernels are; broadcast and slice chunk their output but bind their
-//! whole operand.
+//! forward elementwise kernels are. Broadcast and slice chunk their output but bind their
+//! whole operand, so an operand over one binding is rejected.
 //!
-//! FIXME(perf): conv2d_weight_grad is a direct loop with one weight element per
-//! invocation; an implicit GEMM with register tiles over (co, ci * kh * kw) belongs here.
+//! FIXME(perf): conv2d_weight_grad is a direct loop over the output pixels with a small
+//! register block of channels per invocation; an implicit GEMM with larger tiles (and
+//! subgroup sharing) belongs here.
 
 use super::elementwise::{elementwise_chunks, Chunk};
 use super::wgsl::{f32_literal, fill, i, u};
@@ -28,16 +29,20 @@ const MAX_POOL2D_GRAD: &str = include_str!("../../shaders/max_pool2d_grad.wgsl")
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const GATHER: &str = include_str!("../../shaders/gather.wgsl");
 
-/// A grid of one invocation per item, `WG` invocations a workgroup.
+/// Folds a grid of one invocation per item, `WG` invocations a workgroup.
 fn linear_grid(ctx: &LowerContext<'_>, role: &str, items: usize) -> Result<Grid, CodegenError> {
     let groups = (items as u64).div_ceil(u64::from(ctx.target.tuning.workgroup_size));
     Grid::fold(&ctx.kernel_name(role), groups, ctx.target.max_workgroups_per_dimension)
 }
 
-/// A grid of one workgroup per channel.
+/// Folds a grid of one workgroup per channel.
 fn channel_grid(ctx: &LowerContext<'_>, role: &str, channels: usize) -> Result<Grid, CodegenError> {
     Grid::fold(&ctx.kernel_name(role), channels as u64, ctx.target.max_workgroups_per_dimension)
 }
+
+/// Input channels each weight-gradient invocation covers, next to the output channels of
+/// `Tuning::conv_out_channel_tile`.
+const WEIGHT_GRAD_IN_CHANNEL_TILE: usize = 4;
 
 pub(super) fn lower_conv2d_weight_grad(
     ctx: &LowerContext<'_>,
@@ -46,22 +51,30 @@ pub(super) fn lower_conv2d_weight_grad(
 ) -> Result<Kernel, CodegenError> {
     let role = "conv2d_weight_grad";
     let (x, dy, dw) = (ctx.operand_dims(0), ctx.operand_dims(1), ctx.dims().to_vec());
-    let grid = linear_grid(ctx, role, ctx.numel())?;
+    let (ci, co, kh, kw) = (x[1], dy[1], dw[2], dw[3]);
+    let out_tile = (ctx.target.tuning.conv_out_channel_tile as usize).clamp(1, co);
+    let in_tile = WEIGHT_GRAD_IN_CHANNEL_TILE.clamp(1, ci);
+    let (co_groups, ci_groups) = (co.div_ceil(out_tile), ci.div_ceil(in_tile));
+    let grid = linear_grid(ctx, role, co_groups * ci_groups * kh * kw)?;
     let constants = vec![
         ("WG", u(ctx.target.tuning.workgroup_size)),
         ("N", u(x[0] as u64)),
-        ("CI", u(x[1] as u64)),
+        ("CI", u(ci as u64)),
         ("H", u(x[2] as u64)),
         ("W", u(x[3] as u64)),
-        ("CO", u(dy[1] as u64)),
+        ("CO", u(co as u64)),
         ("OH", u(dy[2] as u64)),
         ("OW", u(dy[3] as u64)),
-        ("KH", u(dw[2] as u64)),
-        ("KW", u(dw[3] as u64)),
+        ("KH", u(kh as u64)),
+        ("KW", u(kw as u64)),
         ("SH", u(stride[0] as u64)),
         ("SW", u(stride[1] as u64)),
         ("PH", i(padding[0] as i64)),
         ("PW", i(padding[1] as i64)),
+        ("COT", u(out_tile as u64)),
+        ("CIT", u(in_tile as u64)),
+        ("CO_GROUPS", u(co_groups as u64)),
+        ("CI_GROUPS", u(ci_groups as u64)),
     ];
     let bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("dw")];
     let flops = 2 * (dy[0] * dy[2] * dy[3]) as u64 * ctx.numel() as u64;

@@ -21,7 +21,7 @@ const SGD: &str = include_str!("../../shaders/sgd.wgsl");
 pub struct UpdateBindings {
     /// The parameter being updated.
     pub param: ParamId,
-    /// Where its gradient is read from (the gradient node's value resource).
+    /// The resource the gradient is read from (the gradient node's value resource).
     pub grad: Resource,
     /// The gradient node, for the kernel's bookkeeping.
     pub grad_node: NodeId,

@@ -1,29 +1,42 @@
 //! Starts a training engine from the matching tensors of a checkpoint of another version
 //! of the model: `--init-from`, and `--resume` after the `.net` file changed.
 //!
-//! Needs: an engine that holds freshly initialised parameters and zero optimizer moments.
+//! Needs: an engine that contains freshly initialised parameters and zero optimizer moments.
 //! Guarantees: every parameter and buffer whose name and shape match a checkpoint tensor
 //! takes the checkpoint's values bit for bit, and so does each optimizer moment of it
 //! whose name and length match one the engine has. Everything else keeps the engine's
 //! fresh values. The engine receives one [`Engine::restore`] call with complete sets.
+//!
+//! NOTE: `--init-from` carries the moments but not Adam's update count, which a new run
+//! restarts at zero. Bias correction then divides the carried second moment by
+//! `1 - beta2^t` for a small `t`, so the first updates after the transfer are smaller than
+//! in the old run (about 30 times at beta2 0.999), not larger.
 
-use super::transfer::{pair_moments, transfer, ParamSlot, TransferReport};
+use super::transfer::{pair_moments, transfer, ParamSlot, TransferError, TransferReport};
 use crate::ir::{Module, ParamKind};
-use crate::train::checkpoint::Checkpoint;
+use crate::train::checkpoint::{Checkpoint, Tensor};
 use crate::train::run::{Engine, RunError};
 
-/// Copies the matching tensors of `checkpoint` into `engine` and logs the report. With
-/// `force`, a checkpoint that matches no trainable parameter is accepted.
-pub fn restore_matching(
-    module: &Module,
-    engine: &mut dyn Engine,
-    checkpoint: Checkpoint,
-    force: bool,
-) -> Result<TransferReport, RunError> {
-    let failed = |message| RunError::Engine { step: checkpoint.record.step, message };
-    let (mut weights, mut moments) = engine.tensors().map_err(failed)?;
+/// The tensors a model starts from after a transfer, in the order the engine gave them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Merged {
+    pub weights: Vec<Tensor>,
+    pub moments: Vec<Tensor>,
+    pub report: TransferReport,
+    /// Optimizer moments taken from the checkpoint.
+    pub moments_copied: usize,
+    /// Checkpoint moments that belong to no checkpoint weight.
+    pub moments_unpaired: usize,
+}
 
-    // The engine's tensors are the slots; the module says which of them are buffers.
+/// Overwrites `weights` and `moments`, a model's fresh tensors, with the matching ones of
+/// `saved`, a checkpoint's weights and moments. `module` marks which weights are buffers.
+pub fn merge_matching(
+    module: &Module,
+    (mut weights, mut moments): (Vec<Tensor>, Vec<Tensor>),
+    saved: (Vec<Tensor>, Vec<Tensor>),
+    force: bool,
+) -> Result<Merged, TransferError> {
     let kind_of = |name: &str| {
         let decl = module.params.iter().find(|p| p.name == name);
         decl.map_or(ParamKind::Trainable, |p| p.kind)
@@ -32,8 +45,7 @@ pub fn restore_matching(
         .iter()
         .map(|t| ParamSlot { name: t.name.clone(), shape: t.shape.clone(), kind: kind_of(&t.name) })
         .collect();
-    let step = checkpoint.record.step;
-    let (saved, unpaired) = pair_moments(checkpoint.weights, checkpoint.moments);
+    let (saved, unpaired) = pair_moments(saved.0, saved.1);
     let result = transfer(&slots, saved, force)?;
 
     let mut moments_copied = 0;
@@ -49,16 +61,38 @@ pub fn restore_matching(
             }
         }
     }
-    engine.restore(&weights, &moments).map_err(|message| RunError::Engine { step, message })?;
+    Ok(Merged {
+        weights,
+        moments,
+        report: result.report,
+        moments_copied,
+        moments_unpaired: unpaired.len(),
+    })
+}
 
-    for line in result.report.render().lines() {
+/// Copies the matching tensors of `checkpoint` into `engine` and logs the report. With
+/// `force`, a checkpoint that matches no trainable parameter is accepted.
+pub fn restore_matching(
+    module: &Module,
+    engine: &mut dyn Engine,
+    checkpoint: Checkpoint,
+    force: bool,
+) -> Result<TransferReport, RunError> {
+    let step = checkpoint.record.step;
+    let failed = |message| RunError::Engine { step, message };
+    let fresh = engine.tensors().map_err(failed)?;
+    let saved = (checkpoint.weights, checkpoint.moments);
+    let merged = merge_matching(module, fresh, saved, force)?;
+    engine.restore(&merged.weights, &merged.moments).map_err(failed)?;
+
+    for line in merged.report.render().lines() {
         tracing::info!("{line}");
     }
     tracing::info!(
-        moments_copied,
-        moments_fresh = moments.len() - moments_copied,
-        moments_unpaired = unpaired.len(),
+        moments_copied = merged.moments_copied,
+        moments_fresh = merged.moments.len() - merged.moments_copied,
+        moments_unpaired = merged.moments_unpaired,
         "optimizer moments transferred with their parameters"
     );
-    Ok(result.report)
+    Ok(merged.report)
 }

@@ -187,9 +187,11 @@ pub fn transfer(
 }
 
 /// Pairs each checkpoint weight with its optimizer moments. A moment belongs to the
-/// weight whose name followed by a dot starts the moment's name, the longest such name
-/// when several do (`generator.e1.conv.weight.adam_m`). Returns the paired tensors and
-/// the moments that belong to no weight.
+/// weight whose name appears in the moment's name as whole dotted segments followed by a
+/// state name: `generator.e1.conv.weight.adam_m`, or the trainer's
+/// `optimizer.generator.generator.e1.conv.weight.m`. When several weight names fit, the
+/// longest is the owner.
+/// Returns the paired tensors and the moments that belong to no weight.
 pub fn pair_moments(weights: Vec<Tensor>, moments: Vec<Tensor>) -> (Vec<SavedTensor>, Vec<Tensor>) {
     let mut saved: Vec<SavedTensor> = weights
         .into_iter()
@@ -199,18 +201,29 @@ pub fn pair_moments(weights: Vec<Tensor>, moments: Vec<Tensor>) -> (Vec<SavedTen
         saved.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let mut unpaired = Vec::new();
     for moment in moments {
-        // Try the longest dotted prefix first: `a.b.c.m` looks up `a.b.c`, then `a.b`, `a`.
-        let owner = moment
-            .name
-            .rmatch_indices('.')
-            .map(|(at, _)| &moment.name[..at])
-            .find_map(|prefix| index.get(prefix).copied());
-        match owner {
+        match owner_of(&moment.name, &index) {
             Some(i) => saved[i].moments.push((moment.name, moment.data)),
             None => unpaired.push(moment),
         }
     }
     (saved, unpaired)
+}
+
+/// Returns the index of the longest weight name that is a run of whole segments of
+/// `moment` and is followed by at least one more segment.
+fn owner_of(moment: &str, index: &HashMap<String, usize>) -> Option<usize> {
+    let starts = std::iter::once(0).chain(moment.match_indices('.').map(|(at, _)| at + 1));
+    let mut best: Option<(usize, usize)> = None;
+    for start in starts {
+        for (offset, _) in moment[start..].match_indices('.') {
+            let candidate = &moment[start..start + offset];
+            let Some(&i) = index.get(candidate) else { continue };
+            if best.is_none_or(|(len, _)| candidate.len() > len) {
+                best = Some((candidate.len(), i));
+            }
+        }
+    }
+    best.map(|(_, i)| i)
 }
 
 fn describe_saved(t: &SavedTensor) -> String {
@@ -248,7 +261,8 @@ fn check_saved(saved: &[SavedTensor]) -> Result<(), TransferError> {
 }
 
 impl TransferReport {
-    /// Renders the three groups, one tensor a line, for the start of a run.
+    /// Renders the copied, re-initialised and dropped tensors, one a line, for the start
+    /// of a run.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let total = self.copied.len() + self.reinitialized.len();
@@ -269,12 +283,9 @@ impl TransferReport {
             };
             let _ = writeln!(out, "  re-initialised  {} {}: {reason}", r.name, r.shape);
         }
-        for d in &self.dropped {
-            let reason = match &d.new_shape {
-                Some(shape) => format!("the model now has {shape}"),
-                None => "not in the model".to_string(),
-            };
-            let _ = writeln!(out, "  dropped         {} {}: {reason}", d.name, d.shape);
+        // A reshaped tensor is already listed as re-initialised, with both shapes.
+        for d in self.dropped.iter().filter(|d| d.new_shape.is_none()) {
+            let _ = writeln!(out, "  dropped         {} {}: not in the model", d.name, d.shape);
         }
         out
     }
@@ -434,14 +445,18 @@ mod tests {
         let moments = vec![
             tensor("g.e1.conv.weight.adam_m", 3.0),
             tensor("g.e1.conv.momentum_buffer", 4.0),
+            tensor("optimizer.g.g.e1.conv.weight.v", 7.0),
             tensor("g.e9.conv.weight.adam_m", 5.0),
-            tensor("adam.step", 6.0),
+            tensor("optimizer.g.values", 6.0),
+            tensor("g.e1.m", 8.0),
         ];
         let (saved, unpaired) = pair_moments(weights, moments);
-        assert_eq!(saved[0].moments, vec![("g.e1.conv.momentum_buffer".to_string(), vec![4.0])]);
-        assert_eq!(saved[1].moments, vec![("g.e1.conv.weight.adam_m".to_string(), vec![3.0])]);
+        let names = |t: &SavedTensor| t.moments.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&saved[0]), ["g.e1.conv.momentum_buffer"]);
+        assert_eq!(names(&saved[1]), ["g.e1.conv.weight.adam_m", "optimizer.g.g.e1.conv.weight.v"]);
+        assert_eq!(saved[1].moments[1].1, vec![7.0]);
         let names: Vec<&str> = unpaired.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["g.e9.conv.weight.adam_m", "adam.step"]);
+        assert_eq!(names, ["g.e9.conv.weight.adam_m", "optimizer.g.values", "g.e1.m"]);
     }
 
     #[test]
@@ -458,7 +473,6 @@ copied 1 of 2 parameters and buffers from the checkpoint (48 of 128 values)
   re-initialised  g.d1.conv_transpose.weight [4, 5, 2, 2]: the checkpoint has [4, 3, 2, 2]
   dropped         g.e1.norm.scale [4]: not in the model
   dropped         g.e1.norm.running_mean [4]: not in the model
-  dropped         g.d1.conv_transpose.weight [4, 3, 2, 2]: the model now has [4, 5, 2, 2]
 ";
         assert_eq!(text, expected);
     }

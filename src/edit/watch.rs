@@ -44,9 +44,13 @@ pub struct FileWatcher {
 }
 
 impl FileWatcher {
-    /// Starts watching `path`. The file need not exist yet, but its folder must.
+    /// Starts watching `path`. The file need not exist yet, but its folder must, and the
+    /// path must not be a folder itself.
     pub fn new(path: &Path) -> Result<FileWatcher, WatchError> {
         let start_error = |message: String| WatchError::Start { path: path.to_path_buf(), message };
+        if path.is_dir() {
+            return Err(start_error("it is a folder; pass the .net file to watch".into()));
+        }
         let file_name = path
             .file_name()
             .ok_or_else(|| start_error("the path does not name a file".into()))?

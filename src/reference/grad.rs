@@ -228,7 +228,7 @@ pub fn leaky_relu_grad(x: &[f32], dy: &[f32], slope: f32) -> Vec<f32> {
     x.iter().zip(dy).map(|(&v, &g)| if v > 0.0 { g } else { slope * g }).collect()
 }
 
-/// Applies a dropout mask to `dy`: `kept(i)` says whether element `i` was kept forward.
+/// Applies a dropout mask to `dy`: `kept(i)` returns whether the forward pass kept element `i`.
 pub fn dropout_grad(dy: &[f32], p: f32, kept: impl Fn(usize) -> bool) -> Vec<f32> {
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     dy.iter().enumerate().map(|(i, &g)| if kept(i) { g * scale } else { 0.0 }).collect()

@@ -6,6 +6,7 @@ use crate::codegen::wgsl::{RunValues, RUN_VALUES_BYTES};
 use crate::codegen::{value_resource, Access, Kernel, Mode, Resource};
 use crate::ir::{Graph, NodeId, Op};
 use crate::passes::memory::{self, MemoryPlan};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use wgpu::BufferUsages;
 
@@ -124,7 +125,7 @@ impl Program {
         let mut compiled = Vec::with_capacity(kernels.len());
         for kernel in kernels {
             let key = kernel_key(kernel);
-            if !pipelines.contains_key(&key) {
+            if let Entry::Vacant(slot) = pipelines.entry(key) {
                 let (cached, reused) =
                     gpu.kernels.get_or_create(key, || create_pipeline(gpu, kernel))?;
                 if reused {
@@ -132,7 +133,7 @@ impl Program {
                 } else {
                     shaders.compiled += 1;
                 }
-                pipelines.insert(key, cached);
+                slot.insert(cached);
             }
             let CachedPipeline { pipeline, layout } = &pipelines[&key];
             let entries: Vec<wgpu::BindGroupEntry> = kernel

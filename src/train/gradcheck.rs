@@ -56,7 +56,7 @@ pub enum Verdict {
     /// larger than half the derivative: the loss cannot resolve this parameter's effect.
     Inconclusive,
     /// The one-sided differences disagree with each other, so the loss has a kink
-    /// within `h` (a relu at 0, a tie in max pooling) and the central difference says
+    /// within `h` (a relu at 0, a tie in max pooling) and the central difference tells
     /// little about the gradient.
     NotDifferentiable,
 }
@@ -157,9 +157,9 @@ pub fn run_gradients(gpu: &Gpu, module: &Module, seed: u64) -> Result<GradientRu
 /// batch-norm offsets).
 ///
 /// NOTE: a larger step would resolve small derivatives of a large loss better in f32,
-/// but it crosses more kinks; on pix2pix at 64x64 a ten times larger step turned several
-/// agreeing weights into mismatches, so the step stays small and such parameters are
-/// reported as inconclusive instead.
+/// but it crosses more kinks. On pix2pix at 64x64 a ten times larger step turned several
+/// agreeing weights into mismatches. So the step stays small, and the parameters that it
+/// cannot resolve are reported as inconclusive.
 fn step_size(options: &GradCheckOptions, values: &[f32]) -> f32 {
     let mean_square =
         values.iter().map(|&p| p as f64 * p as f64).sum::<f64>() / values.len().max(1) as f64;

@@ -1,8 +1,10 @@
 //! Training: the iteration program (autodiff, kernels, optimizer updates in step order),
-//! the [`Trainer`] a run loop drives, optimizers, learning-rate schedules, the
-//! finite-difference gradient check, and around them the run itself: `data` turns a folder
-//! of paired images into batches, `checkpoint` saves and restores a run, and `report`
-//! writes `losses.csv`, image grids, the loss plot and `index.html`.
+//! the [`Trainer`] a run loop drives, optimizers, learning-rate schedules and the
+//! finite-difference gradient check; around them the data pipeline, checkpoints and the
+//! run's outputs.
+//!
+//! `data` turns a folder of paired images into batches, `checkpoint` saves and restores a
+//! run, and `report` writes `losses.csv`, image grids, the loss plot and `index.html`.
 
 pub mod atomic;
 pub mod checkpoint;
@@ -48,4 +50,6 @@ pub enum TrainError {
     TensorShape { name: String, expected: Shape, got: Shape },
     #[error("the saved state has steps [{got}], but the model's train section has [{expected}]")]
     StepsMismatch { expected: String, got: String },
+    #[error("failed to run the generator: {message}")]
+    Generator { message: String },
 }

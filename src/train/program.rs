@@ -6,11 +6,12 @@
 //! `fake = generator(input)`), then for each step `k` in order its loss, its backward
 //! pass and its optimizer updates, before anything of phase `k + 1`. So a later step's
 //! `Param` nodes read the weights the earlier steps just updated, and each step's updates
-//! touch only the parameters it lists. The optimizer state lives in the parameter store
-//! as extra buffers of a training copy of the module, named
-//! `optimizer.<step>.<parameter>.<state>`, next to one `optimizer.<step>.values` buffer
-//! per step that the host fills with the learning rate and Adam's `beta^t` before each
-//! iteration.
+//! touch only the parameters it lists.
+//!
+//! The optimizer state lives in the parameter store, as extra buffers of a training copy
+//! of the module named `optimizer.<step>.<parameter>.<state>`. Each step also gets an
+//! `optimizer.<step>.values` buffer, which the host fills with the learning rate and
+//! Adam's `beta^t` before each iteration.
 
 use super::optimizer::state_names;
 use super::TrainError;

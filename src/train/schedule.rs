@@ -9,8 +9,8 @@ use crate::ir::{Optimizer, Schedule};
 /// Computes the multiplier of the base learning rate in `epoch`.
 ///
 /// `LinearDecay { constant, decay }` keeps the base rate for `constant` epochs, then
-/// lowers it by `1 / (decay + 1)` of the base each epoch, so that the last decaying epoch
-/// (`constant + decay - 1`) still trains at `1 / (decay + 1)` of the base and the line
+/// lowers it by `1 / (decay + 1)` of the base each epoch. The last decaying epoch
+/// (`constant + decay - 1`) still trains at `1 / (decay + 1)` of the base, and the line
 /// reaches zero one epoch after it. Later epochs get zero.
 pub fn lr_factor(schedule: &Schedule, epoch: usize) -> f32 {
     match *schedule {

@@ -19,15 +19,20 @@
 //! continues a run bit for bit on the same adapter. Inputs are `[N, C, H, W]` row-major
 //! `f32` in the shapes of the train graph's `input` and `target` nodes.
 
+use super::checkpoint::Tensor;
+use super::data::Batch;
 use super::optimizer::UpdateValues;
 use super::program::TrainProgram;
+use super::run::Engine;
 use super::schedule::learning_rate;
 use super::TrainError;
 use crate::codegen::wgsl::RunValues;
+use crate::infer::{self, Generator};
 use crate::ir::{Module, ParamKind, Shape};
 use crate::reference::random::fold_seed;
 use crate::runtime::{Gpu, ParamStore, Program};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tracing::debug;
 
 /// A tensor by name, as checkpoints store it.
@@ -60,6 +65,8 @@ pub struct Trainer<'g> {
     state: TrainerState,
     /// Output names of the values one iteration reads back.
     loss_names: Vec<String>,
+    /// The generator compiled for evaluation against the same parameters, on first use.
+    generator: Option<Generator>,
 }
 
 impl<'g> Trainer<'g> {
@@ -85,15 +92,16 @@ impl<'g> Trainer<'g> {
             store,
             state: TrainerState { seed, iteration: 0, epoch: 0, updates },
             loss_names,
+            generator: None,
         })
     }
 
-    /// The compiled program: its graph, steps, kernels and the training module.
+    /// Returns the compiled program: its graph, steps, kernels and the training module.
     pub fn program(&self) -> &TrainProgram {
         &self.program
     }
 
-    /// The compiled device program, for dispatch counts and the memory report.
+    /// Returns the compiled device program, for dispatch counts and the memory report.
     pub fn device_program(&self) -> &Program {
         &self.compiled
     }
@@ -103,7 +111,7 @@ impl<'g> Trainer<'g> {
         self.state.epoch = epoch;
     }
 
-    /// The learning rate each step uses in the current epoch, by step name.
+    /// Returns the learning rate each step uses in the current epoch, by step name.
     pub fn learning_rates(&self) -> Vec<(String, f32)> {
         self.program
             .steps
@@ -118,8 +126,8 @@ impl<'g> Trainer<'g> {
     }
 
     /// Runs one iteration on a batch and returns every loss term by name, then each
-    /// step's total loss by the step's name. The values are those computed before the
-    /// iteration's updates.
+    /// step's total loss by the step's name. Each step's loss is computed with the weights
+    /// that step sees: after the updates of the steps before it in this iteration.
     pub fn step(
         &mut self,
         input: &[f32],
@@ -132,7 +140,7 @@ impl<'g> Trainer<'g> {
     }
 
     /// Runs one iteration without reading anything back, for iterations whose losses
-    /// nobody shows.
+    /// are not shown.
     pub fn step_unread(&mut self, input: &[f32], target: &[f32]) -> Result<(), TrainError> {
         self.run(input, target, &[]).map(|_| ())
     }
@@ -171,7 +179,7 @@ impl<'g> Trainer<'g> {
         Ok(values)
     }
 
-    /// The counters a checkpoint stores.
+    /// Returns the counters a checkpoint stores.
     pub fn state(&self) -> TrainerState {
         self.state.clone()
     }
@@ -190,7 +198,7 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// Every tensor a checkpoint stores: the module's parameters and buffers under their
+    /// Downloads every tensor a checkpoint stores: the module's parameters and buffers under their
     /// own names, and the optimizer state as `optimizer.<step>.<parameter>.<state>`.
     pub fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
         let values = self.store.download_all(self.gpu)?;
@@ -237,7 +245,7 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// The names of the trainable parameters of `net`, in declaration order.
+    /// Returns the names of the trainable parameters of `net`, in declaration order.
     pub fn trainable_names(&self, net: &str) -> Vec<String> {
         self.program
             .module
@@ -246,6 +254,73 @@ impl<'g> Trainer<'g> {
             .filter(|p| p.net == net && p.kind == ParamKind::Trainable)
             .map(|p| p.name.clone())
             .collect()
+    }
+
+    /// Returns the names of the loss terms, step by step; a step without named terms contributes
+    /// its total under the step's name.
+    pub fn term_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for step in &self.program.steps {
+            if step.terms.is_empty() {
+                names.push(step.name.clone());
+            }
+            for (name, _) in &step.terms {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// Runs the train section's generator in evaluation mode (running batch-norm
+    /// statistics, no dropout) on `input`, any number of `[C, H, W]` samples, and returns
+    /// the output channel count and the outputs, `[C, H, W]` per sample.
+    pub fn generate_images(&mut self, input: &[f32]) -> Result<(usize, Vec<f32>), TrainError> {
+        let net = infer::generator(&self.program.module)
+            .map_err(|e| TrainError::Generator { message: e.to_string() })?;
+        let [source] = net.inputs.as_slice() else {
+            return Err(TrainError::Generator {
+                message: format!("network {} must take exactly one input", net.name),
+            });
+        };
+        let input_name = source.name.clone();
+        let dims = source.shape.dims().to_vec();
+        let output = net.graph.output("output").ok_or_else(|| TrainError::Generator {
+            message: format!("network {} has no output", net.name),
+        })?;
+        let out_dims = net.graph.shape(output).dims().to_vec();
+        if self.generator.is_none() {
+            let compiled = Generator::compile(self.gpu, &self.program.module, &self.store)
+                .map_err(|e| TrainError::Generator { message: e.to_string() })?;
+            self.generator = Some(compiled);
+        }
+        let program = self.generator.as_ref().expect("compiled above").program();
+
+        // The network has a fixed batch size: run it on chunks of that many samples, the
+        // last one padded with zeros.
+        let batch = dims[0].max(1);
+        let sample: usize = dims[1..].iter().product();
+        let out_sample: usize = out_dims[1..].iter().product();
+        if sample == 0 || input.len() % sample != 0 {
+            return Err(TrainError::Generator {
+                message: format!(
+                    "{} input values are not a whole number of {:?} samples",
+                    input.len(),
+                    &dims[1..]
+                ),
+            });
+        }
+        let samples = input.len() / sample;
+        let mut outputs = Vec::with_capacity(samples * out_sample);
+        for chunk in input.chunks(batch * sample) {
+            let mut values = chunk.to_vec();
+            values.resize(batch * sample, 0.0);
+            program.write_input(self.gpu, &input_name, &values)?;
+            let result = program.run(self.gpu, &RunValues::default(), &["output"])?.remove(0);
+            outputs.extend_from_slice(&result[..(chunk.len() / sample) * out_sample]);
+        }
+        Ok((out_dims[1], outputs))
     }
 
     fn value_buffers(&self) -> Vec<usize> {
@@ -259,5 +334,87 @@ impl<'g> Trainer<'g> {
             .param_id(name)
             .filter(|id| !skipped.contains(id))
             .ok_or_else(|| TrainError::UnknownTensor { name: name.to_string() })
+    }
+}
+
+/// The names of the optimizer state tensors start with this prefix; every other tensor is
+/// a parameter or buffer of the model.
+const STATE_PREFIX: &str = "optimizer.";
+
+/// The run loop's view of the trainer. Weights are the module's parameters and buffers,
+/// moments the optimizer state; the generator state is the [`TrainerState`] as JSON.
+impl Engine for Trainer<'_> {
+    fn loss_names(&self) -> Vec<String> {
+        self.term_names()
+    }
+
+    fn learning_rates(&self, epoch: usize) -> BTreeMap<String, f32> {
+        self.program
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), learning_rate(&s.optimizer, &self.program.schedule, epoch)))
+            .collect()
+    }
+
+    fn step(&mut self, step: u64, epoch: usize, batch: &Batch) -> Result<Vec<f32>, String> {
+        // The run loop's step number keys the dropout masks, so a resumed run draws the
+        // masks a straight run would.
+        self.state.iteration = step;
+        self.set_epoch(epoch);
+        let losses = Trainer::step(self, &batch.input, &batch.target).map_err(|e| e.to_string())?;
+        let terms = self.term_names();
+        Ok(terms
+            .iter()
+            .map(|name| losses.iter().find(|(n, _)| n == name).map_or(f32::NAN, |(_, v)| *v))
+            .collect())
+    }
+
+    fn generate(&mut self, batch: &Batch) -> Result<(usize, Vec<f32>), String> {
+        self.generate_images(&batch.input).map_err(|e| e.to_string())
+    }
+
+    fn tensors(&mut self) -> Result<(Vec<Tensor>, Vec<Tensor>), String> {
+        let all = Trainer::tensors(self).map_err(|e| e.to_string())?;
+        let (moments, weights): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|t| t.name.starts_with(STATE_PREFIX));
+        let convert = |t: NamedTensor| Tensor { name: t.name, shape: t.shape, data: t.data };
+        Ok((weights.into_iter().map(convert).collect(), moments.into_iter().map(convert).collect()))
+    }
+
+    fn tensor_shapes(&self) -> (Vec<(String, Shape)>, Vec<(String, Shape)>) {
+        let skipped = self.value_buffers();
+        let (moments, weights): (Vec<_>, Vec<_>) = self
+            .program
+            .module
+            .params
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| !skipped.contains(id))
+            .map(|(_, p)| (p.name.clone(), p.shape.clone()))
+            .partition(|(name, _)| name.starts_with(STATE_PREFIX));
+        (weights, moments)
+    }
+
+    fn restore(&mut self, weights: &[Tensor], moments: &[Tensor]) -> Result<(), String> {
+        let tensors: Vec<NamedTensor> = weights
+            .iter()
+            .chain(moments)
+            .map(|t| NamedTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
+            .collect();
+        self.set_tensors(&tensors).map_err(|e| e.to_string())
+    }
+
+    fn rng_state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("the trainer state is plain data")
+    }
+
+    fn restore_rng(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let state: TrainerState =
+            serde_json::from_value(state.clone()).map_err(|e| e.to_string())?;
+        self.restore_state(&state).map_err(|e| e.to_string())
     }
 }

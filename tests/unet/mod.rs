@@ -99,7 +99,7 @@ impl Builder {
     }
 }
 
-/// The pix2pix U-Net generator for `[batch, 3, size, size]` images with `ngf` filters in
+/// Builds the pix2pix U-Net generator for `[batch, 3, size, size]` images with `ngf` filters in
 /// the first layer; `size` must be 256 for the full eight levels.
 pub fn generator(ngf: usize, size: usize, batch: usize) -> Module {
     let module = Module {

@@ -1557,37 +1557,52 @@ train {
         let data = six_pairs();
         let work = tempfile::tempdir().unwrap();
         std::fs::write(work.path().join("tiny.net"), TINY).unwrap();
+        // Runs netc and returns (stdout, stderr). A run that hangs (as a log line written
+        // under the progress bar's lock once did) fails after five minutes.
         let netc = |args: &[&str]| {
-            let output = Command::new(env!("CARGO_BIN_EXE_netc"))
+            let mut child = Command::new(env!("CARGO_BIN_EXE_netc"))
                 .current_dir(work.path())
                 .args(args)
                 .env("NETC_DATA", data.path())
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .unwrap();
+            let started = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > std::time::Duration::from_secs(300) {
+                    child.kill().unwrap();
+                    panic!("netc {args:?} did not finish in 300 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let output = child.wait_with_output().unwrap();
             let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
             assert!(output.status.success(), "netc {args:?} failed:\n{stdout}\n{stderr}");
-            stdout
+            (stdout, stderr)
         };
 
-        let stdout = netc(&["run", "tiny.net", "--train", "facades", "--steps", "2", "--quiet"]);
+        let (stdout, _) =
+            netc(&["run", "tiny.net", "--train", "facades", "--steps", "2", "--quiet"]);
         assert!(stdout.contains("trained steps 1..2"), "{stdout}");
         let run = work.path().join("runs/tiny-facades");
         assert!(run.join("index.html").is_file());
         assert!(run.join("images/step-00000002.png").is_file());
 
-        let stdout = netc(&[
+        // Without --quiet the progress bar is registered and the logs are drawn above it.
+        let (stdout, stderr) = netc(&[
             "run",
             "tiny.net",
             "--train",
             "facades",
             "--steps",
             "4",
-            "--quiet",
             "--resume",
             "runs/tiny-facades",
         ]);
         assert!(stdout.contains("trained steps 3..4"), "{stdout}");
+        assert!(stderr.contains("wrote checkpoint"), "{stderr}");
         let (columns, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
         assert_eq!(columns, ["d_real", "d_fake", "g_gan", "g_l1"]);
         assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);

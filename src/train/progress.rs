@@ -4,6 +4,9 @@
 //! the tracing writer by the CLI) hides the bar while it writes a line to stderr, so logs
 //! and the bar never overwrite each other. With no bar registered, it writes straight to
 //! stderr.
+//!
+//! NOTE: code must not log from inside `suspend` of the registered bar. The bar's lock is
+//! held there, so the log line's own `suspend` would wait for it forever.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;

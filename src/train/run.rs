@@ -483,9 +483,7 @@ impl Looper<'_> {
             ),
         };
         let checkpoint = Checkpoint { record, weights, moments };
-        let dir = self
-            .progress
-            .suspend(|| checkpoint::save(self.run_dir, &checkpoint, KEEP_CHECKPOINTS))?;
+        let dir = checkpoint::save(self.run_dir, &checkpoint, KEEP_CHECKPOINTS)?;
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
     }

@@ -57,11 +57,35 @@ pub fn render(module: &Module, sizes: &[SizeReport]) -> String {
     out
 }
 
+/// Longest `ops` cell of the layer table; longer chains are cut with a count of the ops.
+const MAX_OPS_WIDTH: usize = 80;
+
+/// Cuts a long `a -> b -> c` chain to fit [`MAX_OPS_WIDTH`], keeping its first ops and
+/// saying how many there are in all.
+fn clip_ops(ops: &str) -> String {
+    if ops.len() <= MAX_OPS_WIDTH {
+        return ops.to_string();
+    }
+    let count = ops.split(" -> ").count();
+    let mut kept = String::new();
+    for op in ops.split(" -> ") {
+        let next = if kept.is_empty() { op.to_string() } else { format!("{kept} -> {op}") };
+        if next.len() > MAX_OPS_WIDTH - 20 {
+            break;
+        }
+        kept = next;
+    }
+    format!("{kept} -> ... ({count} ops)")
+}
+
 fn render_net(out: &mut String, module: &Module, net: &Net) {
     let inputs: Vec<String> =
         net.inputs.iter().map(|i| format!("{}: {}", i.name, i.shape)).collect();
     let _ = writeln!(out, "net {}({})", net.name, inputs.join(", "));
-    let rows = layer_rows(module, net);
+    let mut rows = layer_rows(module, net);
+    for row in &mut rows {
+        row.ops = clip_ops(&row.ops);
+    }
     let header =
         Row { layer: "layer".into(), ops: "ops".into(), shape: "output".into(), params: 0 };
     let width = |f: fn(&Row) -> usize| rows.iter().chain([&header]).map(f).max().unwrap_or(0);

@@ -48,6 +48,9 @@ impl SizeReport {
                 "input {}: no height and width from 1 to {} pass the shape checks",
                 self.arg, self.tried
             ),
+            Legal::Progression { first: 1, step: 1 } => {
+                format!("input {}: any height and width pass the shape checks", self.arg)
+            }
             _ => format!("input {}: height and width must be {}", self.arg, self.rule()),
         }
     }

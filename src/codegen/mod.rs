@@ -131,7 +131,7 @@ pub struct Kernel {
     pub flops: u64,
 }
 
-/// How batch norm and dropout run in a lowered program.
+/// Batch-norm and dropout behaviour of a lowered program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Batch statistics, active dropout, and a momentum update of the running statistics.
@@ -146,17 +146,17 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Whether batch norm normalizes with the statistics of the current batch.
+    /// Returns true when batch norm normalizes with the statistics of the current batch.
     pub fn uses_batch_statistics(self) -> bool {
         matches!(self, Mode::Train | Mode::Infer)
     }
 
-    /// Whether dropout zeroes elements (with `p > 0`) instead of passing its input through.
+    /// Returns true when dropout with `p > 0` zeroes elements instead of passing its input on.
     pub fn applies_dropout(self) -> bool {
         matches!(self, Mode::Train | Mode::Infer)
     }
 
-    /// Whether batch norm writes its running statistics back to the parameter store.
+    /// Returns true when batch norm writes its running statistics to the parameter store.
     pub fn updates_running_statistics(self) -> bool {
         self == Mode::Train
     }

@@ -16,8 +16,8 @@ const STATS: &str = include_str!("../../shaders/batch_norm_stats.wgsl");
 const APPLY: &str = include_str!("../../shaders/batch_norm_apply.wgsl");
 const UPDATE: &str = include_str!("../../shaders/batch_norm_update.wgsl");
 
-/// The aux buffer that holds a batch-norm node's batch statistics in training and inference
-/// mode.
+/// The aux buffer that contains a batch-norm node's batch statistics in training and
+/// inference mode.
 pub const STATS_AUX: u32 = 0;
 
 pub(super) fn lower_batch_norm(

@@ -3,7 +3,7 @@
 //! Needs: a module with a network whose single input is an image batch `[N, C, H, W]`
 //! with C of 1 or 3, and whose output has 1 or 3 channels. Guarantees: the network runs
 //! in the [`Mode`] the caller picks, [`Mode::Infer`] (batch statistics, dropout keyed by a
-//! fixed seed and step) or [`Mode::Eval`] (running statistics, no dropout), and in either
+//! fixed seed and step) or [`Mode::Eval`] (running statistics, no dropout). In both modes
 //! the same weights on the same adapter give the same output bits. Inputs are batched N
 //! at a time, and the last batch is padded with zeros.
 

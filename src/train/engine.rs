@@ -5,9 +5,9 @@
 //! the named terms of every step, in the order the train section lists them. Optimizer
 //! state is stored in checkpoints under the trainer's names
 //! (`optimizer.<step>.<parameter>.<state>`), in `optimizer.safetensors`. The generator
-//! for image grids is compiled once in [`Mode::Infer`] (batch statistics and dropout, as
-//! pix2pix runs it at test time, but no update of the running statistics) and reads a copy
-//! of the trainer's generator parameters, refreshed before each grid.
+//! for image grids is compiled once in [`Mode::Infer`], as pix2pix runs it at test time
+//! (batch statistics and dropout, but no update of the running statistics). It reads a
+//! copy of the trainer's generator parameters, refreshed before each grid.
 
 use crate::codegen::wgsl::RunValues;
 use crate::codegen::Mode;

@@ -1,6 +1,7 @@
 //! Inference end to end on the device: image files of every supported kind through a
 //! small generator to PNG files, seeded initialization, and the paired-image split.
 
+use netc::codegen::Mode;
 use netc::infer::{load_input, Generator, InferError};
 use netc::ir::{
     DataSpec, Graph, Half, Init, Module, Net, NetInput, Op, ParamDecl, ParamKind, Schedule, Shape,
@@ -136,9 +137,19 @@ fn write_images(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn run_generator(module: &Module, seed: u64, images: &[PathBuf], out: &Path) -> Vec<Vec<u8>> {
+    run_generator_in(Mode::Infer, module, seed, images, out)
+}
+
+fn run_generator_in(
+    mode: Mode,
+    module: &Module,
+    seed: u64,
+    images: &[PathBuf],
+    out: &Path,
+) -> Vec<Vec<u8>> {
     let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
     let params = ParamStore::initialized(&gpu, module, seed).expect("parameters initialize");
-    let generator = Generator::compile(&gpu, module, &params).expect("generator compiles");
+    let generator = Generator::compile(&gpu, module, &params, mode).expect("generator compiles");
     let paths = generator.run_files(&gpu, images, out).expect("inference runs");
     paths.iter().map(|p| std::fs::read(p).expect("output PNG exists")).collect()
 }
@@ -174,11 +185,41 @@ fn same_seed_gives_same_bits() {
     let dir = tempfile::tempdir().unwrap();
     let images = write_images(dir.path());
     let module = tiny_generator(3, false);
-    let first = run_generator(&module, 7, &images, &dir.path().join("a"));
-    let second = run_generator(&module, 7, &images, &dir.path().join("b"));
-    let other = run_generator(&module, 8, &images, &dir.path().join("c"));
-    assert_eq!(first, second);
-    assert_ne!(first, other);
+    for mode in [Mode::Infer, Mode::Eval] {
+        let run = |seed, name: &str| {
+            run_generator_in(mode, &module, seed, &images, &dir.path().join(name))
+        };
+        let first = run(7, "a");
+        let second = run(7, "b");
+        let other = run(8, "c");
+        assert_eq!(first, second, "{mode:?}: same seed");
+        assert_ne!(first, other, "{mode:?}: other seed");
+    }
+}
+
+#[test]
+fn inference_mode_keeps_running_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = write_images(dir.path());
+    let module = tiny_generator(3, false);
+    let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+    let params = ParamStore::initialized(&gpu, &module, 3).expect("parameters initialize");
+    let before = params.download_all(&gpu).expect("parameter download");
+    let generator =
+        Generator::compile(&gpu, &module, &params, Mode::Infer).expect("generator compiles");
+    generator.run_files(&gpu, &images, &dir.path().join("out")).expect("inference runs");
+    let after = params.download_all(&gpu).expect("parameter download");
+    assert_eq!(before, after, "inference wrote to the parameter store");
+}
+
+#[test]
+fn inference_and_running_statistics_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = write_images(dir.path());
+    let module = tiny_generator(3, false);
+    let infer = run_generator_in(Mode::Infer, &module, 4, &images, &dir.path().join("a"));
+    let eval = run_generator_in(Mode::Eval, &module, 4, &images, &dir.path().join("b"));
+    assert_ne!(infer, eval);
 }
 
 #[test]
@@ -304,6 +345,10 @@ fn netc_run_infer_writes_png_per_input() {
     let read = |name: &str| std::fs::read(dir.path().join(name).join("pair.png")).unwrap();
     assert_eq!(read("a"), read("b"), "same seed, same bits");
     assert_ne!(read("a"), read("c"), "another seed");
+
+    let running = netc_infer(dir.path(), "d", &["--running-stats"]);
+    assert!(running.status.success(), "{}", String::from_utf8_lossy(&running.stderr));
+    assert_ne!(read("a"), read("d"), "--running-stats runs evaluation mode");
 }
 
 #[test]

@@ -379,6 +379,29 @@ mod norm {
     }
 
     #[test]
+    fn batch_norm_inference_leaves_running_statistics() {
+        // [1, 5, 1, 1] is a U-Net bottleneck at batch size 1: every batch variance is 0.
+        for dims in [&[4, 3, 5, 7][..], &[1, 5, 1, 1], &[2, 13, 9, 9], &[3, 6]] {
+            let (case, y) = batch_norm_case(dims, 23);
+            let outcome = case.check(y, Mode::Infer);
+            assert_eq!(outcome.kernels.len(), 2, "stats and normalize, no update");
+            for id in 2..4 {
+                assert_eq!(
+                    outcome.device_params[id], case.params[id].data,
+                    "inference changed device parameter {id}"
+                );
+                let reference = outcome.reference_params[id].as_ref().expect("parameter");
+                assert_eq!(
+                    reference.data, case.params[id].data,
+                    "inference changed reference parameter {id}"
+                );
+            }
+            let training = case.check(y, Mode::Train);
+            assert_eq!(outcome.device, training.device, "normalizes as training does");
+        }
+    }
+
+    #[test]
     fn batch_norm_statistics_of_large_offset_data() {
         // A large common offset makes a one-pass variance lose every digit.
         let (mut case, y) = batch_norm_case(&[8, 3, 32, 32], 22);
@@ -415,6 +438,17 @@ mod norm {
         assert_eq!(base, run(1, 1), "same seed and step");
         assert_ne!(base, run(1, 2), "next step");
         assert_ne!(base, run(2, 1), "other seed");
+    }
+
+    #[test]
+    fn dropout_in_inference_matches_training() {
+        let (case, y) = dropout_case(0.5, &[2, 3, 17, 19]);
+        let run = RunValues { seed: 11, step: 4, ..Default::default() };
+        let inference = case.run(y, Mode::Infer, run, None);
+        assert_eq!(inference.device, inference.reference.data, "device against reference");
+        let training = case.run(y, Mode::Train, run, None);
+        assert_eq!(inference.device, training.device, "same mask as training");
+        assert_ne!(inference.device, case.inputs[0].1.data, "dropout is active");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `netc run FILE --infer IMAGE... [-o DIR] [--weights CHECKPOINT]`: runs a model's
-//! generator on image files and writes a PNG per input.
+//! `netc run FILE --infer IMAGE... [-o DIR] [--weights CHECKPOINT] [--running-stats]`: runs
+//! a model's generator on image files and writes a PNG per input.
 
 use super::run::RunArgs;
+use netc::codegen::Mode;
 use netc::frontend;
 use netc::infer::Generator;
 use netc::ir::Module;
@@ -72,7 +73,8 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
     }
 
     let started = std::time::Instant::now();
-    let generator = Generator::compile(&gpu, &module, &params)?;
+    let mode = if args.running_stats { Mode::Eval } else { Mode::Infer };
+    let generator = Generator::compile(&gpu, &module, &params, mode)?;
     let out_dir =
         args.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-infer", module.name)));
     let written = generator.run_files(&gpu, &args.infer, &out_dir)?;

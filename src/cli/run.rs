@@ -26,6 +26,10 @@ pub struct RunArgs {
     /// Checkpoint folder to load weights (and the architecture) from for --infer
     #[arg(long, value_name = "CHECKPOINT")]
     pub weights: Option<PathBuf>,
+    /// Run --infer with the running batch-norm statistics and no dropout, instead of the
+    /// statistics of each input batch with dropout as in training (the pix2pix default)
+    #[arg(long, requires = "infer")]
+    pub running_stats: bool,
     /// Train on the named data set, found as NAME/train/ under the data folder
     #[arg(long, value_name = "NAME")]
     pub train: Option<String>,

@@ -132,11 +132,35 @@ pub struct Kernel {
     pub flops: u64,
 }
 
-/// Whether batch norm uses batch statistics and dropout drops.
+/// Batch-norm and dropout behaviour of a lowered program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Batch statistics, active dropout, and a momentum update of the running statistics.
     Train,
+    /// Running statistics and no dropout.
     Eval,
+    /// Batch statistics and active dropout as in [`Mode::Train`], but the running statistics
+    /// are never written, so a forward pass leaves the parameters unchanged. pix2pix runs its
+    /// generator this way at test time (Isola et al. 2017, "Image-to-Image Translation with
+    /// Conditional Adversarial Networks", section 3.3).
+    Infer,
+}
+
+impl Mode {
+    /// Returns true when batch norm normalizes with the statistics of the current batch.
+    pub fn uses_batch_statistics(self) -> bool {
+        matches!(self, Mode::Train | Mode::Infer)
+    }
+
+    /// Returns true when dropout with `p > 0` zeroes elements instead of passing its input on.
+    pub fn applies_dropout(self) -> bool {
+        matches!(self, Mode::Train | Mode::Infer)
+    }
+
+    /// Returns true when batch norm writes its running statistics to the parameter store.
+    pub fn updates_running_statistics(self) -> bool {
+        self == Mode::Train
+    }
 }
 
 /// A failure to lower a graph within the target's limits.
@@ -167,7 +191,7 @@ pub fn storage_root(graph: &Graph, mut id: NodeId, mode: Mode) -> NodeId {
     loop {
         let passes_through = match graph.node(id).op {
             Op::Flatten | Op::StopGradient | Op::Reshape { .. } => true,
-            Op::Dropout { p } => mode == Mode::Eval || p == 0.0,
+            Op::Dropout { p } => !mode.applies_dropout() || p == 0.0,
             _ => false,
         };
         if !passes_through {
@@ -262,7 +286,7 @@ pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
     let kernels = match &node.op {
         Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => Vec::new(),
         Op::Flatten | Op::StopGradient => Vec::new(),
-        Op::Dropout { p } if ctx.mode == Mode::Eval || *p == 0.0 => Vec::new(),
+        Op::Dropout { p } if !ctx.mode.applies_dropout() || *p == 0.0 => Vec::new(),
         Op::Dropout { p } => elementwise::lower_dropout(ctx, *p)?,
         Op::Relu | Op::LeakyRelu { .. } | Op::Tanh | Op::Sigmoid | Op::Neg => {
             elementwise::lower_unary(ctx, &node.op)?

@@ -3,11 +3,12 @@
 //! Training mode runs three kernels: the batch statistics (into the node's aux buffer 0,
 //! `[mean; C]` then `[variance; C]`, which stays alive for the backward pass), the
 //! normalization, and the update of the running statistics in the parameter store.
+//! Inference mode runs the first two, so it reads no running statistics and writes none.
 //! Evaluation mode runs the normalization alone, with the running statistics.
 
 use super::elementwise::elementwise_chunks;
 use super::wgsl::{f32_literal, fill, u};
-use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Mode, Resource};
+use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::ParamId;
 
 const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
@@ -15,7 +16,8 @@ const STATS: &str = include_str!("../../shaders/batch_norm_stats.wgsl");
 const APPLY: &str = include_str!("../../shaders/batch_norm_apply.wgsl");
 const UPDATE: &str = include_str!("../../shaders/batch_norm_update.wgsl");
 
-/// The aux buffer that holds a batch-norm node's batch statistics in training mode.
+/// The aux buffer that contains a batch-norm node's batch statistics in training and
+/// inference mode.
 pub const STATS_AUX: u32 = 0;
 
 pub(super) fn lower_batch_norm(
@@ -33,7 +35,7 @@ pub(super) fn lower_batch_norm(
     let stats = Resource::Aux { node: ctx.node, index: STATS_AUX };
     let mut kernels = Vec::new();
 
-    if ctx.mode == Mode::Train {
+    if ctx.mode.uses_batch_statistics() {
         let grid = Grid::fold(
             &ctx.kernel_name("batch_norm_stats"),
             c as u64,
@@ -51,7 +53,7 @@ pub(super) fn lower_batch_norm(
         kernels.push(ctx.kernel("batch_norm_stats", &body, &constants, bindings, grid, flops));
     }
 
-    let (mean, variance) = if ctx.mode == Mode::Train {
+    let (mean, variance) = if ctx.mode.uses_batch_statistics() {
         ("stats[c]", "stats[C + c]")
     } else {
         ("running_mean[c]", "running_var[c]")
@@ -66,7 +68,7 @@ pub(super) fn lower_batch_norm(
         let (start, len) = (chunk.start, chunk.len);
         let mut bindings =
             vec![ctx.read("x", 0).range(start, len), ctx.read("scale", 1), ctx.read("offset", 2)];
-        if ctx.mode == Mode::Train {
+        if ctx.mode.uses_batch_statistics() {
             bindings.push(Binding::read("stats", stats, 2 * c));
         } else {
             bindings.push(Binding::read("running_mean", Resource::Param(running_mean), c));
@@ -77,7 +79,7 @@ pub(super) fn lower_batch_norm(
         kernels.push(ctx.kernel(&chunk.role, &body, &chunk.constants, bindings, chunk.grid, flops));
     }
 
-    if ctx.mode == Mode::Train {
+    if ctx.mode.updates_running_statistics() {
         let groups = (c as u64).div_ceil(u64::from(wg));
         let grid = Grid::fold(
             &ctx.kernel_name("batch_norm_update"),

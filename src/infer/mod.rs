@@ -2,9 +2,10 @@
 //!
 //! Needs: a module with a network whose single input is an image batch `[N, C, H, W]`
 //! with C of 1 or 3, and whose output has 1 or 3 channels. Guarantees: the network runs
-//! in evaluation mode (running batch statistics, no dropout), so the same weights on the
-//! same adapter give the same output bits. Inputs are batched N at a time; the last
-//! batch is padded with zeros, which evaluation mode keeps from affecting the others.
+//! in the [`Mode`] the caller picks, [`Mode::Infer`] (batch statistics, dropout keyed by a
+//! fixed seed and step) or [`Mode::Eval`] (running statistics, no dropout). In both modes
+//! the same weights on the same adapter give the same output bits. Inputs are batched N
+//! at a time, and the last batch is padded with zeros.
 
 mod images;
 
@@ -80,6 +81,7 @@ pub fn output_paths(images: &[PathBuf], out_dir: &Path) -> Vec<PathBuf> {
 /// The generator compiled for inference.
 pub struct Generator {
     program: Program,
+    mode: Mode,
     input: String,
     /// `[N, C, H, W]` of the input and of the output.
     input_dims: [usize; 4],
@@ -100,11 +102,13 @@ fn image_dims(net: &Net, name: &str, dims: &[usize]) -> Result<[usize; 4], Infer
 }
 
 impl Generator {
-    /// Compiles the module's generator against `params`.
+    /// Compiles the module's generator against `params`, with batch norm and dropout as
+    /// `mode` says.
     pub fn compile(
         gpu: &Gpu,
         module: &Module,
         params: &ParamStore,
+        mode: Mode,
     ) -> Result<Generator, InferError> {
         let net = generator(module)?;
         let [input] = net.inputs.as_slice() else {
@@ -127,15 +131,19 @@ impl Generator {
                 return Err(InferError::Channels { channels, what });
             }
         }
-        let kernels = lower_graph(&net.graph, &gpu.target(), Mode::Eval)?;
+        let kernels = lower_graph(&net.graph, &gpu.target(), mode)?;
         let outputs = vec![("output".to_string(), output)];
-        let program = Program::compile(gpu, &net.graph, Mode::Eval, &kernels, params, &outputs)?;
+        let program = Program::compile(gpu, &net.graph, mode, &kernels, params, &outputs)?;
         let half = module.train.as_ref().map(|t| t.data.input);
-        Ok(Generator { program, input: input.name.clone(), input_dims, output_dims, half })
+        Ok(Generator { program, mode, input: input.name.clone(), input_dims, output_dims, half })
     }
 
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Runs the generator on `images` and writes one PNG per image to `out_dir`.
@@ -155,6 +163,16 @@ impl Generator {
         let in_size = channels * height * width;
         let out_size = out_channels * out_height * out_width;
 
+        // NOTE: with batch statistics the zero padding of a short last batch shifts the
+        // mean and variance that its real images are normalized with.
+        if self.mode.uses_batch_statistics() && batch > 1 && images.len() % batch != 0 {
+            tracing::warn!(
+                images = images.len(),
+                batch,
+                "the last batch is padded with zeros, which changes its batch statistics; \
+                 pass a multiple of the batch size or use --running-stats"
+            );
+        }
         for (files, outputs) in images.chunks(batch).zip(paths.chunks(batch)) {
             let mut values = vec![0.0; batch * in_size];
             for (slot, file) in files.iter().enumerate() {

@@ -136,7 +136,8 @@ pub struct BatchNormStats {
     pub momentum: f32,
 }
 
-/// Batch norm; in training mode also returns the updated running statistics.
+/// Batch norm; in training mode also returns the updated running statistics, and in the
+/// other modes `None`.
 pub fn batch_norm(
     x: &Tensor,
     scale: &Tensor,
@@ -153,7 +154,7 @@ pub fn batch_norm(
     let mut mean = vec![0.0f64; c];
     let mut var = vec![0.0f64; c];
     for ch in 0..c {
-        if mode == Mode::Train {
+        if mode.uses_batch_statistics() {
             mean[ch] = channel_values(ch).map(|i| f64::from(x.data[i])).sum::<f64>() / count;
             var[ch] =
                 channel_values(ch).map(|i| (f64::from(x.data[i]) - mean[ch]).powi(2)).sum::<f64>()
@@ -170,7 +171,7 @@ pub fn batch_norm(
             (f64::from(x.data[i]) - mean[ch]) / (var[ch] + f64::from(settings.eps)).sqrt();
         *v = (normalized * f64::from(scale.data[ch]) + f64::from(offset.data[ch])) as f32;
     }
-    if mode == Mode::Eval {
+    if !mode.updates_running_statistics() {
         return (out, None);
     }
     let m = f64::from(settings.momentum);

@@ -1,14 +1,16 @@
-//! The device engine: the [`Trainer`] and an evaluation-mode generator behind the run
+//! The device engine: the [`Trainer`] and an inference-mode generator behind the run
 //! driver's [`Engine`] trait.
 //!
 //! Needs a module with a `train` section and an opened [`Gpu`]. The losses it reports are
 //! the named terms of every step, in the order the train section lists them. Optimizer
 //! state is stored in checkpoints under the trainer's names
 //! (`optimizer.<step>.<parameter>.<state>`), in `optimizer.safetensors`. The generator
-//! for image grids is compiled once in evaluation mode and reads a copy of the trainer's
-//! generator parameters, refreshed before each grid.
+//! for image grids is compiled once in [`Mode::Infer`], as pix2pix runs it at test time
+//! (batch statistics and dropout, but no update of the running statistics). It reads a
+//! copy of the trainer's generator parameters, refreshed before each grid.
 
 use crate::codegen::wgsl::RunValues;
+use crate::codegen::Mode;
 use crate::infer::{generator, Generator, InferError};
 use crate::ir::{Module, Shape};
 use crate::runtime::{Gpu, ParamStore};
@@ -64,7 +66,7 @@ impl<'g> DeviceEngine<'g> {
 
         let net = generator(module)?;
         let eval_params = ParamStore::zeros(gpu, module).map_err(TrainError::from)?;
-        let generator = Generator::compile(gpu, module, &eval_params)?;
+        let generator = Generator::compile(gpu, module, &eval_params, Mode::Infer)?;
         let generator_params =
             net.params.iter().map(|&id| (id, module.params[id].name.clone())).collect();
         let input = net.inputs.first().map(|i| (i.name.clone(), i.shape.clone()));
@@ -139,8 +141,8 @@ impl Engine for DeviceEngine<'_> {
         }
 
         // The generator's batch size is fixed, so samples go in groups of `n` and the last
-        // group is padded with zeros. Evaluation mode keeps the padding from affecting the
-        // others, because batch norm uses its running statistics there.
+        // group is padded with zeros.
+        // NOTE: with `n > 1` that padding shifts the batch statistics of the last group.
         let (in_size, out_size) = (c * h * w, out_c * out_h * out_w);
         let program = self.generator.program();
         let mut output = Vec::with_capacity(batch.shape[0] * out_size);

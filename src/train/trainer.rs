@@ -27,6 +27,7 @@ use super::run::Engine;
 use super::schedule::learning_rate;
 use super::TrainError;
 use crate::codegen::wgsl::RunValues;
+use crate::codegen::Mode;
 use crate::infer::{self, Generator};
 use crate::ir::{Module, ParamKind, Shape};
 use crate::reference::random::fold_seed;
@@ -78,7 +79,7 @@ impl<'g> Trainer<'g> {
         let compiled = Program::compile(
             gpu,
             &program.graph,
-            crate::codegen::Mode::Train,
+            Mode::Train,
             &program.kernels,
             &store,
             &program.outputs,
@@ -273,9 +274,9 @@ impl<'g> Trainer<'g> {
         names
     }
 
-    /// Runs the train section's generator in evaluation mode (running batch-norm
-    /// statistics, no dropout) on `input`, any number of `[C, H, W]` samples, and returns
-    /// the output channel count and the outputs, `[C, H, W]` per sample.
+    /// Runs the train section's generator in [`Mode::Infer`] (batch statistics and dropout,
+    /// running statistics left unchanged) on `input`, any number of `[C, H, W]` samples, and
+    /// returns the output channel count and the outputs, `[C, H, W]` per sample.
     pub fn generate_images(&mut self, input: &[f32]) -> Result<(usize, Vec<f32>), TrainError> {
         let net = infer::generator(&self.program.module)
             .map_err(|e| TrainError::Generator { message: e.to_string() })?;
@@ -291,7 +292,8 @@ impl<'g> Trainer<'g> {
         })?;
         let out_dims = net.graph.shape(output).dims().to_vec();
         if self.generator.is_none() {
-            let compiled = Generator::compile(self.gpu, &self.program.module, &self.store)
+            let module = &self.program.module;
+            let compiled = Generator::compile(self.gpu, module, &self.store, Mode::Infer)
                 .map_err(|e| TrainError::Generator { message: e.to_string() })?;
             self.generator = Some(compiled);
         }

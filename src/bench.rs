@@ -208,7 +208,7 @@ fn bench_infer(
 ) -> Result<Measured, BenchError> {
     let store = ParamStore::initialized(gpu, module, options.seed)?;
     let net = generator(module)?;
-    let generator = Generator::compile(gpu, module, &store)?;
+    let generator = Generator::compile(gpu, module, &store, Mode::Infer)?;
     let compile_seconds = started.elapsed().as_secs_f64();
     let program: &Program = generator.program();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
@@ -233,7 +233,7 @@ fn bench_infer(
 
     // The generator lowers the same way each time, so this gives the compiled kernels'
     // FLOP counts and bindings.
-    let lowered = lower_graph(&net.graph, &gpu.target(), Mode::Eval)?;
+    let lowered = lower_graph(&net.graph, &gpu.target(), Mode::Infer)?;
     let timings = program.time_kernels(gpu, &values)?;
     Ok(Measured {
         compile_seconds,

@@ -6,6 +6,7 @@ use clap::Args;
 use netc::frontend;
 use netc::runtime::Gpu;
 use netc::train::engine::DeviceEngine;
+use netc::train::checkpoint;
 use netc::train::report;
 use netc::train::run::{self, RunOptions};
 use std::path::PathBuf;
@@ -37,10 +38,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Stop after this many epochs, counted from the start of the run
-    #[arg(long, conflicts_with = "steps")]
+    #[arg(long, conflicts_with = "steps", value_parser = parse_positive)]
     pub epochs: Option<usize>,
     /// Stop after this many iterations, counted from the start of the run
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     pub steps: Option<usize>,
     /// Seed for initialization, data order, augmentation and dropout
     #[arg(long, default_value_t = 0)]
@@ -81,6 +82,34 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
     }
 }
 
+/// Returns the `--set` values of a training run: the command line's, or on `--resume`
+/// without any, the ones the checkpoint was trained with. Also rejects a resume whose run
+/// has already reached `--steps`, before any data is loaded.
+fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
+    let Some(dir) = &args.resume else {
+        return Ok(args.model.set.clone());
+    };
+    let record = checkpoint::load_record(dir).map_err(miette::Report::new)?;
+    if let Some(steps) = args.steps {
+        if record.step >= steps as u64 {
+            return Err(miette::miette!(
+                help = "pass a larger --steps to continue training",
+                "the run in {} is already at step {}, which reaches --steps {steps}",
+                dir.display(),
+                record.step
+            ));
+        }
+    }
+    if !args.model.set.is_empty() || record.model.overrides.is_empty() {
+        return Ok(args.model.set.clone());
+    }
+    tracing::info!(
+        overrides = record.model.overrides.join(" "),
+        "using the --set values the checkpoint was trained with"
+    );
+    Ok(record.model.overrides)
+}
+
 /// `netc run FILE --train NAME`: compiles the model, opens the device and hands the run to
 /// `netc::train::run::train`.
 fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
@@ -91,12 +120,13 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     let source = std::fs::read_to_string(path)
         .map_err(|e| miette::miette!("failed to read {}: {e}", path.display()))?;
     let name = path.display().to_string();
+    let overrides = resume_overrides(args)?;
     let module =
-        frontend::compile_source(&name, &source, &args.model.set).map_err(miette::Report::new)?;
+        frontend::compile_source(&name, &source, &overrides).map_err(miette::Report::new)?;
 
     let options = RunOptions {
         source,
-        overrides: args.model.set.clone(),
+        overrides,
         dataset: dataset.to_string(),
         data: args.data.clone(),
         data_env: std::env::var_os("NETC_DATA"),
@@ -131,4 +161,13 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     println!("checkpoint: {}", summary.checkpoint.display());
     println!("report: {}", summary.run_dir.join(report::INDEX_FILE).display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a count that must be at least 1 (`--steps`, `--epochs`).
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; pass a whole number of at least 1")),
+    }
 }

@@ -222,6 +222,13 @@ pub fn resolve(dir: &Path) -> Result<PathBuf, CheckpointError> {
 }
 
 /// Reads and checks the checkpoint that `dir` refers to (see [`resolve`]).
+/// Reads only the JSON record of the checkpoint that `dir` names (a checkpoint folder or
+/// a run folder), without the tensors.
+pub fn load_record(dir: &Path) -> Result<Record, CheckpointError> {
+    let dir = resolve(dir)?;
+    read_record(&dir.join(RECORD_FILE))
+}
+
 pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
     let dir = resolve(dir)?;
     let record = read_record(&dir.join(RECORD_FILE))?;

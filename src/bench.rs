@@ -6,7 +6,7 @@
 //! spread of the timed runs after a warm-up, the dispatch count, the planned device memory
 //! and a per-kernel table. The per-kernel times come from a separate mode that submits
 //! each dispatch on its own and waits for it, because netc does not use timestamp queries
-//! yet; those times include a submit's overhead, so their sum exceeds one run's time.
+//! yet. Those times include a submit's overhead, so their sum exceeds one run's time.
 
 use crate::codegen::wgsl::RunValues;
 use crate::codegen::{lower_graph, Kernel, Mode};
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-/// How a benchmark runs.
+/// Settings of one benchmark.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     /// Timed runs after the warm-up.
@@ -73,7 +73,7 @@ pub struct BenchReport {
     pub pinned_bytes: u64,
     /// Parameters, optimizer state, intermediates and pinned buffers together.
     pub peak_device_bytes: u64,
-    /// How the per-kernel times were taken.
+    /// The method behind the per-kernel times.
     pub kernel_timing: String,
     pub kernels: Vec<KernelRow>,
 }
@@ -100,7 +100,7 @@ pub enum BenchError {
     NoSteps,
 }
 
-/// Compiles the model at `path` on `gpu` and times it as `options` says.
+/// Compiles the model at `path` on `gpu` and times it with `options`.
 pub fn bench(
     gpu: &Gpu,
     path: &Path,
@@ -152,7 +152,7 @@ pub fn bench(
     })
 }
 
-/// What one benchmark mode measured.
+/// The measurements of one benchmark mode.
 struct Measured {
     compile_seconds: f64,
     times: Vec<f64>,

@@ -20,8 +20,8 @@ pub fn load_input(
     height: usize,
     width: usize,
 ) -> Result<Vec<f32>, InferError> {
-    let image = image::open(path)
-        .map_err(|e| InferError::ImageRead { path: path.to_path_buf(), message: e.to_string() })?;
+    let image = crate::train::data::read_image(path)
+        .map_err(|message| InferError::ImageRead { path: path.to_path_buf(), message })?;
     let image = select_half(image, half);
     let resized = image.resize_exact(width as u32, height as u32, FilterType::CatmullRom);
     let to_unit = |v: u8| f32::from(v) / 127.5 - 1.0;

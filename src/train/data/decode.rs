@@ -140,8 +140,9 @@ where
     })
 }
 
-/// Reads and decodes one image file, rejecting a truncated JPEG.
-fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
+/// Reads and decodes one image file, guessing the format from its content and rejecting a
+/// truncated JPEG.
+pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("failed to read: {e}"))?;
     let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()

@@ -20,6 +20,8 @@
 
 mod decode;
 
+pub use decode::read_image;
+
 use crate::ir::{DataSpec, Half};
 use decode::{
     decode_all, decode_labeled, decode_pair, list_images, list_labeled, mismatched_sizes, Sample,

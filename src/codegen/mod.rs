@@ -186,7 +186,7 @@ pub enum CodegenError {
 }
 
 /// Follows ops that need no kernel (`flatten`, `stop_gradient`, dropout in evaluation
-/// mode or with `p = 0`) back to the node whose buffer holds the value.
+/// mode or with `p = 0`) back to the node whose buffer contains the value.
 pub fn storage_root(graph: &Graph, mut id: NodeId, mode: Mode) -> NodeId {
     loop {
         let passes_through = match graph.node(id).op {

@@ -102,8 +102,8 @@ fn image_dims(net: &Net, name: &str, dims: &[usize]) -> Result<[usize; 4], Infer
 }
 
 impl Generator {
-    /// Compiles the module's generator against `params`, with batch norm and dropout as
-    /// `mode` says.
+    /// Compiles the module's generator against `params`, with batch norm and dropout set
+    /// by `mode`.
     pub fn compile(
         gpu: &Gpu,
         module: &Module,

@@ -56,8 +56,8 @@ pub enum Verdict {
     /// larger than half the derivative: the loss cannot resolve this parameter's effect.
     Inconclusive,
     /// The one-sided differences disagree with each other, so the loss has a kink
-    /// within `h` (a relu at 0, a tie in max pooling) and the central difference tells
-    /// little about the gradient.
+    /// within `h` (a relu at 0, a tie in max pooling) and the central difference is a
+    /// poor estimate of the gradient.
     NotDifferentiable,
 }
 

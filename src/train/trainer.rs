@@ -128,7 +128,7 @@ impl<'g> Trainer<'g> {
 
     /// Runs one iteration on a batch and returns every loss term by name, then each
     /// step's total loss by the step's name. Each step's loss is computed with the weights
-    /// that step sees: after the updates of the steps before it in this iteration.
+    /// that step reads: after the updates of the steps before it in this iteration.
     pub fn step(
         &mut self,
         input: &[f32],

@@ -34,12 +34,8 @@ pub struct BenchArgs {
 
 pub fn run(args: &BenchArgs) -> miette::Result<ExitCode> {
     let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
-    let options = BenchOptions {
-        steps: args.steps,
-        warmup: args.warmup,
-        infer: args.infer,
-        seed: args.seed,
-    };
+    let options =
+        BenchOptions { steps: args.steps, warmup: args.warmup, infer: args.infer, seed: args.seed };
     let report =
         bench(&gpu, &args.model.file, &args.model.set, &options).map_err(miette::Report::new)?;
     if args.json {

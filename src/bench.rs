@@ -68,10 +68,12 @@ pub struct BenchReport {
     pub flops_per_step: u64,
     pub gflops_per_second: f64,
     pub dispatches_per_step: usize,
+    /// The parameter store: parameters, buffers, optimizer state and the fused
+    /// optimizer's gradient arenas.
     pub parameter_bytes: u64,
     pub intermediate_bytes: u64,
     pub pinned_bytes: u64,
-    /// Parameters, optimizer state, intermediates and pinned buffers together.
+    /// The parameter store, intermediates and pinned buffers together.
     pub peak_device_bytes: u64,
     /// The method behind the per-kernel times.
     pub kernel_timing: String,
@@ -189,7 +191,7 @@ fn bench_train(
     let values = RunValues { seed: 1, step: 1, ..RunValues::default() };
     let timings = program.time_kernels(gpu, &values)?;
     let kernels = kernel_rows(&trainer.program().kernels, &timings);
-    let parameter_bytes = module_param_bytes(&trainer.program().module);
+    let parameter_bytes = trainer.parameter_store_bytes();
     Ok(Measured {
         compile_seconds,
         times,

@@ -67,8 +67,7 @@ fn render(report: &BenchReport) -> String {
     );
     out += &format!("  dispatches per run: {}\n", report.dispatches_per_step);
     out += &format!(
-        "  device memory: {:.1} MiB (parameters and optimizer state {:.1}, intermediates {:.1}, \
-         pinned {:.1})\n",
+        "  device memory: {:.1} MiB (parameter store {:.1}, intermediates {:.1}, pinned {:.1})\n",
         mib(report.peak_device_bytes),
         mib(report.parameter_bytes),
         mib(report.intermediate_bytes),

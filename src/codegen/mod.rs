@@ -44,6 +44,10 @@ pub enum Resource {
     /// batch statistics (index 0) that a backward kernel reads again. Its size in `f32`s is
     /// the binding's `elements`.
     Aux { node: NodeId, index: u32 },
+    /// A packed buffer of the parameter store that holds several tensors at aligned
+    /// offsets, indexed like the arena list the program was compiled with. The fused
+    /// optimizer kernels bind a whole arena of parameters, gradients or moments.
+    Arena(u32),
     /// The per-run uniform block ([`wgsl::RUN_VALUES_WGSL`]).
     RunValues,
 }
@@ -68,6 +72,9 @@ pub struct Binding {
     /// First bound element, for a kernel that covers one chunk of a buffer larger than a
     /// binding may be.
     pub offset: u64,
+    /// Declares the binding as `array<vec4<f32>>` rather than `array<f32>`. The offset and
+    /// element count must then be multiples of 4.
+    pub vec4: bool,
 }
 
 impl Binding {
@@ -78,6 +85,7 @@ impl Binding {
             access: Access::Read,
             elements: elements.max(1) as u64,
             offset: 0,
+            vec4: false,
         }
     }
 
@@ -88,6 +96,7 @@ impl Binding {
             access: Access::ReadWrite,
             elements: elements.max(1) as u64,
             offset: 0,
+            vec4: false,
         }
     }
 
@@ -98,6 +107,7 @@ impl Binding {
             access: Access::Uniform,
             elements: 0,
             offset: 0,
+            vec4: false,
         }
     }
 
@@ -105,6 +115,12 @@ impl Binding {
     pub fn range(mut self, start: usize, len: usize) -> Self {
         self.offset = start as u64;
         self.elements = len.max(1) as u64;
+        self
+    }
+
+    /// Declares the binding as an array of `vec4<f32>`.
+    pub fn vec4(mut self) -> Self {
+        self.vec4 = true;
         self
     }
 

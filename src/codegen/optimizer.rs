@@ -1,13 +1,15 @@
-//! Optimizer kernels: one Adam or SGD update of one parameter from its gradient.
+//! Optimizer kernels: one Adam or SGD update over a step's packed parameters, or of one
+//! parameter from its gradient.
 //!
-//! A parameter larger than one binding is updated by one kernel per chunk.
+//! The fused update binds four arenas with one layout ([`Arena`]): the step's parameters,
+//! their gradients and each optimizer state. It reads them as `vec4`s, so one dispatch
+//! updates every parameter of the step. An update larger than one binding is split into
+//! one kernel per chunk. The per-parameter update remains for a parameter whose gradient
+//! cannot be placed in an arena, such as one that two steps update.
 //!
 //! The kernels read the learning rate (and Adam's `beta^t`) from a small per-step buffer
 //! that the host writes before each submit, so the program never needs recompiling when
 //! the rate or the update count changes.
-//!
-//! FIXME(perf): one dispatch per parameter. Packing a step's parameters, gradients and
-//! moments into shared buffers would let one dispatch update them all.
 
 use super::wgsl::{assemble, f32_literal, u};
 use super::{Binding, CodegenError, Grid, Kernel, Resource, Target};
@@ -16,25 +18,76 @@ use crate::ir::{NodeId, Optimizer, ParamId};
 const ADAM: &str = include_str!("../../shaders/adam.wgsl");
 const SGD: &str = include_str!("../../shaders/sgd.wgsl");
 
+/// One packed buffer of the parameter store: tensors at offsets aligned for a binding and
+/// for `vec4` access, with the gaps and the tail zero. The fused kernels update the
+/// padding too, and it stays zero because its gradient is zero.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arena {
+    /// The buffer's label.
+    pub label: String,
+    /// The tensor in each slot, or none for slots that hold graph values (gradients).
+    pub params: Vec<Option<ParamId>>,
+    /// First element of each slot.
+    pub offsets: Vec<usize>,
+    /// Element count of each slot.
+    pub lengths: Vec<usize>,
+    /// Total element count, a multiple of 4.
+    pub len: usize,
+}
+
+impl Arena {
+    /// Lays out slots of `lengths` elements one after another, each at an offset aligned
+    /// to the target's storage offset alignment and to 4 elements.
+    pub fn pack(
+        label: String,
+        params: Vec<Option<ParamId>>,
+        lengths: Vec<usize>,
+        target: &Target,
+    ) -> Self {
+        let align = slot_alignment(target);
+        let mut offsets = Vec::with_capacity(lengths.len());
+        let mut len = 0;
+        for &length in &lengths {
+            offsets.push(len);
+            len = (len + length.max(1)).next_multiple_of(align);
+        }
+        Arena { label, params, offsets, lengths, len: len.max(4) }
+    }
+
+    /// Returns an arena with the same layout and other tensors in its slots.
+    pub fn with_params(&self, label: String, params: Vec<Option<ParamId>>) -> Self {
+        Arena { label, params, ..self.clone() }
+    }
+}
+
+/// Alignment of an arena slot in elements: the storage offset alignment, and at least one
+/// `vec4`.
+fn slot_alignment(target: &Target) -> usize {
+    (target.storage_offset_alignment as usize / 4).max(4)
+}
+
 /// The tensors one update binds.
 #[derive(Clone, Debug)]
 pub struct UpdateBindings {
-    /// The parameter being updated.
-    pub param: ParamId,
-    /// The resource the gradient is read from (the gradient node's value resource).
+    /// The parameters being updated.
+    pub param: Resource,
+    /// The resource the gradient is read from.
     pub grad: Resource,
-    /// The gradient node, for the kernel's bookkeeping.
-    pub grad_node: NodeId,
+    /// The node the kernel is attributed to in timings: the gradient node of a
+    /// per-parameter update, the step's loss for a fused one.
+    pub node: NodeId,
     /// The optimizer state tensors, in the order of `train::optimizer::state_names`.
-    pub state: Vec<ParamId>,
+    pub state: Vec<Resource>,
     /// The per-step buffer of `[lr, beta1^t, beta2^t]`.
     pub values: ParamId,
-    /// Element count of the parameter.
+    /// Element count of each tensor bound.
     pub count: usize,
+    /// Reads the tensors as `vec4`s. Needs `count` to be a multiple of 4.
+    pub vec4: bool,
 }
 
-/// Lowers the update of `bindings.param` with `optimizer`, one kernel per chunk of at
-/// most one binding. `name` names the kernel.
+/// Lowers one update with `optimizer`, one kernel per chunk of at most one binding. `name`
+/// names the kernel.
 pub fn lower_update(
     name: &str,
     optimizer: &Optimizer,
@@ -42,30 +95,34 @@ pub fn lower_update(
     target: &Target,
 ) -> Result<Vec<Kernel>, CodegenError> {
     let tuning = &target.tuning;
+    let lanes = if bindings.vec4 { 4 } else { 1 };
     let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.elementwise_items);
-    let chunk = target.chunk_elements();
+    let chunk = (target.chunk_elements() / slot_alignment(target)).max(1) * slot_alignment(target);
     let parts = bindings.count.div_ceil(chunk).max(1);
     let mut kernels = Vec::with_capacity(parts);
     for part in 0..parts {
         let start = part * chunk;
         let len = chunk.min(bindings.count - start.min(bindings.count));
         let name = if parts == 1 { name.to_string() } else { format!("{name}.part{part}") };
-        let grid = Grid::fold(
-            &name,
-            (len as u64).div_ceil(per_group),
-            target.max_workgroups_per_dimension,
-        )?;
+        let items = (len / lanes) as u64;
+        let grid =
+            Grid::fold(&name, items.div_ceil(per_group), target.max_workgroups_per_dimension)?;
         let mut constants = vec![
             ("WG", u(tuning.workgroup_size)),
             ("ITEMS", u(tuning.elementwise_items)),
-            ("COUNT", u(len as u64)),
+            ("COUNT", u(items)),
         ];
-        let tensor = |name: &'static str, id: ParamId| {
-            Binding::write(name, Resource::Param(id), bindings.count).range(start, len)
+        let tensor = |binding: Binding| {
+            let binding = binding.range(start, len);
+            if bindings.vec4 {
+                binding.vec4()
+            } else {
+                binding
+            }
         };
         let mut list = vec![
-            Binding::read("grad", bindings.grad, bindings.count).range(start, len),
-            tensor("param", bindings.param),
+            tensor(Binding::read("grad", bindings.grad, bindings.count)),
+            tensor(Binding::write("param", bindings.param, bindings.count)),
             Binding::read("values", Resource::Param(bindings.values), 3),
         ];
         let template = match *optimizer {
@@ -75,20 +132,24 @@ pub fn lower_update(
                     ("BETA2", f32_literal(beta2)),
                     ("EPS", f32_literal(eps)),
                 ]);
-                list.push(tensor("exp_avg", bindings.state[0]));
-                list.push(tensor("exp_avg_sq", bindings.state[1]));
+                list.push(tensor(Binding::write("exp_avg", bindings.state[0], bindings.count)));
+                list.push(tensor(Binding::write("exp_avg_sq", bindings.state[1], bindings.count)));
                 ADAM
             }
             Optimizer::Sgd { momentum, .. } => {
                 constants.push(("MOMENTUM", f32_literal(momentum)));
-                list.push(tensor("momentum_buffer", bindings.state[0]));
+                list.push(tensor(Binding::write(
+                    "momentum_buffer",
+                    bindings.state[0],
+                    bindings.count,
+                )));
                 SGD
             }
         };
         let wgsl = assemble(&name, template, &constants, &list, &grid);
         let kernel = Kernel {
             name,
-            node: bindings.grad_node,
+            node: bindings.node,
             wgsl,
             bindings: list,
             grid,
@@ -98,4 +159,25 @@ pub fn lower_update(
         kernels.push(kernel);
     }
     Ok(kernels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_slots_are_aligned() {
+        let target = Target { storage_offset_alignment: 256, ..Target::default() };
+        let arena = Arena::pack("a".into(), vec![None; 3], vec![1, 64, 65], &target);
+        assert_eq!(arena.offsets, [0, 64, 128]);
+        assert_eq!(arena.len, 256);
+    }
+
+    #[test]
+    fn arena_slots_hold_whole_vec4s() {
+        let target = Target { storage_offset_alignment: 4, ..Target::default() };
+        let arena = Arena::pack("a".into(), vec![None; 3], vec![3, 0, 5], &target);
+        assert_eq!(arena.offsets, [0, 4, 8]);
+        assert_eq!(arena.len, 16);
+    }
 }

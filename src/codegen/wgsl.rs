@@ -86,9 +86,12 @@ pub fn assemble(
         out.push('\n');
     }
     for (index, binding) in bindings.iter().enumerate() {
+        let element = if binding.vec4 { "vec4<f32>" } else { "f32" };
         let declaration = match binding.access {
-            Access::Read => format!("var<storage, read> {}: array<f32>", binding.name),
-            Access::ReadWrite => format!("var<storage, read_write> {}: array<f32>", binding.name),
+            Access::Read => format!("var<storage, read> {}: array<{element}>", binding.name),
+            Access::ReadWrite => {
+                format!("var<storage, read_write> {}: array<{element}>", binding.name)
+            }
             Access::Uniform => format!("var<uniform> {}: RunValues", binding.name),
         };
         out.push_str(&format!("@group(0) @binding({index}) {declaration};\n"));

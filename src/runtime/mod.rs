@@ -52,4 +52,7 @@ pub enum RuntimeError {
     InvalidInit { param: String, message: String },
     #[error("failed to read results back from the device: {message}")]
     Readback { message: String },
+    /// A compiler bug: the training program's arena layout does not fit its module.
+    #[error("arena {arena} has no free slot large enough for parameter {name}")]
+    ArenaSlot { arena: String, name: String },
 }

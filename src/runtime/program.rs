@@ -33,6 +33,8 @@ struct CompiledKernel {
 struct Port {
     name: String,
     buffer: wgpu::Buffer,
+    /// Byte offset of the first element in `buffer`.
+    offset: u64,
     elements: usize,
 }
 
@@ -78,19 +80,25 @@ struct Buffers {
 }
 
 impl Buffers {
+    /// Returns the buffer behind `resource` and the byte offset where the resource starts.
     fn get<'a>(
         &'a self,
         resource: Resource,
         params: &'a ParamStore,
         run: &'a wgpu::Buffer,
-    ) -> &'a wgpu::Buffer {
+    ) -> (&'a wgpu::Buffer, u64) {
         match resource {
             Resource::Node(node) => {
-                self.nodes.get(&node).unwrap_or_else(|| &self.planned[self.plan.assignment[&node]])
+                let buffer = self
+                    .nodes
+                    .get(&node)
+                    .unwrap_or_else(|| &self.planned[self.plan.assignment[&node]]);
+                (buffer, 0)
             }
-            Resource::Param(id) => params.buffer(id),
-            Resource::Aux { node, index } => &self.aux[&(node, index)],
-            Resource::RunValues => run,
+            Resource::Param(id) => (params.buffer(id), params.offset(id)),
+            Resource::Arena(index) => (params.arena(index as usize), 0),
+            Resource::Aux { node, index } => (&self.aux[&(node, index)], 0),
+            Resource::RunValues => (run, 0),
         }
     }
 }
@@ -140,13 +148,16 @@ impl Program {
                 .bindings
                 .iter()
                 .enumerate()
-                .map(|(index, binding)| wgpu::BindGroupEntry {
-                    binding: index as u32,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: buffers.get(binding.resource, params, &run_values),
-                        offset: binding.offset * 4,
-                        size: wgpu::BufferSize::new(binding.bytes()),
-                    }),
+                .map(|(index, binding)| {
+                    let (buffer, base) = buffers.get(binding.resource, params, &run_values);
+                    wgpu::BindGroupEntry {
+                        binding: index as u32,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: base + binding.offset * 4,
+                            size: wgpu::BufferSize::new(binding.bytes()),
+                        }),
+                    }
                 })
                 .collect();
             let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -168,17 +179,21 @@ impl Program {
             .map(|(node, name)| Port {
                 name,
                 buffer: buffers.nodes[&node].clone(),
+                offset: 0,
                 elements: graph.shape(node).numel(),
             })
             .collect();
         let outputs = outputs
             .iter()
-            .map(|(name, node)| Port {
-                name: name.clone(),
-                buffer: buffers
-                    .get(value_resource(graph, *node, mode), params, &run_values)
-                    .clone(),
-                elements: graph.shape(*node).numel(),
+            .map(|(name, node)| {
+                let (buffer, offset) =
+                    buffers.get(value_resource(graph, *node, mode), params, &run_values);
+                Port {
+                    name: name.clone(),
+                    buffer: buffer.clone(),
+                    offset,
+                    elements: graph.shape(*node).numel(),
+                }
             })
             .collect();
         let memory = MemoryReport {
@@ -344,8 +359,8 @@ impl Program {
                 pass.dispatch_workgroups(x, y, z);
             }
         }
-        let list: Vec<(&wgpu::Buffer, usize)> =
-            ports.iter().map(|p| (&p.buffer, p.elements)).collect();
+        let list: Vec<(&wgpu::Buffer, u64, usize)> =
+            ports.iter().map(|p| (&p.buffer, p.offset, p.elements)).collect();
         read_with(gpu, encoder, &list)
     }
 }
@@ -445,10 +460,11 @@ fn create_pipeline(gpu: &Gpu, kernel: &Kernel) -> Result<CachedPipeline, Runtime
     Ok(CachedPipeline { pipeline, layout })
 }
 
-/// Copies each `(buffer, elements)` to a staging buffer and reads it back, in one submit.
+/// Copies each `(buffer, byte offset, elements)` to a staging buffer and reads it back, in
+/// one submit.
 pub(super) fn read_buffers(
     gpu: &Gpu,
-    list: &[(&wgpu::Buffer, usize)],
+    list: &[(&wgpu::Buffer, u64, usize)],
 ) -> Result<Vec<Vec<f32>>, RuntimeError> {
     let encoder =
         gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
@@ -459,11 +475,11 @@ pub(super) fn read_buffers(
 fn read_with(
     gpu: &Gpu,
     mut encoder: wgpu::CommandEncoder,
-    list: &[(&wgpu::Buffer, usize)],
+    list: &[(&wgpu::Buffer, u64, usize)],
 ) -> Result<Vec<Vec<f32>>, RuntimeError> {
     let staging: Vec<wgpu::Buffer> = list
         .iter()
-        .map(|&(buffer, elements)| {
+        .map(|&(buffer, offset, elements)| {
             let bytes = (elements.max(1) * 4) as u64;
             let copy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
@@ -471,7 +487,7 @@ fn read_with(
                 usage: BufferUsages::MAP_READ | BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            encoder.copy_buffer_to_buffer(buffer, 0, &copy, 0, bytes);
+            encoder.copy_buffer_to_buffer(buffer, offset, &copy, 0, bytes);
             copy
         })
         .collect();
@@ -492,7 +508,7 @@ fn read_with(
         result.map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
     }
     let mut values = Vec::with_capacity(list.len());
-    for (copy, &(_, elements)) in staging.iter().zip(list) {
+    for (copy, &(_, _, elements)) in staging.iter().zip(list) {
         let view = copy
             .get_mapped_range(..)
             .map_err(|e| RuntimeError::Readback { message: e.to_string() })?;

@@ -12,15 +12,20 @@
 //! of the module named `optimizer.<step>.<parameter>.<state>`. Each step also gets an
 //! `optimizer.<step>.values` buffer, which the host fills with the learning rate and
 //! Adam's `beta^t` before each iteration.
+//!
+//! Each step's parameters, their gradients and each optimizer state are packed into arenas
+//! with one layout, so one fused kernel updates the whole step. The kernels that compute a
+//! gradient write it straight into its slot of the step's gradient arena.
 
 use super::optimizer::state_names;
 use super::TrainError;
 use crate::autodiff::{self, StepGradients};
-use crate::codegen::optimizer::{lower_update, UpdateBindings};
-use crate::codegen::{lower_node, value_resource, Kernel, LowerContext, Mode, Target};
+use crate::codegen::optimizer::{lower_update, Arena, UpdateBindings};
+use crate::codegen::{lower_node, value_resource, Kernel, LowerContext, Mode, Resource, Target};
 use crate::ir::{
-    Graph, Init, Module, NodeId, Optimizer, ParamDecl, ParamId, ParamKind, Schedule, Shape,
+    Graph, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind, Schedule, Shape,
 };
+use std::collections::HashMap;
 use tracing::{info, warn};
 
 /// One parameter update of a step.
@@ -47,6 +52,20 @@ pub struct StepPlan {
     /// The step's loss node and its named terms, as `(output name, node)`.
     pub loss: NodeId,
     pub terms: Vec<(String, NodeId)>,
+    /// The updates that one fused kernel applies, if any; the others get a kernel each.
+    pub fused: Option<FusedUpdate>,
+}
+
+/// The updates of a step that one kernel applies over the step's arenas.
+#[derive(Clone, Debug)]
+pub struct FusedUpdate {
+    /// Indices into [`StepPlan::updates`], in slot order.
+    pub updates: Vec<usize>,
+    /// Indices into [`TrainProgram::arenas`] of the parameters and the gradients.
+    pub params: u32,
+    pub grads: u32,
+    /// Arena indices of the optimizer state, in the order of [`state_names`].
+    pub state: Vec<u32>,
 }
 
 /// Everything a [`super::Trainer`] compiles and runs.
@@ -60,6 +79,9 @@ pub struct TrainProgram {
     pub schedule: Schedule,
     /// Every kernel of one iteration, in dispatch order.
     pub kernels: Vec<Kernel>,
+    /// The packed buffers the parameter store allocates for this program: for each step
+    /// with a fused update, its parameters, their gradients and each optimizer state.
+    pub arenas: Vec<Arena>,
     /// The values a run can read back: each loss term by its name, and each step's total
     /// loss by the step's name.
     pub outputs: Vec<(String, NodeId)>,
@@ -87,7 +109,9 @@ impl TrainProgram {
         steps.sort_by_key(|s| s.phase);
 
         let outputs = output_list(&steps);
-        let kernels = lower_iteration(&graph, &training, &steps, target)?;
+        let arenas = plan_arenas(&graph, &training, &mut steps, target);
+        let mut kernels = lower_iteration(&graph, &training, &steps, &arenas, target)?;
+        place_gradients(&mut kernels, &graph, &steps, &arenas);
         info!(kernels = kernels.len(), nodes = graph.node_count(), "built the training program");
         Ok(TrainProgram {
             module: training,
@@ -95,6 +119,7 @@ impl TrainProgram {
             steps,
             schedule: train.schedule.clone(),
             kernels,
+            arenas,
             outputs,
         })
     }
@@ -142,6 +167,95 @@ fn plan_step(
         values,
         loss: step.loss,
         terms,
+        fused: None,
+    }
+}
+
+/// Chooses each step's fused updates and lays out their arenas. An update is fused when
+/// its parameter belongs to this step only and its gradient has a buffer of its own that
+/// no other update reads, so the gradient can live in the step's gradient arena.
+fn plan_arenas(
+    graph: &Graph,
+    training: &Module,
+    steps: &mut [StepPlan],
+    target: &Target,
+) -> Vec<Arena> {
+    let mut param_steps: HashMap<ParamId, usize> = HashMap::new();
+    let mut root_uses: HashMap<NodeId, usize> = HashMap::new();
+    for update in steps.iter().flat_map(|s| &s.updates) {
+        *param_steps.entry(update.param).or_default() += 1;
+        if let Resource::Node(root) = value_resource(graph, update.grad, Mode::Train) {
+            *root_uses.entry(root).or_default() += 1;
+        }
+    }
+    let placeable = |update: &ParamUpdate| {
+        let Resource::Node(root) = value_resource(graph, update.grad, Mode::Train) else {
+            return false;
+        };
+        let computed = !matches!(graph.node(root).op, Op::Input { .. } | Op::Constant { .. });
+        computed
+            && root_uses[&root] == 1
+            && param_steps[&update.param] == 1
+            && graph.shape(root).numel() == training.params[update.param].shape.numel()
+    };
+
+    let mut arenas = Vec::new();
+    for step in steps.iter_mut() {
+        let updates: Vec<usize> =
+            (0..step.updates.len()).filter(|&index| placeable(&step.updates[index])).collect();
+        if updates.is_empty() {
+            continue;
+        }
+        let slots = |pick: &dyn Fn(&ParamUpdate) -> ParamId| -> Vec<Option<ParamId>> {
+            updates.iter().map(|&index| Some(pick(&step.updates[index]))).collect()
+        };
+        let lengths =
+            slots(&|u| u.param).iter().map(|p| training.params[p.unwrap()].shape.numel()).collect();
+        let params = Arena::pack(
+            format!("optimizer.{}.parameters", step.name),
+            slots(&|u| u.param),
+            lengths,
+            target,
+        );
+        let grads = params
+            .with_params(format!("optimizer.{}.gradients", step.name), vec![None; updates.len()]);
+        let base = arenas.len() as u32;
+        let state_arenas: Vec<Arena> = state_names(&step.optimizer)
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let label = format!("optimizer.{}.{name}", step.name);
+                params.with_params(label, slots(&|u| u.state[k]))
+            })
+            .collect();
+        let state = (0..state_arenas.len() as u32).map(|k| base + 2 + k).collect();
+        arenas.extend([params, grads]);
+        arenas.extend(state_arenas);
+        step.fused = Some(FusedUpdate { updates, params: base, grads: base + 1, state });
+    }
+    arenas
+}
+
+/// Rebinds each fused gradient from its own buffer to its slot of the step's gradient
+/// arena, in every kernel that writes or reads it.
+fn place_gradients(kernels: &mut [Kernel], graph: &Graph, steps: &[StepPlan], arenas: &[Arena]) {
+    let mut slots: HashMap<NodeId, (u32, usize)> = HashMap::new();
+    for step in steps {
+        let Some(fused) = &step.fused else { continue };
+        for (slot, &index) in fused.updates.iter().enumerate() {
+            let update = &step.updates[index];
+            if let Resource::Node(root) = value_resource(graph, update.grad, Mode::Train) {
+                slots.insert(root, (fused.grads, arenas[fused.grads as usize].offsets[slot]));
+            }
+        }
+    }
+    for binding in kernels.iter_mut().flat_map(|k| &mut k.bindings) {
+        if let Resource::Node(node) = binding.resource {
+            if let Some(&(arena, offset)) = slots.get(&node) {
+                binding.resource = Resource::Arena(arena);
+                binding.offset += offset as u64;
+            }
+        }
     }
 }
 
@@ -168,6 +282,7 @@ fn lower_iteration(
     graph: &Graph,
     training: &Module,
     steps: &[StepPlan],
+    arenas: &[Arena],
     target: &Target,
 ) -> Result<Vec<Kernel>, TrainError> {
     let mut kernels = Vec::new();
@@ -175,14 +290,14 @@ fn lower_iteration(
     for node in graph.topo_order() {
         let phase = graph.node(node).phase;
         while next_step < steps.len() && steps[next_step].phase < phase {
-            kernels.extend(lower_updates(graph, training, &steps[next_step], target)?);
+            kernels.extend(lower_updates(graph, training, &steps[next_step], arenas, target)?);
             next_step += 1;
         }
         let ctx = LowerContext { graph, node, target, mode: Mode::Train };
         kernels.extend(lower_node(&ctx)?);
     }
     for step in &steps[next_step..] {
-        kernels.extend(lower_updates(graph, training, step, target)?);
+        kernels.extend(lower_updates(graph, training, step, arenas, target)?);
     }
     Ok(kernels)
 }
@@ -191,19 +306,39 @@ fn lower_updates(
     graph: &Graph,
     training: &Module,
     step: &StepPlan,
+    arenas: &[Arena],
     target: &Target,
 ) -> Result<Vec<Kernel>, TrainError> {
-    let mut kernels = Vec::with_capacity(step.updates.len());
-    for update in &step.updates {
+    let mut kernels = Vec::new();
+    let mut fused_updates: &[usize] = &[];
+    if let Some(fused) = &step.fused {
+        fused_updates = &fused.updates;
+        let bindings = UpdateBindings {
+            param: Resource::Arena(fused.params),
+            grad: Resource::Arena(fused.grads),
+            node: step.loss,
+            state: fused.state.iter().map(|&a| Resource::Arena(a)).collect(),
+            values: step.values,
+            count: arenas[fused.params as usize].len,
+            vec4: true,
+        };
+        let name = format!("optimizer.{}", step.name);
+        kernels.extend(lower_update(&name, &step.optimizer, &bindings, target)?);
+    }
+    for (index, update) in step.updates.iter().enumerate() {
+        if fused_updates.contains(&index) {
+            continue;
+        }
         let decl = &training.params[update.param];
         let name = format!("optimizer.{}.{}", step.name, decl.name);
         let bindings = UpdateBindings {
-            param: update.param,
+            param: Resource::Param(update.param),
             grad: value_resource(graph, update.grad, Mode::Train),
-            grad_node: update.grad,
-            state: update.state.clone(),
+            node: update.grad,
+            state: update.state.iter().map(|&id| Resource::Param(id)).collect(),
             values: step.values,
             count: decl.shape.numel(),
+            vec4: false,
         };
         kernels.extend(lower_update(&name, &step.optimizer, &bindings, target)?);
     }

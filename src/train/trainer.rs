@@ -75,7 +75,7 @@ impl<'g> Trainer<'g> {
     /// every parameter from its initializer with `seed`; optimizer state starts at zero.
     pub fn new(gpu: &'g Gpu, module: &Module, seed: u64) -> Result<Self, TrainError> {
         let program = TrainProgram::build(module, &gpu.target())?;
-        let store = ParamStore::initialized(gpu, &program.module, seed)?;
+        let store = ParamStore::initialized_packed(gpu, &program.module, &program.arenas, seed)?;
         let compiled = Program::compile(
             gpu,
             &program.graph,
@@ -105,6 +105,11 @@ impl<'g> Trainer<'g> {
     /// Returns the compiled device program, for dispatch counts and the memory report.
     pub fn device_program(&self) -> &Program {
         &self.compiled
+    }
+
+    /// Returns the device memory of the parameter store in bytes, gradient arenas included.
+    pub fn parameter_store_bytes(&self) -> u64 {
+        self.store.bytes()
     }
 
     /// Sets the epoch whose learning rates the next iterations use.

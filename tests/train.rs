@@ -1409,51 +1409,16 @@ mod device {
     use super::facades_train;
     use netc::runtime::Gpu;
     use netc::train::checkpoint;
-    use netc::train::engine::DeviceEngine;
     use netc::train::report::{read_losses, LOSSES_FILE};
     use netc::train::run::{train, RunOptions};
+    use netc::train::Trainer;
     use std::path::Path;
     use std::process::Command;
     use std::sync::{Mutex, OnceLock};
 
     /// pix2pix at 16x16: a U-Net generator with one skip, batch norm and dropout, and a
     /// small PatchGAN. Two pairs a batch and a learning rate that decays after epoch 0.
-    const TINY: &str = r#"param ngf = 4
-param size = 16
-
-defaults conv2d(kernel=4, stride=2, padding=1, bias=false, init=normal(0, 0.02))
-defaults conv_transpose2d(kernel=4, stride=2, padding=1, bias=false, init=normal(0, 0.02))
-defaults batch_norm(eps=1e-5, scale_init=normal(1, 0.02), offset_init=constant(0))
-
-net generator(x: [3, size, size]) {
-    e1 = x -> conv2d(ngf)
-    e2 = leaky_relu(0.2) -> conv2d(ngf * 2) -> batch_norm
-    d2 = relu -> conv_transpose2d(ngf) -> batch_norm -> dropout(0.5)
-    d1 = relu -> conv_transpose2d(3) -> tanh
-    skip e1 -> d1
-}
-
-net discriminator(x: [3, size, size], y: [3, size, size]) {
-    xy = concat(x, y)
-    l1 = conv2d(ngf) -> leaky_relu(0.2)
-    l2 = conv2d(ngf * 2) -> batch_norm -> leaky_relu(0.2)
-    logits = conv2d(1, stride=1)
-}
-
-train {
-    data: paired(input=right, target=left, resize=size + 3, crop=size, flip=true, batch=2)
-    schedule: linear_decay(constant=1, decay=2)
-    infer: generator
-
-    fake = generator(input)
-    step discriminator: adam(lr=2e-4, beta1=0.5) minimize
-        d_real: bce_logits(discriminator(input, target), 1)
-        + d_fake: bce_logits(discriminator(input, stop_gradient(fake)), 0)
-    step generator: adam(lr=2e-4, beta1=0.5) minimize
-        g_gan: bce_logits(discriminator(input, fake), 1)
-        + g_l1: 100 * l1(fake, target)
-}
-"#;
+    const TINY: &str = include_str!("net/tiny_pix2pix.net");
 
     fn gpu() -> &'static Mutex<Gpu> {
         static GPU: OnceLock<Mutex<Gpu>> = OnceLock::new();
@@ -1510,13 +1475,13 @@ train {
 
         // Six pairs in batches of two: steps 1-3 are epoch 0 and steps 4-6 epoch 1, at a
         // decayed learning rate.
-        let mut engine = DeviceEngine::new(&gpu, &module, 4).unwrap();
+        let mut engine = Trainer::new(&gpu, &module, 4).unwrap();
         train(&module, &mut engine, &options(data.path(), &straight, 6)).unwrap();
-        let mut engine = DeviceEngine::new(&gpu, &module, 4).unwrap();
+        let mut engine = Trainer::new(&gpu, &module, 4).unwrap();
         train(&module, &mut engine, &options(data.path(), &split, 3)).unwrap();
 
         // A fresh engine with another seed: everything must come from the checkpoint.
-        let mut engine = DeviceEngine::new(&gpu, &module, 99).unwrap();
+        let mut engine = Trainer::new(&gpu, &module, 99).unwrap();
         let resume = RunOptions {
             resume: Some(split.clone()),
             out: None,

@@ -3,13 +3,15 @@
 
 use super::{DeviceArgs, ModelArgs};
 use clap::Args;
+use netc::edit::watch::FileWatcher;
 use netc::frontend;
+use netc::ir::Module;
 use netc::runtime::Gpu;
 use netc::train::checkpoint;
-use netc::train::engine::DeviceEngine;
 use netc::train::report;
-use netc::train::run::{self, RunOptions};
-use std::path::PathBuf;
+use netc::train::run::{self, RunOptions, StopFlag, StopReason};
+use netc::train::Trainer;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -111,20 +113,21 @@ fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
 }
 
 /// `netc run FILE --train NAME`: compiles the model, opens the device and hands the run to
-/// `netc::train::run::train`.
+/// `netc::train::run::train_on`. Ctrl-C or SIGTERM ends the run after its current step with
+/// a checkpoint, and `--watch` recompiles after each save of the model file.
 fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
-    if args.watch {
-        return Err(miette::miette!("netc run --train --watch is not supported yet"));
-    }
     let path = &args.model.file;
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| miette::miette!("failed to read {}: {e}", path.display()))?;
+    let stop = StopFlag::default();
+    install_stop_handler(&stop)?;
+    // The watch starts before the first read, so a save during the first compile counts.
+    let watcher = if args.watch { Some(FileWatcher::new(path)?) } else { None };
+    let source = read_model(path)?;
     let name = path.display().to_string();
     let overrides = resume_overrides(args)?;
     let module =
         frontend::compile_source(&name, &source, &overrides).map_err(miette::Report::new)?;
 
-    let options = RunOptions {
+    let mut options = RunOptions {
         source,
         overrides,
         dataset: dataset.to_string(),
@@ -140,15 +143,170 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
         quiet: args.quiet,
         images_every: args.images_every,
         checkpoint_every: args.checkpoint_every,
+        stop: stop.clone(),
     };
 
     // Data errors come before the device work, which takes minutes on a CPU adapter.
     let data = run::load_data(&module, &options).map_err(miette::Report::new)?;
     let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
-    let mut engine = DeviceEngine::new(&gpu, &module, args.seed).map_err(miette::Report::new)?;
-    let summary =
-        run::train_on(&module, &mut engine, &options, data).map_err(miette::Report::new)?;
+    let trainer = Trainer::new(&gpu, &module, args.seed).map_err(miette::Report::new)?;
+    if let Some(watcher) = watcher {
+        watch_for_edits(watcher, options.source.clone(), stop.clone());
+        eprintln!(
+            "watching {name} for changes; a save recompiles the model after the current step"
+        );
+    }
+    let mut current = Model { module, trainer, data, source: options.source.clone() };
+    // The model before the last edit, until a run of the edited one has started.
+    let mut previous: Option<Model> = None;
+    loop {
+        let result = run::train_on(&current.module, &mut current.trainer, &options, &current.data);
+        let summary = match (result, previous.take()) {
+            (Ok(summary), _) => summary,
+            (Err(error), Some(old)) => {
+                // The edited model could not take over the checkpoint (for instance, the
+                // transfer would drop every trainable parameter): go back to the old one.
+                eprintln!("{:?}", miette::Report::new(error));
+                eprintln!(
+                    "{name}: the edit does not apply, so training goes on with the previous model"
+                );
+                current = old;
+                options.source = current.source.clone();
+                continue;
+            }
+            (Err(error), None) => return Err(miette::Report::new(error)),
+        };
+        print_summary(&summary);
+        match summary.stopped {
+            None => return Ok(ExitCode::SUCCESS),
+            Some(StopReason::Interrupt) => {
+                eprintln!(
+                    "interrupted after step {}; continue with: {}",
+                    summary.first_step + summary.steps,
+                    resume_command(args, dataset, &summary.run_dir)
+                );
+                return Ok(ExitCode::from(130));
+            }
+            Some(StopReason::Edit) => {
+                stop.clear_edit();
+                options.resume = Some(summary.checkpoint.clone());
+                options.init_from = None;
+                if let Some(edited) = recompile(&gpu, args, &options, &name) {
+                    options.source = edited.source.clone();
+                    previous = Some(std::mem::replace(&mut current, edited));
+                }
+            }
+        }
+    }
+}
 
+/// The compiled model a run trains, with its data.
+struct Model<'g> {
+    module: Module,
+    trainer: Trainer<'g>,
+    data: run::RunData,
+    /// The `.net` text the module was compiled from.
+    source: String,
+}
+
+/// Compiles the edited model file for a run that continues from its last checkpoint, and
+/// returns `None` after printing why when the edit does not check, its data does not load
+/// or its program does not compile. The run then goes on with the previous model.
+fn recompile<'g>(
+    gpu: &'g Gpu,
+    args: &RunArgs,
+    options: &RunOptions,
+    name: &str,
+) -> Option<Model<'g>> {
+    let keep = |report: miette::Report| {
+        eprintln!("{report:?}");
+        eprintln!("{name}: the edit does not apply, so training goes on with the previous model");
+        None
+    };
+    let source = match read_model(&args.model.file) {
+        Ok(source) => source,
+        Err(report) => return keep(report),
+    };
+    let module = match frontend::compile_source(name, &source, &options.overrides) {
+        Ok(module) => module,
+        Err(diagnostics) => return keep(miette::Report::new(diagnostics)),
+    };
+    let data = match run::load_data(&module, options) {
+        Ok(data) => data,
+        Err(error) => return keep(miette::Report::new(error)),
+    };
+    let trainer = match Trainer::new(gpu, &module, options.seed) {
+        Ok(trainer) => trainer,
+        Err(error) => return keep(miette::Report::new(error)),
+    };
+    let shaders = trainer.device_program().shader_counts();
+    eprintln!(
+        "{name} changed: recompiled with {} kernels reused and {} compiled; continuing from {}",
+        shaders.reused,
+        shaders.compiled,
+        options.resume.as_deref().unwrap_or(Path::new("")).display()
+    );
+    Some(Model { module, trainer, data, source })
+}
+
+/// Starts a thread that requests an edit stop whenever the model file's content differs
+/// from what the run last compiled. A failing watch is logged and ends only the watching.
+fn watch_for_edits(watcher: FileWatcher, source: String, stop: StopFlag) {
+    std::thread::spawn(move || {
+        let mut last = source.into_bytes();
+        loop {
+            if let Err(error) = watcher.wait_for_change(None) {
+                tracing::error!(%error, "the model file watch stopped");
+                return;
+            }
+            // A removed or unreadable file is not an edit; the next save is.
+            if let Ok(bytes) = std::fs::read(watcher.path()) {
+                if bytes != last {
+                    last = bytes;
+                    stop.request(StopReason::Edit);
+                }
+            }
+        }
+    });
+}
+
+/// Makes Ctrl-C, SIGTERM and SIGHUP request a stop after the current step. A second signal
+/// ends the process at once, without a checkpoint of the steps since the last one.
+fn install_stop_handler(stop: &StopFlag) -> miette::Result<()> {
+    let stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.pending() == Some(StopReason::Interrupt) {
+            eprintln!("\nsecond interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after the current step and writing a checkpoint");
+        stop.request(StopReason::Interrupt);
+    })
+    .map_err(|e| miette::miette!("failed to install the interrupt handler: {e}"))
+}
+
+/// Returns the command line that continues an interrupted run in `run_dir`. The
+/// checkpoint supplies the `--set` values and the seed.
+fn resume_command(args: &RunArgs, dataset: &str, run_dir: &Path) -> String {
+    let mut command = format!("netc run {} --train {dataset}", args.model.file.display());
+    if let Some(data) = &args.data {
+        command += &format!(" --data {}", data.display());
+    }
+    if let Some(steps) = args.steps {
+        command += &format!(" --steps {steps}");
+    }
+    if let Some(epochs) = args.epochs {
+        command += &format!(" --epochs {epochs}");
+    }
+    command + &format!(" --resume {}", run_dir.display())
+}
+
+fn read_model(path: &Path) -> miette::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| miette::miette!("failed to read {}: {e}", path.display()))
+}
+
+fn print_summary(summary: &run::RunSummary) {
     let losses: Vec<String> =
         summary.last_losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
     println!(
@@ -160,7 +318,6 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     );
     println!("checkpoint: {}", summary.checkpoint.display());
     println!("report: {}", summary.run_dir.join(report::INDEX_FILE).display());
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses a count that must be at least 1 (`--steps`, `--epochs`).

@@ -74,6 +74,11 @@ impl FileWatcher {
         Ok(FileWatcher { _watcher: watcher, events, path: path.to_path_buf(), folder, file_name })
     }
 
+    /// Returns the watched path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Blocks until the file was created, written, replaced or removed and the burst of
     /// events that came with it has settled. Returns `false` when `timeout` passed first.
     pub fn wait_for_change(&self, timeout: Option<Duration>) -> Result<bool, WatchError> {

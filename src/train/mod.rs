@@ -9,7 +9,6 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod data;
-pub mod engine;
 pub mod fetch;
 pub mod gradcheck;
 pub mod optimizer;

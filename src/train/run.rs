@@ -31,6 +31,8 @@ use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Number of samples an image grid shows.
@@ -151,6 +153,52 @@ pub struct RunOptions {
     pub quiet: bool,
     pub images_every: u64,
     pub checkpoint_every: u64,
+    /// Checked after every step: a request ends the run early, with a checkpoint.
+    pub stop: StopFlag,
+}
+
+/// Why a run stopped before its last step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// An interrupt or termination signal (Ctrl-C, SIGTERM).
+    Interrupt,
+    /// The model file changed, for `run --train --watch`.
+    Edit,
+}
+
+/// A request to end a run after its current step, shared with a signal handler or a file
+/// watcher. The run then writes a checkpoint and its outputs as at its last step. An
+/// interrupt outranks an edit.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicU8>);
+
+impl StopFlag {
+    const EDIT: u8 = 1;
+    const INTERRUPT: u8 = 2;
+
+    /// Requests a stop after the current step.
+    pub fn request(&self, reason: StopReason) {
+        let value = match reason {
+            StopReason::Edit => Self::EDIT,
+            StopReason::Interrupt => Self::INTERRUPT,
+        };
+        self.0.fetch_max(value, Ordering::SeqCst);
+    }
+
+    /// Returns the pending request, if any, without clearing it.
+    pub fn pending(&self) -> Option<StopReason> {
+        match self.0.load(Ordering::SeqCst) {
+            Self::INTERRUPT => Some(StopReason::Interrupt),
+            Self::EDIT => Some(StopReason::Edit),
+            _ => None,
+        }
+    }
+
+    /// Clears a pending edit request, for the next run after a recompile. An interrupt
+    /// stays pending.
+    pub fn clear_edit(&self) {
+        let _ = self.0.compare_exchange(Self::EDIT, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
 }
 
 /// Summary of a finished run.
@@ -162,6 +210,8 @@ pub struct RunSummary {
     pub last_losses: Vec<(String, f32)>,
     pub checkpoint: PathBuf,
     pub mean_seconds_per_step: f64,
+    /// Set when a [`StopFlag`] request ended the run before its last step.
+    pub stopped: Option<StopReason>,
 }
 
 /// The data a run trains on and shows in its grids.
@@ -184,7 +234,7 @@ pub fn train(
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
     let data = load_data(module, options)?;
-    train_on(module, engine, options, data)
+    train_on(module, engine, options, &data)
 }
 
 /// Trains as [`train`] does, on data that [`load_data`] already loaded. The CLI loads the
@@ -193,7 +243,7 @@ pub fn train_on(
     module: &Module,
     engine: &mut dyn Engine,
     options: &RunOptions,
-    data: RunData,
+    data: &RunData,
 ) -> Result<RunSummary, RunError> {
     let run_dir = run_folder(module, options)?;
     std::fs::create_dir_all(&run_dir)
@@ -232,12 +282,13 @@ pub fn train_on(
         module,
         engine,
         options,
-        data: &data,
+        data,
         run_dir: &run_dir,
         seed,
         total,
         columns,
         progress: progress::training_bar(options.quiet, first_step, total, per_epoch),
+        saved_step: resumed.as_ref().map(|r| r.step),
         last_checkpoint: resumed.map(|r| r.checkpoint),
     };
     tracing::info!(model = %module.name, dataset = %options.dataset, run = %run_dir.display(), first_step, total, "training");
@@ -387,6 +438,8 @@ struct Looper<'a> {
     columns: Vec<String>,
     progress: ProgressBar,
     last_checkpoint: Option<PathBuf>,
+    /// The step of `last_checkpoint`.
+    saved_step: Option<u64>,
 }
 
 impl Looper<'_> {
@@ -395,7 +448,13 @@ impl Looper<'_> {
         let mut last_losses = Vec::new();
         let mut seconds = 0.0;
         let mut step = first;
+        let mut stopped = None;
         while step < self.total {
+            if let Some(reason) = self.options.stop.pending() {
+                tracing::info!(step, ?reason, "stopping the run early");
+                stopped = Some(reason);
+                break;
+            }
             let started = Instant::now();
             let cursor = self.data.train.cursor_at(step as usize);
             let batch = self.data.train.batch(self.seed, cursor);
@@ -433,7 +492,8 @@ impl Looper<'_> {
             }
         }
 
-        let checkpoint = if step > first || self.last_checkpoint.is_none() {
+        // A stop right after a periodic checkpoint needs no second one of the same step.
+        let checkpoint = if self.saved_step != Some(step) || self.last_checkpoint.is_none() {
             self.save_checkpoint(step)?
         } else {
             self.last_checkpoint.clone().unwrap_or_default()
@@ -447,6 +507,7 @@ impl Looper<'_> {
             last_losses: self.columns.iter().cloned().zip(last_losses).collect(),
             checkpoint,
             mean_seconds_per_step: if steps > 0 { seconds / steps as f64 } else { 0.0 },
+            stopped,
         })
     }
 
@@ -485,6 +546,7 @@ impl Looper<'_> {
         let checkpoint = Checkpoint { record, weights, moments };
         let dir = checkpoint::save(self.run_dir, &checkpoint, KEEP_CHECKPOINTS)?;
         self.last_checkpoint = Some(dir.clone());
+        self.saved_step = Some(step);
         Ok(dir)
     }
 

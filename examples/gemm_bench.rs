@@ -5,12 +5,14 @@
 //! (`naive/c`, `tiled/c`), then the seconds to create the tiled pipeline.
 //!
 //! Usage: `cargo run --release --example gemm_bench -- [--layers e2,d6] [--ops fwd,wgrad]
-//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/unchecked]]... [--samples N] [--no-naive]`.
-//! Each figure is the median of `--samples` timed submits, each of enough back-to-back
-//! dispatches to take about 0.25 s. `/unchecked` creates the module without wgpu's bounds
-//! checks, for comparison.
+//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/unchecked][/baked]]... [--samples N] [--no-naive]
+//! [--baked]`. Each figure is the median of `--samples` timed submits, each of enough
+//! back-to-back dispatches to take about 0.25 s. `/unchecked` creates the module without
+//! wgpu's bounds checks, and `/baked` bakes every size into the shader instead of reading
+//! some from its uniform block. `--baked` adds the baked variant of the chosen tiling, so
+//! the two are timed side by side.
 
-use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Tiling};
+use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Sizes, Tiling};
 use std::time::Instant;
 use wgpu::util::DeviceExt;
 
@@ -152,6 +154,7 @@ fn operand_len(op: ConvOp, g: &ConvGeometry, role: gemm::Operand) -> usize {
             image(g.out_channels, g.out_size)
         }
         (gemm::Operand::Output, _) => weight,
+        (gemm::Operand::Shape, _) => unreachable!("the shape block is not a tensor"),
     }
 }
 
@@ -193,17 +196,28 @@ fn time_kernel(
     (start.elapsed().as_secs_f64(), process_cpu_seconds() - cpu_start)
 }
 
-/// A tiling to time, and whether to create its module without wgpu's bounds checks.
+/// A tiling to time, whether to create its module without wgpu's bounds checks, and where
+/// its sizes live.
 #[derive(Clone, Copy)]
 struct Variant {
     tiling: Tiling,
     unchecked: bool,
+    sizes: Sizes,
 }
 
 fn parse_variant(text: &str) -> Variant {
-    let unchecked = text.ends_with("/unchecked");
-    let tiling = parse_tiling(text.trim_end_matches("/unchecked"));
-    Variant { tiling, unchecked }
+    let mut rest = text;
+    let mut flag = |suffix: &str| match rest.strip_suffix(suffix) {
+        Some(stripped) => {
+            rest = stripped;
+            true
+        }
+        None => false,
+    };
+    let baked = flag("/baked");
+    let unchecked = flag("/unchecked");
+    let sizes = if baked { Sizes::Baked } else { Sizes::Uniform };
+    Variant { tiling: parse_tiling(rest), unchecked, sizes }
 }
 
 /// A kernel ready to dispatch, with the repetitions that make one sample.
@@ -219,7 +233,8 @@ struct Prepared {
 }
 
 fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepared {
-    let kernel = gemm::generate(op, g, &variant.tiling, false, 65_535).expect("generate failed");
+    let kernel = gemm::generate_with(op, g, &variant.tiling, false, variant.sizes, 65_535)
+        .expect("generate failed");
     let descriptor = wgpu::ShaderModuleDescriptor {
         label: Some(&kernel.label),
         source: wgpu::ShaderSource::Wgsl(kernel.wgsl.as_str().into()),
@@ -248,7 +263,18 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         .bindings
         .iter()
         .enumerate()
-        .map(|(i, &role)| random_buffer(gpu, operand_len(op, g, role), i as u32 + 1))
+        .map(|(i, &role)| match role {
+            gemm::Operand::Shape => {
+                let mut words = kernel.shape.clone();
+                words.resize(words.len().next_multiple_of(4), 0);
+                gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("shape"),
+                    contents: bytemuck::cast_slice(&words),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+            }
+            role => random_buffer(gpu, operand_len(op, g, role), i as u32 + 1),
+        })
         .collect();
     let entries: Vec<wgpu::BindGroupEntry> = buffers
         .iter()
@@ -342,6 +368,7 @@ fn main() {
         subgroup_size: None,
     };
     let skip_naive = args.iter().any(|a| a == "--no-naive");
+    let add_baked = args.iter().any(|a| a == "--baked");
 
     let gpu = open_gpu();
     println!(
@@ -358,15 +385,20 @@ fn main() {
             }
             let g = &layer.geometry;
             let chosen = gemm::choose_tiling(op, g, &gpu.profile);
-            let kernel = gemm::generate(op, g, &chosen, false, 65_535).expect("generate failed");
+            let kernel = gemm::generate_with(op, g, &chosen, false, Sizes::Baked, 65_535)
+                .expect("generate failed");
             let (m, n, k) = gemm_sizes(&kernel.wgsl);
+            let variant = |tiling, sizes| Variant { tiling, unchecked: false, sizes };
             let mut variants = if extra.is_empty() {
-                vec![Variant { tiling: chosen, unchecked: false }]
+                vec![variant(chosen, Sizes::Uniform)]
             } else {
                 extra.clone()
             };
+            if add_baked {
+                variants.push(variant(chosen, Sizes::Baked));
+            }
             if !skip_naive {
-                variants.insert(0, Variant { tiling: naive, unchecked: false });
+                variants.insert(0, variant(naive, Sizes::Uniform));
             }
             let rates = measure(&gpu, op, g, &variants, samples);
             let first = usize::from(!skip_naive);
@@ -391,7 +423,12 @@ fn main() {
                     rate.cpu,
                     rate.compile_seconds,
                     describe(&t),
-                    if v.unchecked { " unchecked" } else { "" }
+                    match (v.unchecked, v.sizes) {
+                        (true, Sizes::Baked) => " unchecked baked",
+                        (true, Sizes::Uniform) => " unchecked",
+                        (false, Sizes::Baked) => " baked",
+                        (false, Sizes::Uniform) => "",
+                    }
                 );
             }
         }

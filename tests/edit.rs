@@ -363,6 +363,27 @@ mod cache {
         check_against_reference(&gpu, &widened, &second);
     }
 
+    #[test]
+    fn same_window_layers_share_pipelines() {
+        // The sizes of a convolution come from a uniform block, so pix2pix's encoder
+        // convolutions, all 4x4 with stride 2, need fewer pipelines than layers. Each layer
+        // still binds its own sizes. The U-Net forward tests check a program whose layers
+        // share pipelines this way against the CPU reference.
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+        let module = compile_file(&path, &[]).expect("pix2pix compiles");
+        let gpu = Gpu::open(None).expect("the pipeline test needs a wgpu adapter");
+        let net = &module.nets[0];
+        let kernels = lower_graph(&net.graph, &gpu.target(), Mode::Train).expect("lowers");
+        let convs: Vec<&Kernel> =
+            kernels.iter().filter(|k| k.name.ends_with(".conv.conv2d")).collect();
+        let distinct: HashSet<[u8; 32]> = convs.iter().map(|k| kernel_key(k)).collect();
+        assert_eq!(convs.len(), 8, "e1..e8");
+        assert!(distinct.len() <= 4, "{} pipelines for 8 encoder layers", distinct.len());
+        for kernel in &convs {
+            assert!(!kernel.shape.is_empty(), "{} has a shape block", kernel.name);
+        }
+    }
+
     /// Runs the program built from reused pipelines and compares it with the reference.
     fn check_against_reference(gpu: &Gpu, module: &Module, compiled: &Compiled) {
         let net = &module.nets[0];

@@ -213,7 +213,7 @@ impl Case {
             Operand::Weight => &self.w,
             Operand::OutputGrad => &self.dy,
             Operand::Bias => &self.bias,
-            Operand::Output => unreachable!("the output is not an input binding"),
+            Operand::Output | Operand::Shape => unreachable!("{role:?} is not a tensor input"),
         }
     }
 
@@ -235,6 +235,13 @@ impl Case {
                     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 }),
+                Operand::Shape => {
+                    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("shape"),
+                        contents: bytemuck::cast_slice(&padded_shape(&kernel.shape)),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    })
+                }
                 role => gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: None,
                     contents: bytemuck::cast_slice(self.binding(role)),
@@ -724,4 +731,11 @@ mod errors {
             .expect_err("must be rejected");
         assert!(err.to_string().contains("multiple of the subgroup size"), "{err}");
     }
+}
+
+/// Pads a kernel's shape block to a whole number of 16-byte rows, as uniform buffers need.
+fn padded_shape(shape: &[u32]) -> Vec<u32> {
+    let mut words = shape.to_vec();
+    words.resize(shape.len().next_multiple_of(4), 0);
+    words
 }

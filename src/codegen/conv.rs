@@ -45,19 +45,19 @@ fn lower_gemm(
         }
     };
 
-    // The generated shader names its bindings lhs, rhs, dst and bias, in that order. The
-    // operand slots are those of conv2d, conv_transpose2d (x, weight, bias) and of the IR's
-    // conv2d_weight_grad (x, dy).
-    let names = ["lhs", "rhs", "dst", "bias"];
+    // The generated shader names its bindings lhs, rhs, dst, bias and shape, in that
+    // order. The operand slots are those of conv2d, conv_transpose2d (x, weight, bias) and
+    // of the IR's conv2d_weight_grad (x, dy).
     let bindings = generated
         .bindings
         .iter()
-        .zip(names)
-        .map(|(operand, name)| match operand {
-            Operand::Input => ctx.read(name, 0),
-            Operand::Weight | Operand::OutputGrad => ctx.read(name, 1),
-            Operand::Bias => ctx.read(name, 2),
-            Operand::Output => ctx.output(name),
+        .enumerate()
+        .map(|(index, operand)| match operand {
+            Operand::Input => ctx.read(["lhs", "rhs"][index], 0),
+            Operand::Weight | Operand::OutputGrad => ctx.read(["lhs", "rhs"][index], 1),
+            Operand::Bias => ctx.read("bias", 2),
+            Operand::Output => ctx.output("dst"),
+            Operand::Shape => Binding::shape("shape", generated.shape.len()),
         })
         .collect();
     let wgsl = format!("// netc kernel {name}\n\n{}", generated.wgsl);
@@ -68,6 +68,7 @@ fn lower_gemm(
         bindings,
         grid: generated.grid,
         flops: generated.flops,
+        shape: generated.shape,
     }))
 }
 

@@ -50,6 +50,8 @@ pub enum Resource {
     Arena(u32),
     /// The per-run uniform block ([`wgsl::RUN_VALUES_WGSL`]).
     RunValues,
+    /// The kernel's own uniform block of sizes, [`Kernel::shape`].
+    Shape,
 }
 
 /// How a kernel accesses a binding.
@@ -118,6 +120,18 @@ impl Binding {
         self
     }
 
+    /// Binds the kernel's uniform block of `words` sizes, [`Kernel::shape`].
+    pub fn shape(name: &'static str, words: usize) -> Self {
+        Binding {
+            name,
+            resource: Resource::Shape,
+            access: Access::Uniform,
+            elements: words as u64,
+            offset: 0,
+            vec4: false,
+        }
+    }
+
     /// Declares the binding as an array of `vec4<f32>`.
     pub fn vec4(mut self) -> Self {
         self.vec4 = true;
@@ -126,8 +140,9 @@ impl Binding {
 
     /// Size of the binding in bytes.
     pub fn bytes(&self) -> u64 {
-        match self.access {
-            Access::Uniform => wgsl::RUN_VALUES_BYTES,
+        match (self.access, self.resource) {
+            (Access::Uniform, Resource::Shape) => (self.elements * 4).next_multiple_of(16),
+            (Access::Uniform, _) => wgsl::RUN_VALUES_BYTES,
             _ => self.elements * 4,
         }
     }
@@ -146,6 +161,8 @@ pub struct Kernel {
     pub grid: Grid,
     /// Floating-point operations per run, an estimate for the benchmark table.
     pub flops: u64,
+    /// The contents of the kernel's [`Resource::Shape`] uniform block, if it binds one.
+    pub shape: Vec<u32>,
 }
 
 /// Batch-norm and dropout behaviour of a lowered program.
@@ -292,7 +309,7 @@ impl LowerContext<'_> {
     ) -> Kernel {
         let name = self.kernel_name(role);
         let wgsl = wgsl::assemble(&name, template, constants, &bindings, &grid);
-        Kernel { name, node: self.node, wgsl, bindings, grid, flops }
+        Kernel { name, node: self.node, wgsl, bindings, grid, flops, shape: Vec::new() }
     }
 }
 

@@ -154,6 +154,7 @@ pub fn lower_update(
             bindings: list,
             grid,
             flops: 10 * len as u64,
+            shape: Vec::new(),
         };
         target.check(&kernel)?;
         kernels.push(kernel);

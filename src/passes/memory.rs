@@ -98,6 +98,7 @@ mod tests {
             bindings,
             grid: Grid { workgroups: [1, 1, 1], groups: 1 },
             flops: 0,
+            shape: Vec::new(),
         }
     }
 

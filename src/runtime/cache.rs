@@ -47,7 +47,12 @@ pub struct KernelCache {
 /// Returns the cache key of a kernel: SHA-256 over its WGSL and binding access modes.
 pub fn kernel_key(kernel: &Kernel) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    hasher.update(kernel.wgsl.as_bytes());
+    // Comments (the kernel's name, its sizes) do not change the pipeline.
+    for line in kernel.wgsl.lines() {
+        let code = line.split_once("//").map_or(line, |(code, _)| code);
+        hasher.update(code.as_bytes());
+        hasher.update(b"\n");
+    }
     for binding in &kernel.bindings {
         let mode: &[u8] = match binding.access {
             Access::Read => b"r",

@@ -6,7 +6,6 @@ use crate::codegen::wgsl::{RunValues, RUN_VALUES_BYTES};
 use crate::codegen::{value_resource, Access, Kernel, Mode, Resource};
 use crate::ir::{Graph, NodeId, Op};
 use crate::passes::memory::{self, MemoryPlan};
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use wgpu::BufferUsages;
 
@@ -86,6 +85,7 @@ impl Buffers {
         resource: Resource,
         params: &'a ParamStore,
         run: &'a wgpu::Buffer,
+        shape: Option<&'a wgpu::Buffer>,
     ) -> (&'a wgpu::Buffer, u64) {
         match resource {
             Resource::Node(node) => {
@@ -99,6 +99,7 @@ impl Buffers {
             Resource::Arena(index) => (params.arena(index as usize), 0),
             Resource::Aux { node, index } => (&self.aux[&(node, index)], 0),
             Resource::RunValues => (run, 0),
+            Resource::Shape => (shape.expect("kernels with a shape binding have a shape block"), 0),
         }
     }
 }
@@ -128,28 +129,19 @@ impl Program {
             mapped_at_creation: false,
         });
 
-        let mut pipelines: HashMap<[u8; 32], CachedPipeline> = HashMap::new();
-        let mut shaders = CacheCounts::default();
+        let (pipelines, shaders) = create_pipelines(gpu, kernels)?;
         let mut compiled = Vec::with_capacity(kernels.len());
         for kernel in kernels {
             let key = kernel_key(kernel);
-            if let Entry::Vacant(slot) = pipelines.entry(key) {
-                let (cached, reused) =
-                    gpu.kernels.get_or_create(key, || create_pipeline(gpu, kernel))?;
-                if reused {
-                    shaders.reused += 1;
-                } else {
-                    shaders.compiled += 1;
-                }
-                slot.insert(cached);
-            }
             let CachedPipeline { pipeline, layout } = &pipelines[&key];
+            let shape = shape_buffer(gpu, kernel)?;
             let entries: Vec<wgpu::BindGroupEntry> = kernel
                 .bindings
                 .iter()
                 .enumerate()
                 .map(|(index, binding)| {
-                    let (buffer, base) = buffers.get(binding.resource, params, &run_values);
+                    let (buffer, base) =
+                        buffers.get(binding.resource, params, &run_values, shape.as_ref());
                     wgpu::BindGroupEntry {
                         binding: index as u32,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -187,7 +179,7 @@ impl Program {
             .iter()
             .map(|(name, node)| {
                 let (buffer, offset) =
-                    buffers.get(value_resource(graph, *node, mode), params, &run_values);
+                    buffers.get(value_resource(graph, *node, mode), params, &run_values, None);
                 Port {
                     name: name.clone(),
                     buffer: buffer.clone(),
@@ -405,6 +397,85 @@ fn program_label(graph: &Graph) -> String {
         .node_weights()
         .find_map(|n| n.name.split_once('.').map(|(net, _)| net.to_string()))
         .unwrap_or_else(|| "program".to_string())
+}
+
+/// Creates the uniform block of `kernel`'s sizes, if it binds one.
+fn shape_buffer(gpu: &Gpu, kernel: &Kernel) -> Result<Option<wgpu::Buffer>, RuntimeError> {
+    let Some(binding) = kernel.bindings.iter().find(|b| b.resource == Resource::Shape) else {
+        return Ok(None);
+    };
+    if kernel.shape.is_empty() || binding.elements as usize != kernel.shape.len() {
+        return Err(RuntimeError::Pipeline {
+            kernel: kernel.name.clone(),
+            message: format!(
+                "the shape binding has {} values, but the kernel's shape block has {}",
+                binding.elements,
+                kernel.shape.len()
+            ),
+        });
+    }
+    let mut contents = kernel.shape.clone();
+    contents.resize(binding.bytes() as usize / 4, 0);
+    let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&kernel.name),
+        size: binding.bytes(),
+        usage: BufferUsages::UNIFORM | BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&contents));
+    Ok(Some(buffer))
+}
+
+/// Creates the pipeline of every distinct kernel of `kernels`, or takes it from the device's
+/// kernel cache, and counts both. Pipelines are created on one thread per CPU core, because
+/// a CPU adapter such as lavapipe compiles each one on the calling thread.
+fn create_pipelines(
+    gpu: &Gpu,
+    kernels: &[Kernel],
+) -> Result<(HashMap<[u8; 32], CachedPipeline>, CacheCounts), RuntimeError> {
+    let mut distinct: Vec<([u8; 32], &Kernel)> = Vec::new();
+    let mut seen = HashSet::new();
+    for kernel in kernels {
+        let key = kernel_key(kernel);
+        if seen.insert(key) {
+            distinct.push((key, kernel));
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(distinct.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut created = Vec::new();
+        loop {
+            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(key, kernel)) = distinct.get(index) else { break };
+            let result = gpu.kernels.get_or_create(key, || create_pipeline(gpu, kernel));
+            let failed = result.is_err();
+            created.push(result.map(|(pipeline, reused)| (key, pipeline, reused)));
+            if failed {
+                // Later kernels are left to the other threads, which stop at the end of
+                // the list; the first error is reported.
+                break;
+            }
+        }
+        created
+    };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| scope.spawn(work)).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a pipeline thread panicked")).collect()
+    });
+
+    let mut pipelines = HashMap::with_capacity(distinct.len());
+    let mut counts = CacheCounts::default();
+    for result in results {
+        let (key, pipeline, reused) = result?;
+        if reused {
+            counts.reused += 1;
+        } else {
+            counts.compiled += 1;
+        }
+        pipelines.insert(key, pipeline);
+    }
+    Ok((pipelines, counts))
 }
 
 /// Creates the pipeline and bind group layout of one kernel, turning wgpu validation

@@ -8,7 +8,7 @@
 //! own A values.
 
 use super::problem::Problem;
-use super::{ConvOp, GemmError, GemmKernel, Operand, Tiling};
+use super::{ConvOp, GemmError, GemmKernel, Operand, Sizes, Tiling};
 use crate::codegen::Grid;
 use std::fmt::Write;
 
@@ -16,6 +16,7 @@ pub(super) fn kernel(
     p: &Problem,
     t: &Tiling,
     with_bias: bool,
+    sizes: Sizes,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
     let columns_per_workgroup = t.workgroup_size * t.tile_n;
@@ -34,21 +35,73 @@ pub(super) fn kernel(
         Grid::fold(p.op.name(), total, max_workgroups_per_dimension).map_err(|_| too_large)?;
 
     let mut s = String::new();
-    header(&mut s, p, t, [tiles_m, tiles_n], &grid);
+    let uniforms = header(&mut s, p, t, [tiles_m, tiles_n], &grid, sizes);
     bindings(&mut s, p.op, with_bias);
-    entry(&mut s, p, t, with_bias);
+    if !uniforms.is_empty() {
+        shape_block(&mut s, &uniforms, binding_roles(p.op, with_bias).len());
+    }
+    entry(&mut s, p, t, with_bias, &uniforms);
+    let mut roles = binding_roles(p.op, with_bias);
+    if !uniforms.is_empty() {
+        roles.push(Operand::Shape);
+    }
     Ok(GemmKernel {
         label: format!("{}_{}x{}x{}", p.op.name(), p.m, p.n, p.k),
         wgsl: s,
         entry_point: "main",
-        bindings: binding_roles(p.op, with_bias),
+        bindings: roles,
         grid,
         uses_subgroups: t.subgroup_size.is_some(),
         flops: 0,
+        shape: uniforms.iter().map(|u| u.value).collect(),
     })
 }
 
-fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], grid: &Grid) {
+/// A size the shader reads from its uniform block instead of a constant.
+struct Uniform {
+    name: &'static str,
+    ty: &'static str,
+    /// The value's bits: an `i32` or a `u32`.
+    value: u32,
+}
+
+/// Declares the uniform block of `uniforms` at binding `index` and the grid's
+/// `group_index`, which reads its row width from the block.
+fn shape_block(s: &mut String, uniforms: &[Uniform], index: usize) {
+    let values: Vec<String> = uniforms
+        .iter()
+        .map(|u| match u.ty {
+            "i32" => format!("{} = {}", u.name, u.value as i32),
+            _ => format!("{} = {}", u.name, u.value),
+        })
+        .collect();
+    let _ = writeln!(s, "// Sizes that differ between kernels of one pipeline. This kernel's:");
+    for line in values.chunks(8) {
+        let _ = writeln!(s, "//   {}", line.join(", "));
+    }
+    s.push_str("struct Shape {\n");
+    for u in uniforms {
+        let _ = writeln!(s, "    {}: {},", u.name, u.ty);
+    }
+    let _ = writeln!(
+        s,
+        "}}\n@group(0) @binding({index}) var<uniform> shape: Shape;\n\n\
+         // The logical workgroup index; values of GROUPS and above are surplus.\n\
+         fn group_index(wid: vec3<u32>) -> u32 {{\n    \
+             return wid.x + shape.GRID_X * (wid.y + shape.GRID_Y * wid.z);\n}}\n"
+    );
+}
+
+/// Writes the header comment and the constants, and returns the sizes that go to the
+/// uniform block instead (none with [`Sizes::Baked`]).
+fn header(
+    s: &mut String,
+    p: &Problem,
+    t: &Tiling,
+    tiles: [u32; 2],
+    grid: &Grid,
+    sizes: Sizes,
+) -> Vec<Uniform> {
     let lanes = t.subgroup_size.map_or("none".to_string(), |n| n.to_string());
     let classes = match p.classes {
         1 => String::new(),
@@ -70,11 +123,25 @@ fn header(s: &mut String, p: &Problem, t: &Tiling, tiles: [u32; 2], grid: &Grid)
         t.block_m.clamp(1, t.tile_m)
     );
     let gemm = [("M", p.m as usize), ("N", p.n as usize), ("K", p.k as usize)];
-    for (name, value) in gemm.iter().chain(p.constants()) {
-        let _ = writeln!(s, "const {name} = {value}i;");
+    let tile_counts = [("TILES_M", tiles[0] as usize), ("TILES_N", tiles[1] as usize)];
+    let mut uniforms = Vec::new();
+    for &(name, value) in gemm.iter().chain(p.constants()).chain(&tile_counts) {
+        if sizes == Sizes::Uniform && p.is_runtime(name) {
+            uniforms.push(Uniform { name, ty: "i32", value: value as u32 });
+        } else {
+            let _ = writeln!(s, "const {name} = {value}i;");
+        }
     }
-    let _ = writeln!(s, "const TILES_M = {}i;\nconst TILES_N = {}i;", tiles[0], tiles[1]);
-    let _ = writeln!(s, "{}", grid.wgsl());
+    if sizes == Sizes::Baked {
+        let _ = writeln!(s, "{}", grid.wgsl());
+        return uniforms;
+    }
+    let [x, y, _] = grid.workgroups;
+    let groups = u32::try_from(grid.groups).unwrap_or(u32::MAX);
+    for (name, value) in [("GRID_X", x), ("GRID_Y", y), ("GROUPS", groups)] {
+        uniforms.push(Uniform { name, ty: "u32", value });
+    }
+    uniforms
 }
 
 fn bindings(s: &mut String, op: ConvOp, with_bias: bool) {
@@ -108,7 +175,7 @@ fn binding_roles(op: ConvOp, with_bias: bool) -> Vec<Operand> {
     roles
 }
 
-fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
+fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool, uniforms: &[Uniform]) {
     let (tm, tn) = (t.tile_m, t.tile_n);
     let lane_builtins = if t.subgroup_size.is_some() {
         ",\n    @builtin(subgroup_invocation_id) lane_id: u32,\n    @builtin(subgroup_id) subgroup_id: u32"
@@ -121,6 +188,9 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool) {
          @builtin(local_invocation_index) local: u32{lane_builtins},\n) {{",
         t.workgroup_size
     );
+    for u in uniforms {
+        let _ = writeln!(s, "    let {0} = shape.{0};", u.name);
+    }
     s.push_str(
         "    let flat = group_index(wg);\n    if flat >= GROUPS {\n        return;\n    }\n",
     );

@@ -1,9 +1,10 @@
 //! Convolutions lowered as implicit GEMMs, specialised to one geometry and one tiling.
 //!
 //! Needs: a convolution geometry whose sizes agree with the op's shape rule, and a
-//! [`Tiling`] (usually from [`choose_tiling`]). Guarantees: a WGSL compute shader with
-//! every size baked in as a constant, the order of its bindings and a dispatch grid within
-//! 65,535 workgroups per dimension. No im2col buffer is written: each load computes its
+//! [`Tiling`] (usually from [`choose_tiling`]). Guarantees: a WGSL compute shader, the
+//! order of its bindings and a dispatch grid within 65,535 workgroups per dimension. The
+//! sizes the reduction loop divides by are constants, and by default the others come from
+//! a uniform block, so one pipeline serves every layer with the same kernel window. No im2col buffer is written: each load computes its
 //! source address from the GEMM indices.
 //!
 //! Each op is `C[m, n] = sum_k A(m, k) * B(k, n)`. Rows `m` are output channels (for the
@@ -245,6 +246,18 @@ pub enum Operand {
     OutputGrad,
     /// The tensor the kernel writes: `y` for the forward ops, `dw` for the weight gradients.
     Output,
+    /// The uniform block of sizes, [`GemmKernel::shape`].
+    Shape,
+}
+
+/// Where a kernel's sizes live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    /// Every size is a WGSL constant, so each geometry is a shader of its own.
+    Baked,
+    /// Sizes that the `k` loop does not divide by come from a uniform block, so kernels of
+    /// one op, tiling and kernel window share one shader and one pipeline.
+    Uniform,
 }
 
 /// A specialised shader and how to run it.
@@ -260,6 +273,8 @@ pub struct GemmKernel {
     /// Whether the shader needs `Features::SUBGROUP`.
     pub uses_subgroups: bool,
     pub flops: u64,
+    /// The contents of the [`Operand::Shape`] uniform block, as `i32` and `u32` bits.
+    pub shape: Vec<u32>,
 }
 
 /// A geometry or tiling the generator cannot build a kernel for.
@@ -273,9 +288,9 @@ pub enum GemmError {
     GridTooLarge { op: &'static str, workgroups: u64, limit: u32 },
 }
 
-/// Generates the kernel of `op` on `geometry` with `tiling`. A `bias` binding is added for
-/// the forward ops when `with_bias` is set. The grid is folded so that no dimension
-/// exceeds `max_workgroups_per_dimension`.
+/// Generates the kernel of `op` on `geometry` with `tiling`, its sizes in a uniform block
+/// ([`Sizes::Uniform`]). A `bias` binding is added for the forward ops when `with_bias` is
+/// set. The grid is folded so that no dimension exceeds `max_workgroups_per_dimension`.
 pub fn generate(
     op: ConvOp,
     geometry: &ConvGeometry,
@@ -283,11 +298,24 @@ pub fn generate(
     with_bias: bool,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
+    generate_with(op, geometry, tiling, with_bias, Sizes::Uniform, max_workgroups_per_dimension)
+}
+
+/// Generates the kernel as [`generate`] does, with the sizes where `sizes` puts them.
+pub fn generate_with(
+    op: ConvOp,
+    geometry: &ConvGeometry,
+    tiling: &Tiling,
+    with_bias: bool,
+    sizes: Sizes,
+    max_workgroups_per_dimension: u32,
+) -> Result<GemmKernel, GemmError> {
     problem::check_geometry(op, geometry)?;
     check_tiling(tiling)?;
     let problem = Problem::new(op, geometry);
     let with_bias = with_bias && matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
-    let mut kernel = emit::kernel(&problem, tiling, with_bias, max_workgroups_per_dimension)?;
+    let mut kernel =
+        emit::kernel(&problem, tiling, with_bias, sizes, max_workgroups_per_dimension)?;
     kernel.flops = geometry.flops(op);
     Ok(kernel)
 }

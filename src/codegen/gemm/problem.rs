@@ -86,6 +86,21 @@ impl Problem {
         &self.constants
     }
 
+    /// Returns whether the size `name` can be read from the uniform block without slowing
+    /// the `k` loop: it is no divisor there. The kernel's taps, strides and padding, and
+    /// for the weight gradients the reduction's image size, stay constants, because the
+    /// loop divides by them.
+    pub fn is_runtime(&self, name: &str) -> bool {
+        match self.op {
+            ConvOp::Conv2d | ConvOp::ConvTranspose2d => {
+                !matches!(name, "KH" | "KW" | "SY" | "SX" | "PY" | "PX" | "TY" | "TX")
+            }
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
+                matches!(name, "M" | "N" | "C2" | "IH" | "IW" | "TILES_M" | "TILES_N")
+            }
+        }
+    }
+
     /// Statements run once per workgroup after `parity` is known.
     pub fn class_setup(&self) -> &'static str {
         match self.op {

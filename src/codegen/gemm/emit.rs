@@ -264,6 +264,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             .collect();
         let _ = writeln!(s, "    var {}: f32;", names.join(": f32;\n    var "));
     }
+    s.push_str(p.loop_setup());
     let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
     for kk in 0..chunk {
         let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
@@ -293,6 +294,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
                 access.valid, access.offset
             );
         }
+        s.push_str(p.step_advance());
         s.push_str("        }\n");
     }
     let block = t.block_m.clamp(1, tm);

@@ -250,13 +250,14 @@ pub enum Operand {
     Shape,
 }
 
-/// Where a kernel's sizes live.
+/// The placement of a kernel's sizes: WGSL constants or a uniform block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sizes {
     /// Every size is a WGSL constant, so each geometry is a shader of its own.
     Baked,
     /// Sizes that the `k` loop does not divide by come from a uniform block, so kernels of
-    /// one op, tiling and kernel window share one shader and one pipeline.
+    /// one op, tiling and kernel window share one shader and one pipeline. The weight
+    /// gradients walk their pixels with counters, so their image size is no divisor.
     Uniform,
 }
 
@@ -312,7 +313,8 @@ pub fn generate_with(
 ) -> Result<GemmKernel, GemmError> {
     problem::check_geometry(op, geometry)?;
     check_tiling(tiling)?;
-    let problem = Problem::new(op, geometry);
+    let mut problem = Problem::new(op, geometry);
+    problem.pixel_counters = sizes == Sizes::Uniform;
     let with_bias = with_bias && matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
     let mut kernel =
         emit::kernel(&problem, tiling, with_bias, sizes, max_workgroups_per_dimension)?;

@@ -18,6 +18,9 @@ pub(super) struct Problem {
     /// 1 for the other ops.
     pub classes: u32,
     constants: Vec<(&'static str, usize)>,
+    /// Walks the weight gradients' pixels with counters rather than dividing `k` by the
+    /// image size, so that the size can come from the uniform block.
+    pub pixel_counters: bool,
 }
 
 /// An element access: its offset in the buffer and whether it is inside the tensor.
@@ -78,6 +81,7 @@ impl Problem {
             k: as_u32(k),
             classes: as_u32(classes),
             constants,
+            pixel_counters: false,
         }
     }
 
@@ -87,17 +91,48 @@ impl Problem {
     }
 
     /// Returns whether the size `name` can be read from the uniform block without slowing
-    /// the `k` loop: it is no divisor there. The kernel's taps, strides and padding, and
-    /// for the weight gradients the reduction's image size, stay constants, because the
-    /// loop divides by them.
+    /// the `k` loop: it is no divisor there. The kernel's taps, strides and padding stay
+    /// constants, and so does the weight gradients' image size unless pixel counters
+    /// replace the division by it.
     pub fn is_runtime(&self, name: &str) -> bool {
         match self.op {
             ConvOp::Conv2d | ConvOp::ConvTranspose2d => {
                 !matches!(name, "KH" | "KW" | "SY" | "SX" | "PY" | "PX" | "TY" | "TX")
             }
             ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
-                matches!(name, "M" | "N" | "C2" | "IH" | "IW" | "TILES_M" | "TILES_N")
+                let image = matches!(name, "K" | "DH" | "DW");
+                (self.pixel_counters || !image)
+                    && !matches!(name, "KH" | "KW" | "SY" | "SX" | "PY" | "PX")
             }
+        }
+    }
+
+    /// Statements before the `k` loop: the pixel counters of the weight gradients.
+    pub fn loop_setup(&self) -> &'static str {
+        match self.op {
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad if self.pixel_counters => {
+                "    // The image, row and column of reduction step k.\n\
+                 \x20   var kb = 0i;\n\
+                 \x20   var ky = 0i;\n\
+                 \x20   var kx = 0i;\n"
+            }
+            _ => "",
+        }
+    }
+
+    /// Statements at the end of each step of the `k` loop: advance the pixel counters.
+    pub fn step_advance(&self) -> &'static str {
+        match self.op {
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad if self.pixel_counters => {
+                "        kx += 1;\n\
+                 \x20       let row_done = kx == DW;\n\
+                 \x20       kx = select(kx, 0, row_done);\n\
+                 \x20       ky = select(ky, ky + 1, row_done);\n\
+                 \x20       let image_done = ky == DH;\n\
+                 \x20       ky = select(ky, 0, image_done);\n\
+                 \x20       kb = select(kb, kb + 1, image_done);\n"
+            }
+            _ => "",
         }
     }
 
@@ -167,6 +202,14 @@ impl Problem {
                  \x20       let tap = ky < KH && kx < KW;\n\
                  \x20       let koff = ci * (H * W) - ty * W - tx;\n\
                  \x20       let aoff = ci * (CO * KH * KW) + ky * KW + kx;\n"
+            }
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad if self.pixel_counters => {
+                "        let b = kb;\n\
+                 \x20       let pix = ky * DW + kx;\n\
+                 \x20       let y = ky * SY - PY;\n\
+                 \x20       let x = kx * SX - PX;\n\
+                 \x20       let aoff = b * (M * DH * DW) + pix;\n\
+                 \x20       let boff = b * (C2 * IH * IW) + y * IW + x;\n"
             }
             ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
                 "        let b = k / (DH * DW);\n\

@@ -52,10 +52,13 @@ pub struct RunArgs {
     /// Continue the run whose checkpoint is in this folder
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// Start from the parameters of this checkpoint whose names and shapes still match
+    /// Start a new run from a checkpoint (a run folder or one of its checkpoints): each
+    /// parameter whose name and shape match is copied, the others start from their
+    /// initializers
     #[arg(long, value_name = "CHECKPOINT")]
     pub init_from: Option<PathBuf>,
-    /// Accept an --init-from checkpoint even when none of its parameters match
+    /// Accept an --init-from checkpoint, or the checkpoint of an edited model on --resume,
+    /// even when no trainable parameter matches by name and shape
     #[arg(long)]
     pub force: bool,
     /// No progress bar

@@ -655,7 +655,7 @@ mod report {
         let s = step as f32;
         LossRow {
             step,
-            epoch: (step / 400) as usize,
+            epoch: (step / 400) as usize + 1,
             lr: 2e-4,
             losses: vec![0.7 - s * 1e-4, 0.69, 1.0 / (1.0 + s), 40.0 * (-s / 300.0).exp() + 10.0],
             seconds_per_step: 0.25,
@@ -671,7 +671,7 @@ mod report {
         let text = std::fs::read_to_string(run.path().join(LOSSES_FILE)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "step,epoch,lr,d_real,d_fake,g_gan,g_l1,seconds_per_step");
-        assert_eq!(lines[1], "1,0,0.0002,0.6999,0.69,0.5,49.86689,0.250000");
+        assert_eq!(lines[1], "1,1,0.0002,0.6999,0.69,0.5,49.86689,0.250000");
         assert_eq!(lines.len(), 3);
 
         let (names, rows) = read_losses(&run.path().join(LOSSES_FILE)).unwrap();
@@ -690,7 +690,7 @@ mod report {
         // A crash can leave a cut last row.
         let path = run.path().join(LOSSES_FILE);
         let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str("6,0,0.0002,0.69");
+        text.push_str("6,1,0.0002,0.69");
         std::fs::write(&path, text).unwrap();
 
         let mut log = LossLog::resume(run.path(), &columns(), 3).unwrap();
@@ -1308,6 +1308,10 @@ mod run {
         assert!(html.contains("images/step-00000009.png"), "{html}");
 
         let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        // 5 pairs in batches of 1: steps 1..5 are epoch 1, as the progress bar counts.
+        let epochs: Vec<usize> = rows.iter().map(|r| r.epoch).collect();
+        assert_eq!(epochs, [1, 1, 1, 1, 1, 2, 2, 2, 2]);
+        assert!(csv.lines().nth(1).is_some_and(|l| l.starts_with("1,1,")), "{csv}");
         let first = rows.first().unwrap().losses[0];
         let last = rows.last().unwrap().losses[0];
         assert!(last < first, "L1 went from {first} to {last}");
@@ -1606,6 +1610,8 @@ train {
         let (columns, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
         assert_eq!(columns, ["d_real", "d_fake", "g_gan", "g_l1"]);
         assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // Three batches an epoch: the resumed step 4 starts epoch 2, counted from 1.
+        assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 1, 1, 2]);
         let record = checkpoint::load(&run).unwrap().record;
         assert_eq!(record.model.source, TINY);
         assert_eq!(record.step, 4);

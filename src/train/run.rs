@@ -416,7 +416,7 @@ impl Looper<'_> {
                 self.engine.learning_rates(cursor.epoch).values().next().copied().unwrap_or(0.0);
             log.append(&LossRow {
                 step,
-                epoch: cursor.epoch,
+                epoch: cursor.epoch + 1,
                 lr,
                 losses: losses.clone(),
                 seconds_per_step: elapsed,

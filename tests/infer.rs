@@ -337,6 +337,13 @@ fn netc_run_infer_writes_png_per_input() {
     assert!(stderr.contains("freshly initialised"), "no notice: {stderr}");
     let png = image::open(dir.path().join("a/pair.png")).expect("output PNG");
     assert_eq!((png.width(), png.height()), (64, 64));
+    // The PNG gets the mode that the umask gives ordinary files, as the input has here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("a/pair.png")), mode(&dir.path().join("pair.png")));
+    }
 
     let second = netc_infer(dir.path(), "b", &[]);
     assert!(second.status.success());

@@ -235,6 +235,15 @@ fn netc_shaders_writes_valid_wgsl_files() {
         }
     }
     assert!(files.len() > 100, "only {} shaders", files.len());
+    // Each file gets the mode that the umask gives ordinary files, like `File::create`.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        let reference = out.path().join("reference");
+        std::fs::File::create(&reference).unwrap();
+        assert_eq!(mode(&files[0]) & 0o777, mode(&reference) & 0o777, "{}", files[0].display());
+    }
     assert!(out.path().join("generator/generator.e2.conv.conv2d.wgsl").is_file());
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();

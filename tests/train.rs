@@ -19,6 +19,19 @@ fn facades_train() -> PathBuf {
     dir
 }
 
+/// Returns the permission bits of `path` and of a file that `File::create` makes beside
+/// it, which has the mode the process umask gives ordinary files (0644 under umask 022).
+#[cfg(unix)]
+fn mode_and_usual_mode(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let reference = path.with_extension("mode-reference");
+    std::fs::File::create(&reference).unwrap();
+    let usual = mode(&reference);
+    std::fs::remove_file(&reference).unwrap();
+    (mode(path), usual)
+}
+
 mod data {
     use super::*;
     use image::{Rgb, RgbImage};
@@ -1306,6 +1319,19 @@ mod run {
         assert!(run.join("checkpoints/step-00000006").exists());
         let html = std::fs::read_to_string(run.join(INDEX_FILE)).unwrap();
         assert!(html.contains("images/step-00000009.png"), "{html}");
+        #[cfg(unix)]
+        for name in [
+            LOSSES_FILE,
+            PLOT_FILE,
+            INDEX_FILE,
+            "images/step-00000009.png",
+            "checkpoints/latest",
+            "checkpoints/step-00000009/checkpoint.json",
+            "checkpoints/step-00000009/weights.safetensors",
+        ] {
+            let (mode, usual) = super::mode_and_usual_mode(&run.join(name));
+            assert_eq!(mode, usual, "{name} has mode {mode:o}, not {usual:o}");
+        }
 
         let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
         // 5 pairs in batches of 1: steps 1..5 are epoch 1, as the progress bar counts.

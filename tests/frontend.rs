@@ -673,6 +673,34 @@ mod cli {
     }
 
     #[test]
+    fn graph_output_folder_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = netc(&["graph", "models/pix2pix.net", "-o", dir.path().to_str().unwrap()]);
+        assert!(!out.status.success());
+        // miette wraps long lines, so the words are compared with single spaces.
+        let text = stderr(&out).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains("is a folder, but netc graph writes one file"), "{text}");
+        assert!(text.contains("pix2pix.dot"), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
+    }
+
+    #[test]
+    fn graph_output_never_replaces_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.net");
+        let text = std::fs::read_to_string("models/classifier.net").unwrap();
+        std::fs::write(&model, &text).unwrap();
+        let path = model.to_str().unwrap();
+        let out = netc(&["graph", path, "-o", path]);
+        assert!(!out.status.success());
+        let message =
+            stderr(&out).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(message.contains("is the model file, which the output would replace"));
+        assert!(message.contains("choose another path for -o"), "{message}");
+        assert_eq!(std::fs::read_to_string(&model).unwrap(), text, "the model is unchanged");
+    }
+
+    #[test]
     fn graph_bad_file_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.dot");

@@ -359,6 +359,42 @@ fn netc_run_infer_writes_png_per_input() {
 }
 
 #[test]
+fn netc_run_infer_rejects_file_as_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("out.png"), b"keep me").unwrap();
+    let output = netc_infer(dir.path(), "out.png", &[]);
+    assert!(!output.status.success());
+    // miette wraps long lines, so the words are compared with single spaces.
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(stderr.contains("out.png is a file, but netc run --infer writes"), "{stderr}");
+    assert!(stderr.contains("pass a folder to -o"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("out.png")).unwrap(), b"keep me");
+}
+
+#[test]
+fn netc_run_infer_keeps_input_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = image::RgbImage::from_fn(128, 64, |x, _| image::Rgb([x as u8, 0, 0]));
+    pair.save(dir.path().join("pair.png")).unwrap();
+    let before = std::fs::read(dir.path().join("pair.png")).unwrap();
+    // `-o .` beside the input: the output pair.png would replace the input pair.png.
+    let output = netc_infer(dir.path(), ".", &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(stderr.contains("would replace the input image"), "{stderr}");
+    assert!(stderr.contains("choose another folder with -o"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("pair.png")).unwrap(), before);
+}
+
+#[test]
 fn netc_run_infer_reports_missing_image() {
     let dir = tempfile::tempdir().unwrap();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");

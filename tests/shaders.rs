@@ -212,6 +212,30 @@ fn pix2pix_generator_program_matches_snapshot() {
 }
 
 #[test]
+fn netc_shaders_rejects_file_as_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(["shaders", model.to_str().unwrap(), "-o"])
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("netc runs");
+    assert!(!output.status.success());
+    // miette wraps long lines, so the words are compared with single spaces.
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(stderr.contains("notes.txt is a file, but netc shaders writes"), "{stderr}");
+    assert!(stderr.contains("pass a folder to -o"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+#[test]
 fn netc_shaders_writes_valid_wgsl_files() {
     let out = tempfile::tempdir().unwrap();
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");

@@ -1421,6 +1421,32 @@ mod run {
     }
 
     #[test]
+    fn cli_rejects_file_as_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("results.txt");
+        std::fs::write(&file, "keep me").unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+            .arg("run")
+            .arg(&model)
+            .args(["--train", "facades", "--steps", "1", "--out"])
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("netc runs");
+        assert!(!output.status.success());
+        // miette wraps long lines, so the words are compared with single spaces.
+        let stderr = String::from_utf8_lossy(&output.stderr)
+            .replace('│', " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(stderr.contains("results.txt is a file, but netc run --train writes"), "{stderr}");
+        assert!(stderr.contains("pass a folder to --out"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[test]
     fn missing_data_names_folder() {
         let root = tempfile::tempdir().unwrap();
         let runs = tempfile::tempdir().unwrap();

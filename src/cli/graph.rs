@@ -15,6 +15,13 @@ pub fn run(
     format: GraphFormat,
     output: Option<&Path>,
 ) -> miette::Result<ExitCode> {
+    if let Some(path) = output {
+        let extension = match format {
+            GraphFormat::Dot => "dot",
+            GraphFormat::Json => "json",
+        };
+        super::output::check_file("-o", path, "netc graph", &model.file, extension)?;
+    }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
     let text = match format {
         GraphFormat::Dot => export::module_to_dot(&module),

@@ -7,6 +7,7 @@ mod devices;
 mod diff;
 mod graph;
 mod infer;
+mod output;
 mod run;
 mod shaders;
 mod watch;

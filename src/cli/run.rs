@@ -21,7 +21,8 @@ pub struct RunArgs {
     /// Run the generator on these images (JPEG or PNG) and write a PNG for each
     #[arg(long, num_args = 1.., value_name = "IMAGE", conflicts_with = "train")]
     pub infer: Vec<PathBuf>,
-    /// Folder for --infer outputs
+    /// Folder for the --infer outputs, one PNG per image named after it (default:
+    /// runs/<model>-infer/)
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Checkpoint folder to load weights (and the architecture) from for --infer
@@ -118,6 +119,9 @@ fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
 fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     if args.watch {
         return Err(miette::miette!("netc run --train --watch is not supported yet"));
+    }
+    if let Some(out) = &args.out {
+        super::output::check_folder("--out", out, "netc run --train", "the run's outputs")?;
     }
     let path = &args.model.file;
     let source = std::fs::read_to_string(path)

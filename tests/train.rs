@@ -625,6 +625,34 @@ mod checkpoint {
     }
 
     #[test]
+    fn edited_data_order_rejected() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = save(run.path(), &sample(5), 2).unwrap();
+        let path = dir.join(RECORD_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // The sample's order is [3, 0, 4, 1, 2] over 5 pairs.
+        let cases: [(serde_json::Value, &str); 3] = [
+            (serde_json::json!([3, 0, 9, 1, 2]), "position 2 is 9, but the indices of 5 pairs"),
+            (serde_json::json!([3, 0, 4, 0, 2]), "position 3 lists pair 0 a second time"),
+            (serde_json::json!([3, 0, 4, 1]), "it lists 4 indices, but `data.pairs` is 5"),
+        ];
+        for (order, expected) in cases {
+            let mut edited = record.clone();
+            edited["data"]["order"] = order.clone();
+            std::fs::write(&path, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+            let err = load(&dir).unwrap_err();
+            let CheckpointError::EditedField { path: file, field, reason } = &err else {
+                panic!("{order}: expected EditedField, got {err:?}");
+            };
+            assert_eq!(file, &path, "{order}");
+            assert_eq!(*field, "data.order", "{order}");
+            assert!(reason.starts_with(expected), "{order}: {reason}");
+            assert!(err.to_string().contains("checkpoint.json"), "{err}");
+        }
+    }
+
+    #[test]
     fn tensor_mismatches_listed_together() {
         let checkpoint = sample(1);
         let file = Path::new("run/checkpoints/step-00000001/weights.safetensors");
@@ -1373,6 +1401,39 @@ mod run {
         assert_eq!(weight_bits(&run), weight_bits(&straight));
         let record = checkpoint::load(&run).unwrap().record;
         assert_eq!(record.model.source, "net affine2");
+    }
+
+    #[test]
+    fn resume_rejects_edited_data_position() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        train(&module(1), &mut Affine::new(0), &options(data.path(), &run, 2)).unwrap();
+        let record_path = run.join("checkpoints/step-00000002").join(checkpoint::RECORD_FILE);
+        let text = std::fs::read_to_string(&record_path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+        // A swap keeps a permutation, so only the comparison with the seed's order finds it.
+        let mut swapped = record.clone();
+        let order = swapped["data"]["order"].as_array_mut().unwrap();
+        order.swap(0, 1);
+        let mut moved = record.clone();
+        moved["data"]["cursor"]["batch"] = serde_json::json!(0);
+        for (edited, field) in [(swapped, "data.order"), (moved, "data.cursor")] {
+            std::fs::write(&record_path, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+            let resume = RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 4) };
+            let mut engine = Affine::new(0);
+            let err = train(&module(1), &mut engine, &resume).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(&format!("invalid `{field}`")), "{message}");
+            assert!(message.contains("step-00000002/checkpoint.json"), "{message}");
+            assert_eq!(engine.steps_run, 0, "{field}: no step runs");
+        }
+
+        // The record as netc wrote it resumes.
+        std::fs::write(&record_path, &text).unwrap();
+        let resume = RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 4) };
+        train(&module(1), &mut Affine::new(0), &resume).unwrap();
     }
 
     #[test]

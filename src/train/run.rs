@@ -333,6 +333,9 @@ fn resume(
         tracing::info!(checkpoint_seed = record.seed, "resuming with the checkpoint's seed");
         *seed = record.seed;
     }
+    let cursor = train.cursor_at(record.step as usize);
+    let order = train.order(record.seed, cursor.epoch);
+    checkpoint::check_data_position(&folder, record, cursor, &order)?;
 
     let step = record.step;
     if edited {

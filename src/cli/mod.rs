@@ -95,7 +95,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Time training steps or forward passes on synthetic data
     Bench(bench::BenchArgs),
-    /// Print the architecture change between two versions of a model
+    /// Print the architecture and training changes between two versions of a model
     Diff {
         /// The `.net` file before the edit
         old: PathBuf,

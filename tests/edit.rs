@@ -2,7 +2,8 @@
 //! watcher and `netc check --watch` on files that a test rewrites.
 
 mod diff {
-    use netc::edit::diff::{diff, render};
+    use netc::edit::diff::{diff, render, ModuleDiff};
+    use netc::edit::train_diff::{ExprChange, StepChange, TrainDiff};
     use netc::frontend::compile_file;
     use std::path::PathBuf;
 
@@ -47,7 +48,7 @@ mod diff {
     #[test]
     fn comments_only_is_unchanged() {
         let text = diff_against_base("comments.net", &[]);
-        assert!(text.starts_with("no architecture change\n"), "{text}");
+        assert!(text.starts_with("no architecture or training change\n"), "{text}");
         insta::assert_snapshot!(text);
     }
 
@@ -55,6 +56,107 @@ mod diff {
     fn set_applies_to_both() {
         // With ch=8 on both sides only the widened layer differs, at the larger width.
         insta::assert_snapshot!(diff_against_base("widened.net", &["ch=8"]));
+    }
+
+    /// Compiles two fixtures of this folder and returns their diff.
+    fn diff_pair(old: &str, new: &str) -> ModuleDiff {
+        let compile = |name: &str| {
+            compile_file(&fixture(name), &[])
+                .unwrap_or_else(|e| panic!("{name} compiles: {}", e.render_plain()))
+        };
+        diff(&compile(old), &compile(new))
+    }
+
+    #[test]
+    fn train_settings_terms_and_values() {
+        let result = diff_pair("gan.net", "gan_retrained.net");
+        assert!(result.nets.iter().all(|n| n.is_unchanged()), "only the train section changed");
+        let Some(TrainDiff::Changed { settings, values, order, steps }) = &result.train else {
+            panic!("the train section changed: {:?}", result.train);
+        };
+        let names: Vec<&str> = settings.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["data", "schedule", "epochs"]);
+        assert_eq!(settings[0].detail, "resize 19 -> 20, flip true -> false");
+        assert_eq!(values.len(), 1);
+        assert!(matches!(&values[0], ExprChange::Added { name, .. } if name == "real_pair"));
+        assert!(order.is_none());
+        let StepChange::Changed { name, optimizer, terms } = &steps[1] else {
+            panic!("the generator step changed: {steps:?}");
+        };
+        assert_eq!(name, "generator");
+        assert_eq!(optimizer.as_ref().map(|o| o.detail.as_str()), Some("beta2 0.999 -> 0.99"));
+        let weight = ExprChange::Weight { name: "g_l1".into(), old: 100.0, new: 10.0 };
+        assert_eq!(terms[0], weight);
+        insta::assert_snapshot!(render(&result));
+    }
+
+    #[test]
+    fn train_steps_added_and_reordered() {
+        let result = diff_pair("gan.net", "gan_steps.net");
+        let Some(TrainDiff::Changed { order, steps, .. }) = &result.train else {
+            panic!("the train section changed: {:?}", result.train);
+        };
+        let (old, new) = order.as_ref().expect("the steps run in another order");
+        assert_eq!(old, &["discriminator", "generator"]);
+        assert_eq!(new, &["generator", "discriminator"]);
+        assert!(matches!(&steps[1], StepChange::Added { name, .. } if name == "refiner"));
+        insta::assert_snapshot!(render(&result));
+
+        let back = diff_pair("gan_steps.net", "gan.net");
+        let Some(TrainDiff::Changed { steps, .. }) = &back.train else {
+            panic!("the train section changed: {:?}", back.train);
+        };
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, StepChange::Removed { name, .. } if name == "refiner")));
+    }
+
+    #[test]
+    fn train_same_graph_is_unchanged() {
+        // A param in place of the weight, the factor after the loss and 0.0002 for 2e-4.
+        let result = diff_pair("gan.net", "gan_same_graph.net");
+        assert_eq!(result.train, None);
+    }
+
+    #[test]
+    fn train_repeated_step_matched_by_occurrence() {
+        let text = std::fs::read_to_string(fixture("gan.net")).unwrap();
+        let twice = format!(
+            "{}    step generator: adam(lr=1e-4) minimize g_again: l1(fake, target)\n}}\n",
+            text.trim_end().trim_end_matches('}')
+        );
+        let compile = |name: &str, text: &str| {
+            netc::frontend::compile_source(name, text, &[])
+                .unwrap_or_else(|e| panic!("{name} compiles: {}", e.render_plain()))
+        };
+        let result = diff(&compile("gan.net", &text), &compile("twice.net", &twice));
+        let Some(TrainDiff::Changed { order, steps, .. }) = &result.train else {
+            panic!("a step was added: {:?}", result.train);
+        };
+        assert!(order.is_none(), "the steps both versions have keep their order: {order:?}");
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert!(
+            matches!(&steps[0], StepChange::Added { name, .. } if name == "generator #2"),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn train_section_added_and_removed() {
+        let added = diff_pair("unet.net", "gan.net");
+        let Some(TrainDiff::Added { steps }) = &added.train else {
+            panic!("the train section is new: {:?}", added.train);
+        };
+        assert_eq!(steps.len(), 2);
+        let text = render(&added);
+        assert!(text.contains("train: added"), "{text}");
+        assert!(text.contains("g_l1   100 * l1(fake, target)"), "{text}");
+        assert!(text.contains("bce_logits(discriminator(input, stop_gradient(fake)), 0)"));
+        insta::assert_snapshot!(text);
+
+        let removed = diff_pair("gan.net", "unet.net");
+        assert_eq!(removed.train, Some(TrainDiff::Removed));
+        assert!(render(&removed).contains("train: removed"));
     }
 
     #[test]

@@ -316,12 +316,20 @@ mod text {
     }
 
     #[test]
-    fn empty_file_is_valid() {
-        let m = compile_source("empty.net", "", &[]).unwrap();
-        assert!(m.nets.is_empty());
-        assert!(m.train.is_none());
-        let m = compile_source("bom.net", "\u{feff}# only a comment\r\n", &[]).unwrap();
-        assert!(m.nets.is_empty());
+    fn empty_file_declares_no_network() {
+        for (name, text) in [("empty.net", ""), ("bom.net", "\u{feff}# only a comment\r\n")] {
+            let diags = compile_errors(name, text, &[]);
+            assert_eq!(diags.kinds(), [ErrorKind::Missing], "{name}");
+            assert_eq!(diags.errors[0].message, format!("{name} declares no network"));
+            let help = diags.errors[0].help.as_deref().unwrap_or_default();
+            assert!(help.contains(netc::frontend::MINIMAL_MODEL), "{name}: {help}");
+        }
+    }
+
+    #[test]
+    fn minimal_model_in_help_compiles() {
+        let m = compile_source("tiny.net", netc::frontend::MINIMAL_MODEL, &[]).unwrap();
+        assert_eq!(m.nets.len(), 1);
     }
 
     #[test]
@@ -491,9 +499,54 @@ mod errors {
     #[test]
     fn set_wrong_type_is_rejected() {
         let text = std::fs::read_to_string("models/pix2pix.net").unwrap();
-        let diags = compile_errors("models/pix2pix.net", &text, &["ngf=1.5", "size", "flip=~"]);
+        let diags = compile_errors("models/pix2pix.net", &text, &["ngf=1.5", "size", "ndf=~"]);
         assert_eq!(diags.kinds(), [Override, Override, Override], "{}", diags.render_plain());
         insta::assert_snapshot!(diags.render_plain());
+    }
+
+    #[test]
+    fn set_invalid_value_names_param() {
+        let text = std::fs::read_to_string("models/pix2pix.net").unwrap();
+        let diags = compile_errors("models/pix2pix.net", &text, &["ngf=abc", "ndf=size / 4"]);
+        assert_eq!(diags.kinds(), [Override, Override], "{}", diags.render_plain());
+        let out = diags.render_plain();
+        assert!(out.contains("invalid --set `ngf=abc`"), "{out}");
+        assert!(out.contains("`abc` is neither a number nor a param declared before `ngf`"));
+        assert!(out.contains("`size` is declared after `ndf`"), "{out}");
+        assert!(out.contains("models/pix2pix.net:5:13"), "{out}");
+        assert!(out.contains("give `ngf` an integer, such as --set ngf=64"), "{out}");
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn set_reads_earlier_params() {
+        let text = std::fs::read_to_string("models/pix2pix.net").unwrap();
+        let m = compile_source("pix2pix.net", &text, &["ndf=ngf / 2".into()]).unwrap();
+        assert_eq!(m.trainable_count("discriminator"), patchgan_params(32));
+    }
+
+    #[test]
+    fn file_without_network() {
+        let out = check("no_network", &[], &[Missing]);
+        assert!(out.contains("no_network.net declares no network"), "{out}");
+        assert!(out.contains("net tiny(x: [3, 32, 32]) {"), "{out}");
+    }
+
+    #[test]
+    fn paired_side_must_be_left_or_right() {
+        let out = check("bad_paired_side", &[], &[Type]);
+        assert!(out.contains("invalid value `top` for `input` of paired"), "{out}");
+        assert!(out.contains("bad_paired_side.net:6:24"), "{out}");
+        assert!(out.contains("expected `left` or `right`"), "{out}");
+        assert!(!out.contains("needs `input`"), "a rejected value is not also missing: {out}");
+    }
+
+    #[test]
+    fn rejected_setting_is_not_missing() {
+        let text = std::fs::read_to_string("models/classifier.net").unwrap();
+        let text = text.replace("classes=classes", "classes=klasses");
+        let diags = compile_errors("classifier.net", &text, &[]);
+        assert_eq!(diags.kinds(), [Undefined], "{}", diags.render_plain());
     }
 
     #[test]
@@ -617,6 +670,34 @@ mod cli {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o644);
         }
+    }
+
+    #[test]
+    fn graph_output_folder_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = netc(&["graph", "models/pix2pix.net", "-o", dir.path().to_str().unwrap()]);
+        assert!(!out.status.success());
+        // miette wraps long lines, so the words are compared with single spaces.
+        let text = stderr(&out).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains("is a folder, but netc graph writes one file"), "{text}");
+        assert!(text.contains("pix2pix.dot"), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
+    }
+
+    #[test]
+    fn graph_output_never_replaces_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.net");
+        let text = std::fs::read_to_string("models/classifier.net").unwrap();
+        std::fs::write(&model, &text).unwrap();
+        let path = model.to_str().unwrap();
+        let out = netc(&["graph", path, "-o", path]);
+        assert!(!out.status.success());
+        let message =
+            stderr(&out).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(message.contains("is the model file, which the output would replace"));
+        assert!(message.contains("choose another path for -o"), "{message}");
+        assert_eq!(std::fs::read_to_string(&model).unwrap(), text, "the model is unchanged");
     }
 
     #[test]

@@ -337,6 +337,13 @@ fn netc_run_infer_writes_png_per_input() {
     assert!(stderr.contains("freshly initialised"), "no notice: {stderr}");
     let png = image::open(dir.path().join("a/pair.png")).expect("output PNG");
     assert_eq!((png.width(), png.height()), (64, 64));
+    // The PNG gets the mode that the umask gives ordinary files, as the input has here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("a/pair.png")), mode(&dir.path().join("pair.png")));
+    }
 
     let second = netc_infer(dir.path(), "b", &[]);
     assert!(second.status.success());
@@ -349,6 +356,42 @@ fn netc_run_infer_writes_png_per_input() {
     let running = netc_infer(dir.path(), "d", &["--running-stats"]);
     assert!(running.status.success(), "{}", String::from_utf8_lossy(&running.stderr));
     assert_ne!(read("a"), read("d"), "--running-stats runs evaluation mode");
+}
+
+#[test]
+fn netc_run_infer_rejects_file_as_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("out.png"), b"keep me").unwrap();
+    let output = netc_infer(dir.path(), "out.png", &[]);
+    assert!(!output.status.success());
+    // miette wraps long lines, so the words are compared with single spaces.
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(stderr.contains("out.png is a file, but netc run --infer writes"), "{stderr}");
+    assert!(stderr.contains("pass a folder to -o"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("out.png")).unwrap(), b"keep me");
+}
+
+#[test]
+fn netc_run_infer_keeps_input_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = image::RgbImage::from_fn(128, 64, |x, _| image::Rgb([x as u8, 0, 0]));
+    pair.save(dir.path().join("pair.png")).unwrap();
+    let before = std::fs::read(dir.path().join("pair.png")).unwrap();
+    // `-o .` beside the input: the output pair.png would replace the input pair.png.
+    let output = netc_infer(dir.path(), ".", &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(stderr.contains("would replace the input image"), "{stderr}");
+    assert!(stderr.contains("choose another folder with -o"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("pair.png")).unwrap(), before);
 }
 
 #[test]

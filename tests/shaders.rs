@@ -212,6 +212,30 @@ fn pix2pix_generator_program_matches_snapshot() {
 }
 
 #[test]
+fn netc_shaders_rejects_file_as_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(["shaders", model.to_str().unwrap(), "-o"])
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("netc runs");
+    assert!(!output.status.success());
+    // miette wraps long lines, so the words are compared with single spaces.
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(stderr.contains("notes.txt is a file, but netc shaders writes"), "{stderr}");
+    assert!(stderr.contains("pass a folder to -o"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+#[test]
 fn netc_shaders_writes_valid_wgsl_files() {
     let out = tempfile::tempdir().unwrap();
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
@@ -235,6 +259,15 @@ fn netc_shaders_writes_valid_wgsl_files() {
         }
     }
     assert!(files.len() > 100, "only {} shaders", files.len());
+    // Each file gets the mode that the umask gives ordinary files, like `File::create`.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        let reference = out.path().join("reference");
+        std::fs::File::create(&reference).unwrap();
+        assert_eq!(mode(&files[0]) & 0o777, mode(&reference) & 0o777, "{}", files[0].display());
+    }
     assert!(out.path().join("generator/generator.e2.conv.conv2d.wgsl").is_file());
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();

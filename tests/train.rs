@@ -19,6 +19,19 @@ fn facades_train() -> PathBuf {
     dir
 }
 
+/// Returns the permission bits of `path` and of a file that `File::create` makes beside
+/// it, which has the mode the process umask gives ordinary files (0644 under umask 022).
+#[cfg(unix)]
+fn mode_and_usual_mode(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let reference = path.with_extension("mode-reference");
+    std::fs::File::create(&reference).unwrap();
+    let usual = mode(&reference);
+    std::fs::remove_file(&reference).unwrap();
+    (mode(path), usual)
+}
+
 mod data {
     use super::*;
     use image::{Rgb, RgbImage};
@@ -612,6 +625,34 @@ mod checkpoint {
     }
 
     #[test]
+    fn edited_data_order_rejected() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = save(run.path(), &sample(5), 2).unwrap();
+        let path = dir.join(RECORD_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // The sample's order is [3, 0, 4, 1, 2] over 5 pairs.
+        let cases: [(serde_json::Value, &str); 3] = [
+            (serde_json::json!([3, 0, 9, 1, 2]), "position 2 is 9, but the indices of 5 pairs"),
+            (serde_json::json!([3, 0, 4, 0, 2]), "position 3 lists pair 0 a second time"),
+            (serde_json::json!([3, 0, 4, 1]), "it lists 4 indices, but `data.pairs` is 5"),
+        ];
+        for (order, expected) in cases {
+            let mut edited = record.clone();
+            edited["data"]["order"] = order.clone();
+            std::fs::write(&path, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+            let err = load(&dir).unwrap_err();
+            let CheckpointError::EditedField { path: file, field, reason } = &err else {
+                panic!("{order}: expected EditedField, got {err:?}");
+            };
+            assert_eq!(file, &path, "{order}");
+            assert_eq!(*field, "data.order", "{order}");
+            assert!(reason.starts_with(expected), "{order}: {reason}");
+            assert!(err.to_string().contains("checkpoint.json"), "{err}");
+        }
+    }
+
+    #[test]
     fn tensor_mismatches_listed_together() {
         let checkpoint = sample(1);
         let file = Path::new("run/checkpoints/step-00000001/weights.safetensors");
@@ -655,7 +696,7 @@ mod report {
         let s = step as f32;
         LossRow {
             step,
-            epoch: (step / 400) as usize,
+            epoch: (step / 400) as usize + 1,
             lr: 2e-4,
             losses: vec![0.7 - s * 1e-4, 0.69, 1.0 / (1.0 + s), 40.0 * (-s / 300.0).exp() + 10.0],
             seconds_per_step: 0.25,
@@ -671,7 +712,7 @@ mod report {
         let text = std::fs::read_to_string(run.path().join(LOSSES_FILE)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "step,epoch,lr,d_real,d_fake,g_gan,g_l1,seconds_per_step");
-        assert_eq!(lines[1], "1,0,0.0002,0.6999,0.69,0.5,49.86689,0.250000");
+        assert_eq!(lines[1], "1,1,0.0002,0.6999,0.69,0.5,49.86689,0.250000");
         assert_eq!(lines.len(), 3);
 
         let (names, rows) = read_losses(&run.path().join(LOSSES_FILE)).unwrap();
@@ -690,7 +731,7 @@ mod report {
         // A crash can leave a cut last row.
         let path = run.path().join(LOSSES_FILE);
         let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str("6,0,0.0002,0.69");
+        text.push_str("6,1,0.0002,0.69");
         std::fs::write(&path, text).unwrap();
 
         let mut log = LossLog::resume(run.path(), &columns(), 3).unwrap();
@@ -1306,8 +1347,25 @@ mod run {
         assert!(run.join("checkpoints/step-00000006").exists());
         let html = std::fs::read_to_string(run.join(INDEX_FILE)).unwrap();
         assert!(html.contains("images/step-00000009.png"), "{html}");
+        #[cfg(unix)]
+        for name in [
+            LOSSES_FILE,
+            PLOT_FILE,
+            INDEX_FILE,
+            "images/step-00000009.png",
+            "checkpoints/latest",
+            "checkpoints/step-00000009/checkpoint.json",
+            "checkpoints/step-00000009/weights.safetensors",
+        ] {
+            let (mode, usual) = super::mode_and_usual_mode(&run.join(name));
+            assert_eq!(mode, usual, "{name} has mode {mode:o}, not {usual:o}");
+        }
 
         let (_, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
+        // 5 pairs in batches of 1: steps 1..5 are epoch 1, as the progress bar counts.
+        let epochs: Vec<usize> = rows.iter().map(|r| r.epoch).collect();
+        assert_eq!(epochs, [1, 1, 1, 1, 1, 2, 2, 2, 2]);
+        assert!(csv.lines().nth(1).is_some_and(|l| l.starts_with("1,1,")), "{csv}");
         let first = rows.first().unwrap().losses[0];
         let last = rows.last().unwrap().losses[0];
         assert!(last < first, "L1 went from {first} to {last}");
@@ -1343,6 +1401,39 @@ mod run {
         assert_eq!(weight_bits(&run), weight_bits(&straight));
         let record = checkpoint::load(&run).unwrap().record;
         assert_eq!(record.model.source, "net affine2");
+    }
+
+    #[test]
+    fn resume_rejects_edited_data_position() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        train(&module(1), &mut Affine::new(0), &options(data.path(), &run, 2)).unwrap();
+        let record_path = run.join("checkpoints/step-00000002").join(checkpoint::RECORD_FILE);
+        let text = std::fs::read_to_string(&record_path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+        // A swap keeps a permutation, so only the comparison with the seed's order finds it.
+        let mut swapped = record.clone();
+        let order = swapped["data"]["order"].as_array_mut().unwrap();
+        order.swap(0, 1);
+        let mut moved = record.clone();
+        moved["data"]["cursor"]["batch"] = serde_json::json!(0);
+        for (edited, field) in [(swapped, "data.order"), (moved, "data.cursor")] {
+            std::fs::write(&record_path, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+            let resume = RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 4) };
+            let mut engine = Affine::new(0);
+            let err = train(&module(1), &mut engine, &resume).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(&format!("invalid `{field}`")), "{message}");
+            assert!(message.contains("step-00000002/checkpoint.json"), "{message}");
+            assert_eq!(engine.steps_run, 0, "{field}: no step runs");
+        }
+
+        // The record as netc wrote it resumes.
+        std::fs::write(&record_path, &text).unwrap();
+        let resume = RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 4) };
+        train(&module(1), &mut Affine::new(0), &resume).unwrap();
     }
 
     #[test]
@@ -1388,6 +1479,32 @@ mod run {
         assert!(matches!(err, RunError::ShapeMismatch { .. }), "{err:?}");
         assert!(message.contains("[1, 3, 11, 11]"), "{message}");
         assert!(message.contains("[1, 3, 12, 12]"), "{message}");
+    }
+
+    #[test]
+    fn cli_rejects_file_as_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("results.txt");
+        std::fs::write(&file, "keep me").unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_netc"))
+            .arg("run")
+            .arg(&model)
+            .args(["--train", "facades", "--steps", "1", "--out"])
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("netc runs");
+        assert!(!output.status.success());
+        // miette wraps long lines, so the words are compared with single spaces.
+        let stderr = String::from_utf8_lossy(&output.stderr)
+            .replace('│', " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(stderr.contains("results.txt is a file, but netc run --train writes"), "{stderr}");
+        assert!(stderr.contains("pass a folder to --out"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     }
 
     #[test]
@@ -1571,6 +1688,8 @@ mod device {
         let (columns, rows) = read_losses(&run.join(LOSSES_FILE)).unwrap();
         assert_eq!(columns, ["d_real", "d_fake", "g_gan", "g_l1"]);
         assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // Three batches an epoch: the resumed step 4 starts epoch 2, counted from 1.
+        assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 1, 1, 2]);
         let record = checkpoint::load(&run).unwrap().record;
         assert_eq!(record.model.source, TINY);
         assert_eq!(record.step, 4);

@@ -5,6 +5,7 @@ use super::{GraphFormat, ModelArgs};
 use miette::{Context, IntoDiagnostic};
 use netc::frontend;
 use netc::ir::export;
+use netc::train::atomic::temp_file_in;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,6 +15,13 @@ pub fn run(
     format: GraphFormat,
     output: Option<&Path>,
 ) -> miette::Result<ExitCode> {
+    if let Some(path) = output {
+        let extension = match format {
+            GraphFormat::Dot => "dot",
+            GraphFormat::Json => "json",
+        };
+        super::output::check_file("-o", path, "netc graph", &model.file, extension)?;
+    }
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
     let text = match format {
         GraphFormat::Dot => export::module_to_dot(&module),
@@ -40,16 +48,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> miette::Result<()> {
         _ => Path::new("."),
     };
     let context = || format!("failed to write {}", path.display());
-    let mut file = tempfile::NamedTempFile::new_in(dir).into_diagnostic().wrap_err_with(context)?;
+    let mut file = temp_file_in(dir).into_diagnostic().wrap_err_with(context)?;
     file.write_all(bytes).into_diagnostic().wrap_err_with(context)?;
-    // NOTE: temporary files are created readable by the owner only; the output is an
-    // ordinary file, so give it the usual 0644 mode.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::Permissions::from_mode(0o644);
-        file.as_file().set_permissions(mode).into_diagnostic().wrap_err_with(context)?;
-    }
     file.persist(path).map_err(|e| e.error).into_diagnostic().wrap_err_with(context)?;
     tracing::info!(path = %path.display(), bytes = bytes.len(), "wrote the graph");
     Ok(())

@@ -8,7 +8,7 @@ use netc::infer::Generator;
 use netc::ir::Module;
 use netc::runtime::{Gpu, ParamStore};
 use netc::train::checkpoint;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Compiles the architecture a checkpoint was trained with, from its recorded source and
@@ -51,7 +51,28 @@ fn load_weights(
     Ok(())
 }
 
+/// Rejects an output folder where an output PNG would replace one of the input images,
+/// as `-o photos` does for `photos/a.png`.
+fn check_inputs_kept(images: &[PathBuf], out_dir: &Path) -> miette::Result<()> {
+    let outputs = netc::infer::output_paths(images, out_dir);
+    for output in &outputs {
+        let Some(image) = images.iter().find(|i| super::output::is_same_file(i, output)) else {
+            continue;
+        };
+        return Err(miette::miette!(
+            help = "choose another folder with -o",
+            "the output {} would replace the input image {}",
+            output.display(),
+            image.display()
+        ));
+    }
+    Ok(())
+}
+
 pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
+    if let Some(dir) = &args.output {
+        super::output::check_folder("-o", dir, "netc run --infer", "one PNG per image")?;
+    }
     let checkpoint = match &args.weights {
         Some(dir) => Some(checkpoint::load(dir)?),
         None => None,
@@ -61,6 +82,10 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
         None => frontend::compile_file(&args.model.file, &args.model.set)
             .map_err(miette::Report::new)?,
     };
+    let out_dir =
+        args.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-infer", module.name)));
+    check_inputs_kept(&args.infer, &out_dir)?;
+
     let gpu = Gpu::open(args.device.adapter.as_deref())?;
     let params = ParamStore::initialized(&gpu, &module, args.seed)?;
     match (&checkpoint, &args.weights) {
@@ -75,8 +100,6 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mode = if args.running_stats { Mode::Eval } else { Mode::Infer };
     let generator = Generator::compile(&gpu, &module, &params, mode)?;
-    let out_dir =
-        args.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-infer", module.name)));
     let written = generator.run_files(&gpu, &args.infer, &out_dir)?;
     for path in &written {
         println!("wrote {}", path.display());

@@ -7,6 +7,7 @@ mod devices;
 mod diff;
 mod graph;
 mod infer;
+mod output;
 mod run;
 mod shaders;
 mod watch;
@@ -94,7 +95,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Time training steps or forward passes on synthetic data
     Bench(bench::BenchArgs),
-    /// Print the architecture change between two versions of a model
+    /// Print the architecture and training changes between two versions of a model
     Diff {
         /// The `.net` file before the edit
         old: PathBuf,

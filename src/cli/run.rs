@@ -23,7 +23,8 @@ pub struct RunArgs {
     /// Run the generator on these images (JPEG or PNG) and write a PNG for each
     #[arg(long, num_args = 1.., value_name = "IMAGE", conflicts_with = "train")]
     pub infer: Vec<PathBuf>,
-    /// Folder for --infer outputs
+    /// Folder for the --infer outputs, one PNG per image named after it (default:
+    /// runs/<model>-infer/)
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Checkpoint folder to load weights (and the architecture) from for --infer
@@ -54,10 +55,13 @@ pub struct RunArgs {
     /// Continue the run whose checkpoint is in this folder
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// Start from the parameters of this checkpoint whose names and shapes still match
+    /// Start a new run from a checkpoint (a run folder or one of its checkpoints): each
+    /// parameter whose name and shape match is copied, the others start from their
+    /// initializers
     #[arg(long, value_name = "CHECKPOINT")]
     pub init_from: Option<PathBuf>,
-    /// Accept an --init-from checkpoint even when none of its parameters match
+    /// Accept an --init-from checkpoint, or the checkpoint of an edited model on --resume,
+    /// even when no trainable parameter matches by name and shape
     #[arg(long)]
     pub force: bool,
     /// No progress bar
@@ -116,6 +120,9 @@ fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
 /// `netc::train::run::train_on`. Ctrl-C or SIGTERM ends the run after its current step with
 /// a checkpoint, and `--watch` recompiles after each save of the model file.
 fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
+    if let Some(out) = &args.out {
+        super::output::check_folder("--out", out, "netc run --train", "the run's outputs")?;
+    }
     let path = &args.model.file;
     let stop = StopFlag::default();
     install_stop_handler(&stop)?;

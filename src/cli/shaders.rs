@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(model: &ModelArgs, output: &Path, device: &DeviceArgs) -> miette::Result<ExitCode> {
+    super::output::check_folder("-o", output, "netc shaders", "its WGSL files")?;
     let module = frontend::compile_file(&model.file, &model.set).map_err(miette::Report::new)?;
 
     // The shaders are specialised to the adapter's limits; without one, to WebGPU's defaults.

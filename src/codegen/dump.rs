@@ -3,6 +3,7 @@
 
 use super::{lower_graph, CodegenError, Kernel, Mode, Target};
 use crate::ir::Module;
+use crate::train::atomic::temp_file_in;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +42,7 @@ pub fn write_files(dir: &Path, files: &[ShaderFile]) -> std::io::Result<()> {
         let path = dir.join(&file.path);
         let parent = path.parent().unwrap_or(dir);
         std::fs::create_dir_all(parent)?;
-        let mut temporary = tempfile::NamedTempFile::new_in(parent)?;
+        let mut temporary = temp_file_in(parent)?;
         temporary.write_all(file.wgsl.as_bytes())?;
         temporary.persist(&path).map_err(|e| e.error)?;
     }

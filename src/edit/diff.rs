@@ -5,9 +5,11 @@
 //!
 //! Layers and parameters are matched by name, the same way a checkpoint is matched by
 //! [`super::transfer`], so a renamed layer shows as one layer removed and one added.
-//! Changes to the `train` section (losses, optimizers, schedule) are not compared.
+//! Changes to the `train` section (steps, optimizers, loss terms, data, schedule) come from
+//! [`super::train_diff`].
 
 use super::layers::{layer_of, layers, Layer};
+use super::train_diff::{self, TrainDiff};
 use crate::ir::{Module, Op, ParamDecl, ParamKind, Shape};
 use std::fmt::Write;
 
@@ -76,12 +78,16 @@ pub struct ModuleDiff {
     pub settings: Vec<SettingChange>,
     /// Networks of the new version in its order, then those only the old version has.
     pub nets: Vec<NetDiff>,
+    /// The change of the train section; `None` when neither version has one or they agree.
+    pub train: Option<TrainDiff>,
 }
 
 impl ModuleDiff {
-    /// True when no setting, network, layer or parameter differs.
+    /// True when no setting, network, layer, parameter or part of the train section differs.
     pub fn is_empty(&self) -> bool {
-        self.settings.is_empty() && self.nets.iter().all(NetDiff::is_unchanged)
+        self.settings.is_empty()
+            && self.nets.iter().all(NetDiff::is_unchanged)
+            && self.train.is_none()
     }
 }
 
@@ -94,7 +100,7 @@ pub fn diff(old: &Module, new: &Module) -> ModuleDiff {
     for net in old.nets.iter().filter(|n| new.net(&n.name).is_none()) {
         nets.push(diff_net(old, new, &net.name));
     }
-    ModuleDiff { settings: diff_settings(old, new), nets }
+    ModuleDiff { settings: diff_settings(old, new), nets, train: train_diff::diff_train(old, new) }
 }
 
 fn diff_settings(old: &Module, new: &Module) -> Vec<SettingChange> {
@@ -203,7 +209,7 @@ fn diff_params(old: &Module, new: &Module, net: &str) -> Vec<ParamChange> {
 pub fn render(diff: &ModuleDiff) -> String {
     let mut out = String::new();
     if diff.is_empty() {
-        out.push_str("no architecture change\n");
+        out.push_str("no architecture or training change\n");
     }
     for s in &diff.settings {
         let show =
@@ -215,6 +221,9 @@ pub fn render(diff: &ModuleDiff) -> String {
     }
     for net in &diff.nets {
         render_net(&mut out, net);
+    }
+    if let Some(train) = &diff.train {
+        train_diff::render(&mut out, train);
     }
     out
 }
@@ -290,10 +299,15 @@ fn layer_row(change: &LayerChange, all: &[LayerChange]) -> [String; 3] {
 /// Formats an op with its settings as the IR's JSON form names them:
 /// `leaky_relu(slope=0.2)`. Parameter ids are left out because they are indices.
 fn op_settings(op: &Op) -> String {
+    format!("{}({})", op.name(), op_fields(op).join(", "))
+}
+
+/// Lists an op's settings as `key=value`, without the parameter ids.
+pub(super) fn op_fields(op: &Op) -> Vec<String> {
     let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(op) else {
-        return op.name().to_string();
+        return Vec::new();
     };
-    let settings: Vec<String> = fields
+    fields
         .iter()
         .filter(|(key, _)| !matches!(key.as_str(), "op" | "id" | "running_mean" | "running_var"))
         .map(|(key, value)| match value.as_f64().filter(|_| value.is_f64()) {
@@ -301,8 +315,7 @@ fn op_settings(op: &Op) -> String {
             Some(float) => format!("{key}={}", float as f32),
             None => format!("{key}={value}"),
         })
-        .collect();
-    format!("{}({})", op.name(), settings.join(", "))
+        .collect()
 }
 
 /// Returns the one removed layer that `added` repeats exactly, which suggests a rename.

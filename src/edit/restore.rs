@@ -81,8 +81,10 @@ pub fn restore_matching(
     let step = checkpoint.record.step;
     let failed = |message| RunError::Engine { step, message };
     let fresh = engine.tensors().map_err(failed)?;
+    let overrides = checkpoint.record.model.overrides;
     let saved = (checkpoint.weights, checkpoint.moments);
-    let merged = merge_matching(module, fresh, saved, force)?;
+    let merged = merge_matching(module, fresh, saved, force)
+        .map_err(|e| e.with_checkpoint_overrides(&overrides))?;
     engine.restore(&merged.weights, &merged.moments).map_err(failed)?;
 
     for line in merged.report.render().lines() {

@@ -102,14 +102,19 @@ pub struct Transfer {
 pub enum TransferError {
     #[error(
         "none of the {checkpoint} tensors in the checkpoint matches a trainable parameter of \
-         the model by name and shape, so every parameter would start afresh"
+         the model by name and shape, so every parameter would start afresh\n{}",
+        comparison.join("\n")
     )]
-    #[diagnostic(help(
-        "the checkpoint has {checkpoint_example}, the model has {model_example}; pass the \
-         checkpoint of an earlier version of this model, or add --force to start from \
-         fresh parameters anyway"
-    ))]
-    NothingMatches { checkpoint: usize, checkpoint_example: String, model_example: String },
+    #[diagnostic(help("{help}"))]
+    NothingMatches {
+        checkpoint: usize,
+        /// Lines that compare the tensors that correspond: the names with two shapes, then
+        /// the names that only one side has, each group under a title line.
+        comparison: Vec<String>,
+        /// Number of trainable parameters whose name the checkpoint has with another shape.
+        reshaped: usize,
+        help: String,
+    },
     #[error("the checkpoint has two tensors named {name}")]
     #[diagnostic(help("the checkpoint is damaged; save it again or pass another one"))]
     DuplicateTensor { name: String },
@@ -130,7 +135,6 @@ pub fn transfer(
 ) -> Result<Transfer, TransferError> {
     check_saved(&saved)?;
     let checkpoint_count = saved.len();
-    let checkpoint_example = saved.first().map(describe_saved);
 
     // Pair every parameter with the tensor of the same name.
     let index: HashMap<String, usize> =
@@ -170,12 +174,7 @@ pub fn transfer(
         report.copied.iter().any(|&(id, _)| params[id].kind == ParamKind::Trainable);
     let has_trainable = params.iter().any(|p| p.kind == ParamKind::Trainable);
     if has_trainable && !copied_trainable && !force {
-        let model = params.iter().find(|p| p.kind == ParamKind::Trainable);
-        return Err(TransferError::NothingMatches {
-            checkpoint: checkpoint_count,
-            checkpoint_example: checkpoint_example.unwrap_or_else(|| "no tensors".into()),
-            model_example: model.map_or_else(String::new, |p| format!("{} {}", p.name, p.shape)),
-        });
+        return Err(nothing_matches(params, &report, checkpoint_count));
     }
     tracing::info!(
         copied = report.copied.len(),
@@ -226,8 +225,109 @@ fn owner_of(moment: &str, index: &HashMap<String, usize>) -> Option<usize> {
     best.map(|(_, i)| i)
 }
 
-fn describe_saved(t: &SavedTensor) -> String {
-    format!("{} {}", t.name, t.shape)
+/// Number of tensors each group of a [`TransferError::NothingMatches`] comparison lists.
+const COMPARED: usize = 3;
+
+/// Builds the error for a checkpoint that matches no trainable parameter. It compares the
+/// tensors that correspond (the same name with another shape) before the names that only
+/// one side has, because the first tensors of the two sides are most often unrelated.
+fn nothing_matches(
+    params: &[ParamSlot],
+    report: &TransferReport,
+    checkpoint: usize,
+) -> TransferError {
+    let trainable = |id: ParamId| params[id].kind == ParamKind::Trainable;
+    let reshaped: Vec<(&str, &Shape, &Shape)> = report
+        .reinitialized
+        .iter()
+        .filter(|r| trainable(r.param))
+        .filter_map(|r| match &r.reason {
+            Reinit::Reshaped { saved } => Some((r.name.as_str(), saved, &r.shape)),
+            Reinit::NotInCheckpoint => None,
+        })
+        .collect();
+    let model_only: Vec<&str> = report
+        .reinitialized
+        .iter()
+        .filter(|r| trainable(r.param) && r.reason == Reinit::NotInCheckpoint)
+        .map(|r| r.name.as_str())
+        .collect();
+    let checkpoint_only: Vec<&str> =
+        report.dropped.iter().filter(|d| d.new_shape.is_none()).map(|d| d.name.as_str()).collect();
+
+    let mut comparison = Vec::new();
+    if !reshaped.is_empty() {
+        comparison.push("same name, shape in the checkpoint -> in the model:".to_string());
+        let width = reshaped.iter().take(COMPARED).map(|r| r.0.len()).max().unwrap_or(0);
+        for (name, saved, shape) in reshaped.iter().take(COMPARED) {
+            comparison.push(format!("  {name:width$}  {saved} -> {shape}"));
+        }
+        push_more(&mut comparison, reshaped.len());
+    }
+    for (title, names) in [
+        (
+            format!("only in the checkpoint ({}):", count(checkpoint_only.len(), "tensor")),
+            &checkpoint_only,
+        ),
+        (format!("only in the model ({}):", count(model_only.len(), "parameter")), &model_only),
+    ] {
+        if names.is_empty() {
+            continue;
+        }
+        comparison.push(title);
+        comparison.extend(names.iter().take(COMPARED).map(|name| format!("  {name}")));
+        push_more(&mut comparison, names.len());
+    }
+    let reshaped = reshaped.len();
+    TransferError::NothingMatches { checkpoint, comparison, reshaped, help: help(reshaped, None) }
+}
+
+/// Returns `1 tensor` or `3 tensors`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Adds `  and N more` after a group of `count` entries that lists only [`COMPARED`].
+fn push_more(lines: &mut Vec<String>, count: usize) {
+    if count > COMPARED {
+        lines.push(format!("  and {} more", count - COMPARED));
+    }
+}
+
+/// Returns the help of [`TransferError::NothingMatches`]. Where names match with other
+/// shapes, it names the `--set` values that the checkpoint was trained with, if known.
+fn help(reshaped: usize, overrides: Option<&[String]>) -> String {
+    let force = "or add --force to start from fresh parameters anyway";
+    if reshaped == 0 {
+        return format!("pass the checkpoint of an earlier version of this model, {force}");
+    }
+    match overrides {
+        Some([]) => format!("train without --set, as the checkpoint was, {force}"),
+        Some(values) => {
+            let flags: Vec<String> = values.iter().map(|v| format!("--set {v}")).collect();
+            let flags = flags.join(" ");
+            format!("pass the --set values that the checkpoint was trained with ({flags}), {force}")
+        }
+        None => format!("pass the --set values that the checkpoint was trained with, {force}"),
+    }
+}
+
+impl TransferError {
+    /// Adds the `--set` values that the checkpoint was trained with to the help of
+    /// [`TransferError::NothingMatches`], where the shapes differ. Other errors pass through.
+    pub fn with_checkpoint_overrides(self, overrides: &[String]) -> Self {
+        match self {
+            TransferError::NothingMatches { checkpoint, comparison, reshaped, .. } => {
+                let help = help(reshaped, Some(overrides));
+                TransferError::NothingMatches { checkpoint, comparison, reshaped, help }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Rejects a checkpoint whose tensors contradict their own shapes or repeat a name.
@@ -394,14 +494,55 @@ mod tests {
             decl("g.e1.norm.running_mean", &[4], ParamKind::Buffer),
         ];
         let error = transfer(&params, checkpoint(), false).expect_err("no trainable match");
-        let TransferError::NothingMatches { checkpoint, checkpoint_example, model_example } =
-            &error
+        let TransferError::NothingMatches { checkpoint, comparison, reshaped, help } = &error
         else {
             panic!("expected NothingMatches, got {error:?}");
         };
         assert_eq!(*checkpoint, 4);
-        assert_eq!(checkpoint_example, "g.e1.conv.weight [4, 3, 2, 2]");
-        assert_eq!(model_example, "g.stem.conv.weight [4, 3, 2, 2]");
+        assert_eq!(*reshaped, 0);
+        let expected = [
+            "only in the checkpoint (3 tensors):",
+            "  g.e1.conv.weight",
+            "  g.e1.norm.scale",
+            "  g.d1.conv_transpose.weight",
+            "only in the model (1 parameter):",
+            "  g.stem.conv.weight",
+        ];
+        assert_eq!(comparison, &expected);
+        assert!(help.starts_with("pass the checkpoint of an earlier version"), "{help}");
+    }
+
+    #[test]
+    fn nothing_matching_compares_same_names() {
+        // Every layer is twice as wide, as another --set value makes it, so the tensors of
+        // the same name are compared shape by shape.
+        let params = vec![
+            decl("g.e1.conv.weight", &[8, 3, 2, 2], ParamKind::Trainable),
+            decl("g.e1.norm.scale", &[8], ParamKind::Trainable),
+            decl("g.e1.norm.running_mean", &[8], ParamKind::Buffer),
+            decl("g.d1.conv_transpose.weight", &[8, 3, 2, 2], ParamKind::Trainable),
+            decl("g.d2.conv_transpose.weight", &[8, 3, 2, 2], ParamKind::Trainable),
+        ];
+        let error = transfer(&params, checkpoint(), false).expect_err("every shape differs");
+        let TransferError::NothingMatches { comparison, reshaped, .. } = &error else {
+            panic!("expected NothingMatches, got {error:?}");
+        };
+        assert_eq!(*reshaped, 3);
+        let expected = [
+            "same name, shape in the checkpoint -> in the model:",
+            "  g.e1.conv.weight            [4, 3, 2, 2] -> [8, 3, 2, 2]",
+            "  g.e1.norm.scale             [4] -> [8]",
+            "  g.d1.conv_transpose.weight  [4, 3, 2, 2] -> [8, 3, 2, 2]",
+            "only in the model (1 parameter):",
+            "  g.d2.conv_transpose.weight",
+        ];
+        assert_eq!(comparison, &expected);
+        let message = error.to_string();
+        assert!(message.contains("start afresh\nsame name, shape in the checkpoint"), "{message}");
+
+        let error = error.with_checkpoint_overrides(&["ch=4".to_string(), "size=16".to_string()]);
+        let TransferError::NothingMatches { help, .. } = &error else { unreachable!() };
+        assert!(help.contains("trained with (--set ch=4 --set size=16), or add --force"), "{help}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub fn compile_source(
         Ok(ast) => ast,
         Err(d) => return Err(Diagnostics::new(file_name, text, vec![d])),
     };
+    if !ast.items.iter().any(|item| matches!(item, ast::Item::Net(_))) {
+        diags.push(no_network(file_name));
+    }
     let mut prog = program::resolve(&ast, overrides, &mut diags);
     // NOTE: a failed `require` means the params are outside what the model supports, so
     // lowering would only add errors that follow from it.
@@ -109,6 +112,23 @@ pub fn compile_file(path: &Path, overrides: &[String]) -> Result<Module, Diagnos
             Err(Diagnostics::new(&name, "", vec![d]))
         }
     }
+}
+
+/// The smallest useful model file, which the error for a file without a `net` shows.
+pub const MINIMAL_MODEL: &str = "\
+net tiny(x: [3, 32, 32]) {
+    y = x -> conv2d(8, kernel=3, padding=1) -> relu
+}";
+
+/// Builds the error for a file without a `net`, such as an empty file, one with only
+/// comments, or one with only params and a train section. Nothing in it can be trained.
+fn no_network(file_name: &str) -> Diagnostic {
+    let message = format!("{file_name} declares no network");
+    Diagnostic::without_span(ErrorKind::Missing, message).with_help(format!(
+        "a model file needs at least one `net`, such as\n\n{MINIMAL_MODEL}\n\n\
+         models/classifier.net and models/pix2pix.net in the netc repository are complete \
+         examples"
+    ))
 }
 
 fn module_name(file_name: &str) -> String {

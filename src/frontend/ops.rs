@@ -231,10 +231,16 @@ impl<'p, 'a> Builder<'p, 'a> {
             poisoned: false,
         };
         let mut poisoned = false;
+        // Operands that failed earlier, such as a piped input from a failed layer. They
+        // still fill their operand slot, so the values after them are not taken for one.
+        let mut failed_operands = 0;
         if let Some((value, span)) = piped {
             match value {
                 Value::Tensor(t) => bound.tensors.push((t, span)),
-                Value::Poison => poisoned = true,
+                Value::Poison => {
+                    poisoned = true;
+                    failed_operands += 1;
+                }
                 other => {
                     self.error(type_error(span, &format!("{op} needs a tensor input"), &other));
                     return None;
@@ -248,10 +254,13 @@ impl<'p, 'a> Builder<'p, 'a> {
         for arg in &call.args {
             let Arg::Positional(expr) = arg else { continue };
             let value = self.eval(expr);
+            let operands = bound.tensors.len() + failed_operands;
             if value == Value::Poison {
                 // A failed value still takes its place, so later values keep theirs.
                 poisoned = true;
-                if !(bound.tensors.len() < sig.inputs.0 && config == 0) {
+                if operands < sig.inputs.0 && config == 0 {
+                    failed_operands += 1;
+                } else {
                     if let Some(&key) = sig.keys.get(config) {
                         bound.values.insert(key, (Value::Poison, expr.span));
                     }
@@ -259,7 +268,7 @@ impl<'p, 'a> Builder<'p, 'a> {
                 }
                 continue;
             }
-            let room = bound.tensors.len() < sig.inputs.1 && config == 0;
+            let room = operands < sig.inputs.1 && config == 0;
             match value {
                 Value::Tensor(t) if room => bound.tensors.push((t, expr.span)),
                 Value::Int(_) | Value::Float(_) if sig.numbers_as_tensors && room => {

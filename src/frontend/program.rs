@@ -52,11 +52,12 @@ pub fn resolve<'a>(
     program
 }
 
-/// A `--set name=value` flag after parsing.
+/// A `--set name=value` flag after parsing. `value` is the parser's message when the text
+/// after `=` is not an expression, which is reported where the param is declared.
 struct Override {
     raw: String,
     name: String,
-    value: Expr,
+    value: Result<Expr, String>,
 }
 
 fn parse_overrides(raw: &[String], diags: &mut Vec<Diagnostic>) -> Vec<Override> {
@@ -77,18 +78,8 @@ fn parse_overrides(raw: &[String], diags: &mut Vec<Diagnostic>) -> Vec<Override>
             ));
             continue;
         }
-        match parse::parse_expr(value.trim()) {
-            Ok(value) => parsed.push(Override { raw: flag.clone(), name, value }),
-            Err(e) => diags.push(
-                Diagnostic::without_span(
-                    ErrorKind::Override,
-                    format!("invalid value in --set `{flag}`: {}", e.message),
-                )
-                .with_help(
-                    "the value is a number, `true`, `false`, or arithmetic on earlier params",
-                ),
-            ),
-        }
+        let value = parse::parse_expr(value.trim()).map_err(|e| e.message);
+        parsed.push(Override { raw: flag.clone(), name, value });
     }
     parsed
 }
@@ -99,6 +90,7 @@ fn resolve_params(
     program: &mut Program,
     diags: &mut Vec<Diagnostic>,
 ) {
+    let declared = declared_params(file);
     let mut spans = HashMap::new();
     for item in &file.items {
         let Item::Param(decl) = item else { continue };
@@ -118,7 +110,7 @@ fn resolve_params(
         spans.insert(name.to_string(), decl.name.span);
         let default = eval_param_expr(&decl.value, &program.params);
         let value = match overrides.iter().find(|o| o.name == name) {
-            Some(o) => apply_override(o, default, decl, &program.params),
+            Some(o) => apply_override(o, default, decl, &program.params, &declared),
             None => default,
         };
         let value = value.unwrap_or_else(|e| {
@@ -130,27 +122,46 @@ fn resolve_params(
     }
 }
 
+fn declared_params(file: &File) -> Vec<&str> {
+    let params = file.items.iter().filter_map(|item| match item {
+        Item::Param(p) => Some(p.name.text.as_str()),
+        _ => None,
+    });
+    params.collect()
+}
+
+/// Evaluates the value of `--set` for `decl` against the params declared before it, and
+/// checks that it has the type of the param's own value. `declared` lists every param of
+/// the file, so that a reference to a later one gets its own message.
 fn apply_override(
     o: &Override,
     default: Result<Value, Diagnostic>,
     decl: &super::ast::ParamDecl,
     env: &HashMap<String, Value>,
+    declared: &[&str],
 ) -> Result<Value, Diagnostic> {
-    let value = eval_param_expr(&o.value, env).map_err(|e| {
-        Diagnostic::without_span(
-            ErrorKind::Override,
-            format!("invalid --set `{}`: {}", o.raw, e.message),
-        )
-    })?;
+    let invalid = |problem: String| override_error(o, decl, default.as_ref().ok(), problem);
+    let expr = o.value.as_ref().map_err(|message| invalid(message.clone()))?;
+    let mut names = Vec::new();
+    collect_names(expr, &mut names);
+    if let Some(unknown) = names.iter().find(|n| !env.contains_key(n.as_str())) {
+        let problem = if declared.contains(&unknown.as_str()) {
+            format!("`{unknown}` is declared after `{}`, so its value is not known yet", o.name)
+        } else {
+            format!("`{unknown}` is neither a number nor a param declared before `{}`", o.name)
+        };
+        return Err(invalid(problem));
+    }
+    let value = eval_param_expr(expr, env).map_err(|e| invalid(e.message))?;
     let mismatch = |what: &str| {
-        Diagnostic::new(
-            ErrorKind::Override,
-            decl.value.span,
-            format!("--set {} gives {}, but `{}` is {what}", o.raw, value.type_name(), o.name),
-        )
-        .with_label(format!("declared as {what} here"))
+        invalid(format!(
+            "{} is {}, but `{}` is {what}",
+            value.describe(),
+            value.type_name(),
+            o.name
+        ))
     };
-    match (default, &value) {
+    match (&default, &value) {
         // NOTE: an override replaces a default that fails to evaluate, so `--set` can
         // repair a param whose expression is out of range for the other settings.
         (Err(_), _) => Ok(value),
@@ -158,21 +169,41 @@ fn apply_override(
         (Ok(Value::Bool(_)), Value::Bool(_)) => Ok(value),
         (Ok(Value::Float(_)), Value::Int(i)) => Ok(Value::Float(*i as f64)),
         (Ok(Value::Int(_)), _) => Err(mismatch("an integer")),
-        (Ok(Value::Float(_)), _) => Err(mismatch("a float")),
+        (Ok(Value::Float(_)), _) => Err(mismatch("a number")),
         (Ok(Value::Bool(_)), _) => Err(mismatch("a boolean")),
         (Ok(_), _) => Ok(value),
     }
 }
 
+/// Builds the error for a `--set` value that cannot replace `decl`'s. It names the flag and
+/// the problem, points at the declaration and shows the form of value the param takes.
+fn override_error(
+    o: &Override,
+    decl: &super::ast::ParamDecl,
+    default: Option<&Value>,
+    problem: String,
+) -> Diagnostic {
+    let message = format!("invalid --set `{}`: {problem}", o.raw);
+    let d = Diagnostic::new(ErrorKind::Override, decl.value.span, message);
+    let (form, example) = match default {
+        Some(v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Str(_))) => {
+            let form = match v {
+                Value::Int(_) => "an integer",
+                Value::Float(_) => "a number",
+                Value::Bool(_) => "`true` or `false`",
+                _ => "a string",
+            };
+            (form, v.describe())
+        }
+        Some(Value::Init(_)) => ("an initializer", "normal(0, 0.02)".to_string()),
+        _ => return d.with_label(format!("`{}` is declared here", o.name)),
+    };
+    d.with_label(format!("`{}` is declared here, as {form}", o.name))
+        .with_help(format!("give `{}` {form}, such as --set {}={example}", o.name, o.name))
+}
+
 fn check_overrides_declared(file: &File, overrides: &[Override], diags: &mut Vec<Diagnostic>) {
-    let declared: Vec<&str> = file
-        .items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Param(p) => Some(p.name.text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let declared = declared_params(file);
     for o in overrides {
         if !declared.contains(&o.name.as_str()) {
             diags.push(

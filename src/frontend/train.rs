@@ -17,7 +17,7 @@ use crate::ir::{
     DataSpec, Graph, Half, LabeledData, LossTerm as IrLossTerm, NodeId, Op, Optimizer, ParamKind,
     Schedule, Shape, Span, StepSpec, TrainSpec,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const SETTINGS: &[&str] = &["data", "epochs", "schedule", "infer"];
 
@@ -118,6 +118,8 @@ fn collect_settings<'a>(
 struct SettingArgs {
     /// Whether some argument failed; its error is already reported.
     failed: bool,
+    /// Keys whose value failed, so that they are not also reported as missing.
+    rejected: HashSet<String>,
     call_span: Span,
     name: String,
     values: HashMap<String, (Value, Span)>,
@@ -157,16 +159,19 @@ fn setting_call<'e>(
 }
 
 /// Evaluates the arguments of a settings call against its keys; `positional` keys may be
-/// given by position. `left` and `right` evaluate to strings.
+/// given by position. `left` and `right` evaluate to strings, and the keys in `sides`
+/// take one of them (or a param whose value is one).
 fn setting_args(
     prog: &Program,
     call: &Call,
     keys: &[&str],
     positional: usize,
+    sides: &[&str],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<SettingArgs> {
     let name = call.callee.text.clone();
     let mut values = HashMap::new();
+    let mut rejected = HashSet::new();
     let mut position = 0;
     let mut ok = true;
     for arg in &call.args {
@@ -208,10 +213,14 @@ fn setting_args(
         };
         let value = match &e_kind_side(expr) {
             Some(side) => Ok(Value::Str(side.to_string())),
+            None if sides.contains(&key.as_str()) => side_value(prog, &name, &key, expr),
             None => eval_param_expr(expr, &prog.params),
         };
         match value {
-            Ok(Value::Poison) => ok = false,
+            Ok(Value::Poison) => {
+                rejected.insert(key);
+                ok = false;
+            }
             Ok(v) => {
                 if values.insert(key.clone(), (v, expr.span)).is_some() {
                     diags.push(Diagnostic::new(
@@ -224,11 +233,30 @@ fn setting_args(
             }
             Err(d) => {
                 diags.push(d);
+                rejected.insert(key);
                 ok = false;
             }
         }
     }
-    Some(SettingArgs { failed: !ok, call_span: call.span, name, values })
+    Some(SettingArgs { failed: !ok, rejected, call_span: call.span, name, values })
+}
+
+/// Evaluates the value of a key that names a half of the image, such as `input` of
+/// `paired`. A bare name other than `left`, `right` or a param is reported as an invalid
+/// value of the key rather than as an undefined param.
+fn side_value(prog: &Program, call: &str, key: &str, expr: &Expr) -> Result<Value, Diagnostic> {
+    match &expr.kind {
+        ExprKind::Name(n) if n.index.is_none() && !prog.params.contains_key(&n.ident.text) => {
+            let message = format!("invalid value `{}` for `{key}` of {call}", n.ident.text);
+            Err(Diagnostic::new(ErrorKind::Type, expr.span, message)
+                .with_label("expected `left` or `right`")
+                .with_help(format!(
+                    "write {key}=left or {key}=right, the half of each side-by-side image \
+                     that is the {key}"
+                )))
+        }
+        _ => eval_param_expr(expr, &prog.params),
+    }
 }
 
 fn e_kind_side(expr: &Expr) -> Option<&'static str> {
@@ -248,6 +276,7 @@ impl SettingArgs {
         diags: &mut Vec<Diagnostic>,
     ) -> Option<i64> {
         match self.values.get(key) {
+            None if self.rejected.contains(key) => None,
             None => default.or_else(|| {
                 let d = Diagnostic::new(
                     ErrorKind::Missing,
@@ -287,6 +316,7 @@ impl SettingArgs {
         diags: &mut Vec<Diagnostic>,
     ) -> Option<f32> {
         let (value, span) = match self.values.get(key) {
+            None if self.rejected.contains(key) => return None,
             None => {
                 return default.or_else(|| {
                     let d = Diagnostic::new(
@@ -322,6 +352,7 @@ impl SettingArgs {
 
     fn bool(&self, key: &str, default: bool, diags: &mut Vec<Diagnostic>) -> Option<bool> {
         match self.values.get(key) {
+            None if self.rejected.contains(key) => None,
             None => Some(default),
             Some((Value::Bool(b), _)) => Some(*b),
             Some((other, span)) => {
@@ -347,6 +378,7 @@ impl SettingArgs {
                 ));
                 None
             }
+            None if self.rejected.contains(key) => None,
             None => {
                 let d = Diagnostic::new(
                     ErrorKind::Missing,
@@ -372,7 +404,7 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
     }
 
     let keys = ["input", "target", "resize", "crop", "flip", "batch"];
-    let args = setting_args(prog, call, &keys, 0, diags)?;
+    let args = setting_args(prog, call, &keys, 0, &["input", "target"], diags)?;
     let input = args.half("input", diags);
     let target = args.half("target", diags);
     let resize =
@@ -431,7 +463,7 @@ fn data_spec(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option
 /// `labeled(classes=10, size=32, channels=3)`: one image per example, one folder per class.
 fn labeled_spec(prog: &Program, call: &Call, diags: &mut Vec<Diagnostic>) -> Option<DataSpec> {
     let keys = ["classes", "size", "channels", "flip", "batch"];
-    let args = setting_args(prog, call, &keys, 0, diags)?;
+    let args = setting_args(prog, call, &keys, 0, &[], diags)?;
     let classes = args.int("classes", None, 2..=1_000_000, diags);
     let size = args.int("size", None, 1..=MAX_IMAGE, diags);
     let channels = args.int("channels", Some(3), 1..=4, diags);
@@ -466,10 +498,10 @@ fn labeled_spec(prog: &Program, call: &Call, diags: &mut Vec<Diagnostic>) -> Opt
 fn schedule(prog: &Program, expr: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {
     let call = setting_call(expr, &["constant_lr", "linear_decay"], "schedule", diags)?;
     if call.callee.text == "constant_lr" {
-        setting_args(prog, call, &[], 0, diags)?;
+        setting_args(prog, call, &[], 0, &[], diags)?;
         return Some(Schedule::Constant);
     }
-    let args = setting_args(prog, call, &["constant", "decay"], 2, diags)?;
+    let args = setting_args(prog, call, &["constant", "decay"], 2, &[], diags)?;
     let constant = args.int("constant", None, 0..=1_000_000, diags);
     let decay = args.int("decay", None, 0..=1_000_000, diags);
     if args.failed {
@@ -762,7 +794,8 @@ fn optimizer(b: &mut Builder, call: &Call) -> Option<Optimizer> {
     let result = (|| {
         let call = setting_call(&expr, &["adam", "sgd"], "optimizer", &mut diags)?;
         if call.callee.text == "adam" {
-            let args = setting_args(b.prog, call, &["lr", "beta1", "beta2", "eps"], 1, &mut diags)?;
+            let args =
+                setting_args(b.prog, call, &["lr", "beta1", "beta2", "eps"], 1, &[], &mut diags)?;
             let lr = args.float("lr", None, 0.0..=10.0, &mut diags);
             let beta1 = args.float("beta1", Some(0.9), 0.0..=0.999_999, &mut diags);
             let beta2 = args.float("beta2", Some(0.999), 0.0..=0.999_999_9, &mut diags);
@@ -772,7 +805,7 @@ fn optimizer(b: &mut Builder, call: &Call) -> Option<Optimizer> {
             }
             return Some(Optimizer::Adam { lr: lr?, beta1: beta1?, beta2: beta2?, eps: eps? });
         }
-        let args = setting_args(b.prog, call, &["lr", "momentum"], 1, &mut diags)?;
+        let args = setting_args(b.prog, call, &["lr", "momentum"], 1, &[], &mut diags)?;
         let lr = args.float("lr", None, 0.0..=10.0, &mut diags);
         let momentum = args.float("momentum", Some(0.0), 0.0..=0.999_999, &mut diags);
         if args.failed {

@@ -6,6 +6,7 @@
 
 use super::InferError;
 use crate::ir::Half;
+use crate::train::atomic::temp_file_in;
 use image::imageops::FilterType;
 use image::{DynamicImage, GenericImageView};
 use std::io::Write;
@@ -93,7 +94,7 @@ pub fn save_png(
 
     let write_error = |message: String| InferError::Write { path: path.to_path_buf(), message };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| write_error(e.to_string()))?;
+    let mut file = temp_file_in(dir).map_err(|e| write_error(e.to_string()))?;
     let mut encoded = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut encoded), image::ImageFormat::Png)

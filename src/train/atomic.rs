@@ -3,17 +3,34 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use tempfile::NamedTempFile;
 
 /// Replaces `path` with `bytes` through a synced temporary file in the same folder and a
 /// rename, so a reader sees either the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new().prefix(".tmp-").tempfile_in(parent)?;
+    let mut file = temp_file_in(parent)?;
     file.write_all(bytes)?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
     sync_dir(parent);
     Ok(())
+}
+
+/// Creates a temporary file in `dir` that becomes an ordinary output file once renamed.
+///
+/// A temporary file is created with mode 0600 by default. This one requests 0666, which
+/// the process umask reduces as it does for `File::create` (to 0644 under the usual umask
+/// 022), so outputs can be read by the other users that the umask allows.
+pub fn temp_file_in(dir: &Path) -> std::io::Result<NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir)
 }
 
 /// Flushes a folder's entries, so a rename inside it survives a power loss. A failure only

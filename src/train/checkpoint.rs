@@ -11,9 +11,10 @@
 //! [`save`] writes the folder under a temporary name inside `RUN/checkpoints/`, syncs it,
 //! renames it to `step-NNNNNNNN` and only then points `RUN/checkpoints/latest` at it (also
 //! a temporary file and a rename). A crash at any moment leaves the previous checkpoint
-//! and the `latest` pointer intact. [`load`] checks every file and the source hash and
-//! [`check_tensors`] compares the tensors with the names and shapes a model expects; each
-//! error names the file.
+//! and the `latest` pointer intact. [`load`] checks every file, the source hash and that
+//! the data order is a permutation of the pairs. [`check_tensors`] compares the tensors
+//! with the names and shapes a model expects, and [`check_data_position`] the data cursor
+//! and order with the ones a resume recomputes. Each error names the file.
 
 use crate::ir::Shape;
 use crate::train::atomic::{sync_dir, write_atomic};
@@ -65,6 +66,10 @@ pub enum CheckpointError {
     #[error("checkpoint format {found} in {} is not supported (this netc reads format {FORMAT_VERSION})", path.display())]
     #[diagnostic(help("resume it with the netc version that wrote it: {writer}"))]
     Version { path: PathBuf, found: u32, writer: String },
+
+    #[error("invalid `{field}` in {}: {reason}", path.display())]
+    #[diagnostic(help("netc computes `{field}` from the seed and the step, so restore the value it wrote, or resume from an older checkpoint in the same checkpoints folder"))]
+    EditedField { path: PathBuf, field: &'static str, reason: String },
 
     #[error("{} does not match the model:\n{}", path.display(), problems.join("\n"))]
     #[diagnostic(help("resume with the .net file and --set values the checkpoint was trained with, or start from it with --init-from"))]
@@ -296,15 +301,81 @@ fn read_record(path: &Path) -> Result<Record, CheckpointError> {
         );
         return Err(invalid(path, reason));
     }
-    if record.data.order.len() != record.data.pairs {
-        let reason = format!(
-            "the data order lists {} files, but the record counts {} pairs",
-            record.data.order.len(),
-            record.data.pairs
-        );
-        return Err(invalid(path, reason));
-    }
+    check_order_is_permutation(path, &record.data)?;
     Ok(record)
+}
+
+/// Rejects a `data.order` that is not a permutation of the record's `0..pairs`: a wrong
+/// length, an index out of range or an index listed twice.
+fn check_order_is_permutation(path: &Path, data: &DataRecord) -> Result<(), CheckpointError> {
+    let edited = |reason: String| CheckpointError::EditedField {
+        path: path.to_path_buf(),
+        field: "data.order",
+        reason,
+    };
+    let (order, pairs) = (&data.order, data.pairs);
+    if order.len() != pairs {
+        let count = order.len();
+        return Err(edited(format!("it lists {count} indices, but `data.pairs` is {pairs}")));
+    }
+    let mut seen = vec![false; pairs];
+    for (position, &index) in order.iter().enumerate() {
+        let Some(slot) = seen.get_mut(index) else {
+            let reason = format!(
+                "position {position} is {index}, but the indices of {pairs} pairs run from 0 to {}",
+                pairs.saturating_sub(1)
+            );
+            return Err(edited(reason));
+        };
+        if *slot {
+            let reason = format!("position {position} lists pair {index} a second time");
+            return Err(edited(reason));
+        }
+        *slot = true;
+    }
+    Ok(())
+}
+
+/// Compares the data position of `record`, read from the checkpoint folder `dir`, with the
+/// cursor and file order that a resume recomputes from the step and the seed. The record
+/// stores both for readers, so an edit of either would make it describe a run that the
+/// resume does not continue.
+pub fn check_data_position(
+    dir: &Path,
+    record: &Record,
+    cursor: DataCursor,
+    order: &[usize],
+) -> Result<(), CheckpointError> {
+    let path = dir.join(RECORD_FILE);
+    if record.data.cursor != cursor {
+        let found = record.data.cursor;
+        return Err(CheckpointError::EditedField {
+            path,
+            field: "data.cursor",
+            reason: format!(
+                "it is {{ epoch: {}, batch: {} }}, but step {} is at {{ epoch: {}, batch: {} }}",
+                found.epoch, found.batch, record.step, cursor.epoch, cursor.batch
+            ),
+        });
+    }
+    let length = order.len().max(record.data.order.len());
+    let differs = (0..length).find(|&i| record.data.order.get(i) != order.get(i));
+    if let Some(position) = differs {
+        let (found, expected) = (record.data.order.get(position), order.get(position));
+        return Err(CheckpointError::EditedField {
+            path,
+            field: "data.order",
+            reason: format!(
+                "position {position} is {}, but the order that seed {} draws for \
+                 `data.cursor.epoch` {} has {} there",
+                found.map_or("missing".to_string(), usize::to_string),
+                record.seed,
+                cursor.epoch,
+                expected.map_or("nothing".to_string(), usize::to_string),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Serializes `tensors` as safetensors; `file` names the file in errors.

@@ -384,6 +384,9 @@ fn resume(
         tracing::info!(checkpoint_seed = record.seed, "resuming with the checkpoint's seed");
         *seed = record.seed;
     }
+    let cursor = train.cursor_at(record.step as usize);
+    let order = train.order(record.seed, cursor.epoch);
+    checkpoint::check_data_position(&folder, record, cursor, &order)?;
 
     let step = record.step;
     if edited {
@@ -475,7 +478,7 @@ impl Looper<'_> {
                 self.engine.learning_rates(cursor.epoch).values().next().copied().unwrap_or(0.0);
             log.append(&LossRow {
                 step,
-                epoch: cursor.epoch,
+                epoch: cursor.epoch + 1,
                 lr,
                 losses: losses.clone(),
                 seconds_per_step: elapsed,

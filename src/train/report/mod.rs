@@ -2,7 +2,7 @@
 //! `index.html`.
 //!
 //! `losses.csv` has the header `step,epoch,lr,<one column per loss term>,seconds_per_step`
-//! and gains one row per logged step. Rows are appended and flushed as they come, so a
+//! and gains one row per logged step. Steps and epochs count from 1. Rows are appended and flushed as they come, so a
 //! crash can cut only the last row. [`LossLog::resume`] drops every row after the
 //! checkpoint's step (and any cut row) so the resumed run continues the file without
 //! duplicates. Grids, the plot and the page are written to a temporary file and renamed.
@@ -52,7 +52,9 @@ pub enum ReportError {
 /// One row of `losses.csv`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossRow {
+    /// Iterations completed, from 1.
     pub step: u64,
+    /// The epoch of the step, from 1, as the progress bar and `index.html` count it.
     pub epoch: usize,
     pub lr: f32,
     /// One value per loss column, in column order.
@@ -208,6 +210,7 @@ pub struct PageInfo<'a> {
     pub step: u64,
     /// The step the run stops at.
     pub total_steps: u64,
+    /// The epoch of `step`, from 0. The page shows it from 1.
     pub epoch: usize,
     pub overrides: &'a [String],
     pub seed: u64,

@@ -1,8 +1,9 @@
 """Time or train pix2pix in PyTorch on the CPU, as netc's reference.
 
-The networks match models/pix2pix.net: a U-Net generator with log2(size) levels, no
-convolution biases, batch norm after e2..e{levels} and d{levels}..d2, dropout 0.5 after
-the ngf*8 decoders above d5 (three at 256, two at 128), and a PatchGAN discriminator. One
+The networks match models/pix2pix.net: a U-Net generator with log2(size) levels, batch
+norm after e2..e{levels - 1} and d{levels}..d2, dropout 0.5 after d{levels - 1}..d5
+(three at 256, two at 128), and a PatchGAN discriminator. Only the generator's output
+layer and the discriminator's first and last layers have biases. One
 iteration is what netc's training step runs: the generator forward pass, a discriminator
 step on real and detached fake pairs, then a generator step with GAN + 100 x L1 loss,
 both with Adam (lr 2e-4, beta1 0.5).
@@ -61,7 +62,8 @@ def down(c_in, c_out, norm=True, act=True):
 
 
 def up(c_in, c_out, norm=True, dropout=False):
-    layers = [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
+    # Only the output layer, which has no batch norm, has a bias.
+    layers = [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=not norm)]
     if norm:
         layers.append(BatchNorm(c_out))
     if dropout:
@@ -77,18 +79,20 @@ class Generator(nn.Module):
         self.encoders = nn.ModuleList()
         c_in = 3
         for i, w in enumerate(widths):
-            self.encoders.append(down(c_in, w, norm=i > 0, act=i > 0))
+            # e1 and the 1x1 bottleneck e{levels} have no batch norm.
+            self.encoders.append(down(c_in, w, norm=0 < i < levels - 1, act=i > 0))
             c_in = w
         self.decoders = nn.ModuleList()
-        # The ngf*8 decoders above d5 use dropout: d{levels}..d6, three at 256, two at 128.
-        dropout_levels = levels - 5
+        # The ngf*8 decoders between the bottleneck's decoder and d4 use dropout:
+        # d{levels - 1}..d5, three at 256, two at 128.
+        dropout_levels = range(1, levels - 4)
         # Decoder k (innermost first) takes the previous decoder output concatenated with
         # the matching encoder output, except the innermost, which takes the bottleneck.
         outs = list(reversed([3] + widths[:-1]))
         for j, w in enumerate(outs):
             c_in = widths[-1] if j == 0 else 2 * widths[levels - 1 - j]
             last = j == levels - 1
-            self.decoders.append(up(c_in, w, norm=not last, dropout=j < dropout_levels))
+            self.decoders.append(up(c_in, w, norm=not last, dropout=j in dropout_levels))
         self.tanh = nn.Tanh()
 
     def forward(self, x):
@@ -103,7 +107,8 @@ class Generator(nn.Module):
 
 
 def discriminator(ndf):
-    layers = [nn.Conv2d(6, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+    # The first and the last convolution have a bias; the others feed a batch norm.
+    layers = [nn.Conv2d(6, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
     c = ndf
     for mult, stride in [(2, 2), (4, 2), (8, 1)]:
         layers += [
@@ -112,18 +117,20 @@ def discriminator(ndf):
             nn.LeakyReLU(0.2),
         ]
         c = ndf * mult
-    layers.append(nn.Conv2d(c, 1, 4, 1, 1, bias=False))
+    layers.append(nn.Conv2d(c, 1, 4, 1, 1))
     return nn.Sequential(*layers)
 
 
 def init_weights(module):
     """Draw the initial weights that models/pix2pix.net declares.
 
-    Convolution weights come from N(0, 0.02), batch-norm scales from N(1, 0.02) and
-    batch-norm offsets are 0.
+    Convolution weights come from N(0, 0.02), batch-norm scales from N(1, 0.02), and
+    convolution biases and batch-norm offsets are 0.
     """
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)

@@ -28,20 +28,24 @@ fn compile_errors(name: &str, text: &str, overrides: &[&str]) -> Diagnostics {
 fn unet_params(ngf: usize, levels: usize) -> usize {
     let enc: Vec<usize> = (0..levels).map(|k| ngf * (1usize << k.min(3))).collect();
     let conv = |cin: usize, cout: usize| cin * cout * 16;
+    // e1 and the 1x1 bottleneck have no batch norm; the output layer has 3 biases.
     let mut total = conv(3, enc[0]);
     for k in 1..levels {
-        total += conv(enc[k - 1], enc[k]) + 2 * enc[k];
+        let norm = if k < levels - 1 { 2 * enc[k] } else { 0 };
+        total += conv(enc[k - 1], enc[k]) + norm;
     }
     total += conv(enc[levels - 1], enc[levels - 2]) + 2 * enc[levels - 2];
     for k in (2..levels).rev() {
         total += conv(2 * enc[k - 1], enc[k - 2]) + 2 * enc[k - 2];
     }
-    total + conv(2 * enc[0], 3)
+    total + conv(2 * enc[0], 3) + 3
 }
 
 fn patchgan_params(ndf: usize) -> usize {
+    // The first and the last layer have biases.
     let conv = |cin: usize, cout: usize| cin * cout * 16;
     conv(6, ndf)
+        + ndf
         + conv(ndf, 2 * ndf)
         + 4 * ndf
         + conv(2 * ndf, 4 * ndf)
@@ -49,6 +53,7 @@ fn patchgan_params(ndf: usize) -> usize {
         + conv(4 * ndf, 8 * ndf)
         + 16 * ndf
         + conv(8 * ndf, 1)
+        + 1
 }
 
 fn output_shape(module: &Module, net: &str) -> Vec<usize> {
@@ -63,10 +68,10 @@ mod pix2pix {
     #[test]
     fn default_counts_match_paper() {
         let m = compile_model("models/pix2pix.net", &[]);
-        assert_eq!(m.trainable_count("generator"), 54_414_976);
-        assert_eq!(m.trainable_count("discriminator"), 2_768_640);
-        assert_eq!(unet_params(64, 8), 54_414_976);
-        assert_eq!(patchgan_params(64), 2_768_640);
+        assert_eq!(m.trainable_count("generator"), 54_413_955);
+        assert_eq!(m.trainable_count("discriminator"), 2_768_705);
+        assert_eq!(unet_params(64, 8), 54_413_955);
+        assert_eq!(patchgan_params(64), 2_768_705);
     }
 
     #[test]
@@ -82,7 +87,7 @@ mod pix2pix {
             let set = format!("size={size}");
             let m = compile_model("models/pix2pix.net", &[&set]);
             assert_eq!(m.trainable_count("generator"), unet_params(64, levels), "size {size}");
-            assert_eq!(m.trainable_count("discriminator"), 2_768_640, "size {size}");
+            assert_eq!(m.trainable_count("discriminator"), 2_768_705, "size {size}");
             assert_eq!(output_shape(&m, "generator"), [1, 3, size, size]);
             assert_eq!(output_shape(&m, "discriminator"), [1, 1, patch, patch]);
             let gen = m.net("generator").unwrap();
@@ -95,8 +100,8 @@ mod pix2pix {
     fn set_ngf_changes_generator_count() {
         let m = compile_model("models/pix2pix.net", &["ngf=32"]);
         assert_eq!(m.trainable_count("generator"), unet_params(32, 8));
-        assert_eq!(m.trainable_count("generator"), 13_608_768);
-        assert_eq!(m.trainable_count("discriminator"), 2_768_640);
+        assert_eq!(m.trainable_count("generator"), unet_params(32, 8));
+        assert_eq!(m.trainable_count("discriminator"), 2_768_705);
         let m = compile_model("models/pix2pix.net", &["ndf=32", "size=128"]);
         assert_eq!(m.trainable_count("discriminator"), patchgan_params(32));
     }
@@ -125,22 +130,37 @@ mod pix2pix {
         assert_eq!(param("discriminator.l1.conv.weight").shape.dims(), [64, 6, 4, 4]);
         assert!(m.param_id("generator.e1.norm.scale").is_none(), "e1 has no batch norm");
         assert!(m.param_id("generator.d1.norm.scale").is_none(), "d1 has no batch norm");
-        assert!(m.params.iter().all(|p| !p.name.ends_with(".bias")), "no layer has a bias");
+        let biases: Vec<&str> = m
+            .params
+            .iter()
+            .filter(|p| p.name.ends_with(".bias"))
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            biases,
+            [
+                "generator.d1.conv_transpose.bias",
+                "discriminator.l1.conv.bias",
+                "discriminator.logits.conv.bias"
+            ]
+        );
+        assert_eq!(param("generator.d1.conv_transpose.bias").init, Init::Constant { value: 0.0 });
     }
 
     #[test]
     fn batch_norm_and_dropout_placement() {
         let m = compile_model("models/pix2pix.net", &[]);
         let g = &m.net("generator").unwrap().graph;
-        for k in 2..=8 {
-            let node = g.find(&format!("generator.e{k}.norm")).expect("e2..e8 have batch norm");
+        for k in 2..=7 {
+            let node = g.find(&format!("generator.e{k}.norm")).expect("e2..e7 have batch norm");
             assert!(matches!(g.node(node).op, Op::BatchNorm { eps, .. } if eps == 1e-5));
         }
-        for k in [8, 7, 6] {
-            let node = g.find(&format!("generator.d{k}.dropout")).expect("d8..d6 have dropout");
+        assert!(g.find("generator.e8.norm").is_none(), "the 1x1 bottleneck has no batch norm");
+        for k in [7, 6, 5] {
+            let node = g.find(&format!("generator.d{k}.dropout")).expect("d7..d5 have dropout");
             assert_eq!(g.node(node).op, Op::Dropout { p: 0.5 });
         }
-        for k in 1..=5 {
+        for k in [1, 2, 3, 4, 8] {
             assert!(g.find(&format!("generator.d{k}.dropout")).is_none(), "d{k} has no dropout");
         }
         let tanh = g.find("generator.d1.tanh").expect("d1 ends in tanh");
@@ -155,7 +175,7 @@ mod pix2pix {
             let skip = g.find(&format!("generator.d{k}.skip")).expect("d1..d7 read a skip");
             let operands: Vec<&str> =
                 g.operands(skip).iter().map(|&o| g.node(o).name.as_str()).collect();
-            let previous = if k == 7 { "generator.d8.dropout".to_string() } else { String::new() };
+            let previous = if k == 7 { "generator.d8.norm".to_string() } else { String::new() };
             assert_eq!(operands.len(), 2);
             assert!(operands[0].starts_with(&format!("generator.d{}.", k + 1)), "{operands:?}");
             if !previous.is_empty() {
@@ -186,8 +206,8 @@ mod pix2pix {
         assert!(g.shape(gen.loss).is_scalar());
         let count =
             |s: &ir::StepSpec| s.params.iter().map(|&p| m.params[p].shape.numel()).sum::<usize>();
-        assert_eq!(count(d), 2_768_640);
-        assert_eq!(count(gen), 54_414_976);
+        assert_eq!(count(d), 2_768_705);
+        assert_eq!(count(gen), 54_413_955);
         assert!(d.params.iter().all(|&p| m.params[p].net == "discriminator"));
         assert!(
             matches!(d.optimizer, ir::Optimizer::Adam { lr, beta1, .. } if lr == 2e-4 && beta1 == 0.5)
@@ -302,7 +322,7 @@ mod text {
         let bom = format!("\u{feff}{text}");
         let all = format!("\u{feff}{}", tabs.replace('\n', "\r\n"));
         for variant in [&crlf, &tabs, &bom, &all] {
-            assert_eq!(generator_count(variant), 54_414_976);
+            assert_eq!(generator_count(variant), 54_413_955);
         }
     }
 
@@ -584,8 +604,8 @@ mod cli {
         let out = netc(&["check", "models/pix2pix.net"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
-        assert!(text.contains("trainable parameters: 54,414,976"), "{text}");
-        assert!(text.contains("trainable parameters: 2,768,640"), "{text}");
+        assert!(text.contains("trainable parameters: 54,413,955"), "{text}");
+        assert!(text.contains("trainable parameters: 2,768,705"), "{text}");
         assert!(text.contains("[1, 1, 30, 30]"), "{text}");
         assert!(text.contains("input x: height and width must be multiples of 256"), "{text}");
         insta::assert_snapshot!(text);
@@ -595,7 +615,7 @@ mod cli {
     fn check_set_ngf_changes_count() {
         let out = netc(&["check", "models/pix2pix.net", "--set", "ngf=32"]);
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(stdout(&out).contains("trainable parameters: 13,608,768"));
+        assert!(stdout(&out).contains("trainable parameters: 13,608,259"));
         let out = netc(&["check", "models/pix2pix.net", "--set", "size=128"]);
         let text = stdout(&out);
         assert!(text.contains("input x: height and width must be multiples of 128"), "{text}");
@@ -661,7 +681,7 @@ mod cli {
         assert!(out.status.success(), "{}", stderr(&out));
         let json = std::fs::read_to_string(&path).unwrap();
         let module: netc::ir::Module = serde_json::from_str(&json).expect("the JSON is a Module");
-        assert_eq!(module.trainable_count("generator"), 54_414_976);
+        assert_eq!(module.trainable_count("generator"), 54_413_955);
         assert_eq!(module.train.as_ref().unwrap().steps.len(), 2);
         assert!(netc::ir::verify::verify_module(&module).is_ok());
         #[cfg(unix)]

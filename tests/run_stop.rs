@@ -54,7 +54,7 @@ struct Run {
 impl Run {
     fn start(work: &Path, extra: &[&str]) -> Run {
         let mut args = vec!["run", "tiny.net", "--train", "facades", "--data", "data"];
-        args.extend(["--steps", "1000000", "--quiet", "--out", "run"]);
+        args.extend(["--steps", "1000000", "--quiet"]);
         args.extend(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_netc"))
             .current_dir(work)
@@ -143,7 +143,8 @@ fn sigterm_checkpoints_last_step() {
     let work = workspace();
     let run_dir = work.path().join("run");
     // No periodic checkpoints: the only one is the one the signal writes.
-    let mut run = Run::start(work.path(), &["--checkpoint-every", "0", "--images-every", "0"]);
+    let extra = ["--checkpoint-every", "0", "--images-every", "0", "--out", "run"];
+    let mut run = Run::start(work.path(), &extra);
     run.wait_until("three logged steps", |_| logged_steps(&run_dir).len() >= 3);
     let (code, stdout, stderr) = run.terminate();
 
@@ -153,7 +154,10 @@ fn sigterm_checkpoints_last_step() {
     let record = checkpoint::load(&run_dir).unwrap().record;
     assert_eq!(record.step, last);
     assert!(
-        stderr.contains("continue with: netc run tiny.net --train facades --data data"),
+        stderr.contains(
+            "continue with: netc run tiny.net --train facades --data data --steps 1000000 \
+             --images-every 0 --checkpoint-every 0 --resume run"
+        ),
         "{stderr}"
     );
 
@@ -173,7 +177,8 @@ fn sigterm_checkpoints_last_step() {
 #[test]
 fn watch_recompiles_after_edit() {
     let work = workspace();
-    let (file, run_dir) = (work.path().join("tiny.net"), work.path().join("run"));
+    // No --out: the run stays in its default folder across edits.
+    let (file, run_dir) = (work.path().join("tiny.net"), work.path().join("runs/tiny-facades"));
     let mut run = Run::start(work.path(), &["--watch", "--images-every", "0"]);
     run.wait_until("three logged steps", |_| logged_steps(&run_dir).len() >= 3);
 
@@ -211,4 +216,8 @@ fn watch_recompiles_after_edit() {
     let weight = saved.weights.iter().find(|t| t.name == "generator.d2.conv_transpose.weight");
     let shape = weight.map(|t| t.shape.dims().to_vec());
     assert_eq!(shape, Some(vec![8, 8, 4, 4]), "d2 takes e2's 8 channels and makes 8");
+    for entry in std::fs::read_dir(run_dir.join("checkpoints")).unwrap() {
+        let nested = entry.unwrap().path().join("checkpoints");
+        assert!(!nested.exists(), "a run folder inside a checkpoint: {}", nested.display());
+    }
 }

@@ -14,6 +14,9 @@ use netc::train::Trainer;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+const DEFAULT_IMAGES_EVERY: u64 = 200;
+const DEFAULT_CHECKPOINT_EVERY: u64 = 500;
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -71,10 +74,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub watch: bool,
     /// Write an image grid, the loss plot and index.html every this many steps
-    #[arg(long, default_value_t = 200, value_name = "STEPS", requires = "train")]
+    #[arg(long, default_value_t = DEFAULT_IMAGES_EVERY, value_name = "STEPS", requires = "train")]
     pub images_every: u64,
-    /// Write a checkpoint every this many steps (and always at the end)
-    #[arg(long, default_value_t = 500, value_name = "STEPS", requires = "train")]
+    /// Write a checkpoint every this many steps (and always at the end); the run folder
+    /// keeps the two newest
+    #[arg(long, default_value_t = DEFAULT_CHECKPOINT_EVERY, value_name = "STEPS", requires = "train")]
     pub checkpoint_every: u64,
 }
 
@@ -192,11 +196,18 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
                     summary.first_step + summary.steps,
                     resume_command(args, dataset, &summary.run_dir)
                 );
+                if read_model(path).ok().as_deref() != Some(current.source.as_str()) {
+                    eprintln!(
+                        "note: {name} has changed since the model this run trains was compiled; \
+                         the checkpoint's checkpoint.json holds that model under model.source"
+                    );
+                }
                 return Ok(ExitCode::from(130));
             }
             Some(StopReason::Edit) => {
                 stop.clear_edit();
                 options.resume = Some(summary.checkpoint.clone());
+                options.out = Some(summary.run_dir.clone());
                 options.init_from = None;
                 if let Some(edited) = recompile(&gpu, args, &options, &name) {
                     options.source = edited.source.clone();
@@ -248,7 +259,7 @@ fn recompile<'g>(
     };
     let shaders = trainer.device_program().shader_counts();
     eprintln!(
-        "{name} changed: recompiled with {} kernels reused and {} compiled; continuing from {}",
+        "{name} changed: recompiled with {} shaders reused and {} compiled; continuing from {}",
         shaders.reused,
         shaders.compiled,
         options.resume.as_deref().unwrap_or(Path::new("")).display()
@@ -295,17 +306,42 @@ fn install_stop_handler(stop: &StopFlag) -> miette::Result<()> {
 /// Returns the command line that continues an interrupted run in `run_dir`. The
 /// checkpoint supplies the `--set` values and the seed.
 fn resume_command(args: &RunArgs, dataset: &str, run_dir: &Path) -> String {
-    let mut command = format!("netc run {} --train {dataset}", args.model.file.display());
+    let path = |p: &Path| shell_word(&p.display().to_string());
+    let mut words = vec!["netc run".to_string(), path(&args.model.file)];
+    words.push(format!("--train {}", shell_word(dataset)));
     if let Some(data) = &args.data {
-        command += &format!(" --data {}", data.display());
+        words.push(format!("--data {}", path(data)));
     }
     if let Some(steps) = args.steps {
-        command += &format!(" --steps {steps}");
+        words.push(format!("--steps {steps}"));
     }
     if let Some(epochs) = args.epochs {
-        command += &format!(" --epochs {epochs}");
+        words.push(format!("--epochs {epochs}"));
     }
-    command + &format!(" --resume {}", run_dir.display())
+    if args.images_every != DEFAULT_IMAGES_EVERY {
+        words.push(format!("--images-every {}", args.images_every));
+    }
+    if args.checkpoint_every != DEFAULT_CHECKPOINT_EVERY {
+        words.push(format!("--checkpoint-every {}", args.checkpoint_every));
+    }
+    if let Some(adapter) = &args.device.adapter {
+        words.push(format!("--adapter {}", shell_word(adapter)));
+    }
+    if args.watch {
+        words.push("--watch".to_string());
+    }
+    words.push(format!("--resume {}", path(run_dir)));
+    words.join(" ")
+}
+
+/// Quotes `word` for a POSIX shell when it holds anything but plain path characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn read_model(path: &Path) -> miette::Result<String> {
@@ -316,13 +352,17 @@ fn read_model(path: &Path) -> miette::Result<String> {
 fn print_summary(summary: &run::RunSummary) {
     let losses: Vec<String> =
         summary.last_losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-    println!(
-        "trained steps {}..{} at {:.3} s/step; last losses: {}",
-        summary.first_step + 1,
-        summary.first_step + summary.steps,
-        summary.mean_seconds_per_step,
-        losses.join(", ")
-    );
+    if summary.steps == 0 {
+        println!("trained no steps; the run is at step {}", summary.first_step);
+    } else {
+        println!(
+            "trained steps {}..{} at {:.3} s/step; last losses: {}",
+            summary.first_step + 1,
+            summary.first_step + summary.steps,
+            summary.mean_seconds_per_step,
+            losses.join(", ")
+        );
+    }
     println!("checkpoint: {}", summary.checkpoint.display());
     println!("report: {}", summary.run_dir.join(report::INDEX_FILE).display());
 }

@@ -29,7 +29,7 @@ use crate::train::progress;
 use crate::train::report::{self, LossLog, LossRow, PageInfo, Panel, ReportError};
 use indicatif::ProgressBar;
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -349,10 +349,16 @@ fn run_folder(module: &Module, options: &RunOptions) -> Result<PathBuf, RunError
         return Ok(out.clone());
     }
     if let Some(resume) = &options.resume {
+        // A checkpoint folder is RUN/checkpoints/step-N, whether --resume names it or the
+        // run folder, so the run folder is two levels up. A checkpoint outside a run
+        // folder continues in the default one, never inside the checkpoint itself.
         let checkpoint = checkpoint::resolve(resume)?;
-        // A checkpoint folder is RUN/checkpoints/step-N; its run folder is two levels up.
-        let run = checkpoint.parent().and_then(Path::parent).filter(|_| checkpoint != *resume);
-        return Ok(run.map_or_else(|| resume.clone(), Path::to_path_buf));
+        let parent = checkpoint.parent();
+        if parent.and_then(Path::file_name) == Some(OsStr::new(checkpoint::CHECKPOINTS_DIR)) {
+            let run = parent.and_then(Path::parent).unwrap_or(Path::new("."));
+            let run = if run.as_os_str().is_empty() { Path::new(".") } else { run };
+            return Ok(run.to_path_buf());
+        }
     }
     Ok(PathBuf::from("runs").join(format!("{}-{}", module.name, options.dataset)))
 }

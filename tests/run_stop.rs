@@ -191,7 +191,7 @@ fn watch_recompiles_after_edit() {
     let stderr = run.stderr();
     let line = stderr.lines().find(|l| l.contains("recompiled with")).unwrap();
     let counts: Vec<usize> = line.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-    let [reused, compiled] = counts[..] else { panic!("no kernel counts in {line:?}") };
+    let [reused, compiled] = counts[..] else { panic!("no shader counts in {line:?}") };
     assert!(reused > 0, "{line}");
     assert!(compiled > 0, "{line}");
     let edited_at = *logged_steps(&run_dir).last().unwrap();

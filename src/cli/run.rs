@@ -334,7 +334,7 @@ fn resume_command(args: &RunArgs, dataset: &str, run_dir: &Path) -> String {
     words.join(" ")
 }
 
-/// Quotes `word` for a POSIX shell when it holds anything but plain path characters.
+/// Quotes `word` for a POSIX shell unless it contains only plain path characters.
 fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {

@@ -157,7 +157,7 @@ pub struct RunOptions {
     pub stop: StopFlag,
 }
 
-/// Why a run stopped before its last step.
+/// The reason a run stopped before its last step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// An interrupt or termination signal (Ctrl-C, SIGTERM).

@@ -2,9 +2,10 @@
 //! compute kernels.
 //!
 //! Needs: a verified graph, so every node has a concrete shape and the operands its op
-//! takes. Guarantees: each [`Kernel`] carries its WGSL with every size and stride baked in
-//! as a constant, the buffers it binds in binding order, and its dispatch grid already
-//! folded to the target's per-dimension limit. [`lower_graph`] rejects a kernel whose
+//! takes. Guarantees: each [`Kernel`] carries its WGSL with its sizes baked in as
+//! constants (a convolution reads all but its window, stride and padding from its own
+//! uniform block, [`Kernel::shape`]), the buffers it binds in binding order, and its
+//! dispatch grid already folded to the target's per-dimension limit. [`lower_graph`] rejects a kernel whose
 //! binding is larger than `maxStorageBufferBindingSize` or that binds more storage buffers
 //! than `maxStorageBuffersPerShaderStage`, naming the kernel, the size and the limit.
 //!

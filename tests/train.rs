@@ -1419,15 +1419,19 @@ mod run {
         order.swap(0, 1);
         let mut moved = record.clone();
         moved["data"]["cursor"]["batch"] = serde_json::json!(0);
-        for (edited, field) in [(swapped, "data.order"), (moved, "data.cursor")] {
+        let edits = [
+            (swapped, "invalid `data.order`"),
+            (moved, "`data.cursor` is { epoch: 0, batch: 0 }, but with this run's batch size"),
+        ];
+        for (edited, expected) in edits {
             std::fs::write(&record_path, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
             let resume = RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 4) };
             let mut engine = Affine::new(0);
             let err = train(&module(1), &mut engine, &resume).unwrap_err();
             let message = err.to_string();
-            assert!(message.contains(&format!("invalid `{field}`")), "{message}");
+            assert!(message.contains(expected), "{message}");
             assert!(message.contains("step-00000002/checkpoint.json"), "{message}");
-            assert_eq!(engine.steps_run, 0, "{field}: no step runs");
+            assert_eq!(engine.steps_run, 0, "{expected}: no step runs");
         }
 
         // The record as netc wrote it resumes.

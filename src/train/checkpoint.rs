@@ -71,6 +71,10 @@ pub enum CheckpointError {
     #[diagnostic(help("netc computes `{field}` from the seed and the step, so restore the value it wrote, or resume from an older checkpoint in the same checkpoints folder"))]
     EditedField { path: PathBuf, field: &'static str, reason: String },
 
+    #[error("the data position in {} does not follow from its step: {reason}", path.display())]
+    #[diagnostic(help("if the model's batch size changed since the checkpoint, a resume cannot continue it: start a new run from it with --init-from. Otherwise `data.cursor` was edited: restore the value netc wrote"))]
+    DataPosition { path: PathBuf, reason: String },
+
     #[error("{} does not match the model:\n{}", path.display(), problems.join("\n"))]
     #[diagnostic(help("resume with the .net file and --set values the checkpoint was trained with, or start from it with --init-from"))]
     Mismatch { path: PathBuf, problems: Vec<String> },
@@ -349,11 +353,11 @@ pub fn check_data_position(
     let path = dir.join(RECORD_FILE);
     if record.data.cursor != cursor {
         let found = record.data.cursor;
-        return Err(CheckpointError::EditedField {
+        return Err(CheckpointError::DataPosition {
             path,
-            field: "data.cursor",
             reason: format!(
-                "it is {{ epoch: {}, batch: {} }}, but step {} is at {{ epoch: {}, batch: {} }}",
+                "`data.cursor` is {{ epoch: {}, batch: {} }}, but with this run's batch size \
+                 step {} is at {{ epoch: {}, batch: {} }}",
                 found.epoch, found.batch, record.step, cursor.epoch, cursor.batch
             ),
         });

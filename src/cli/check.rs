@@ -239,12 +239,13 @@ fn check_grad(module: &Module, device: &DeviceArgs) -> miette::Result<ExitCode> 
     let step_width = checks.iter().map(|c| c.step.len()).max().unwrap_or(0).max("step".len());
     println!(
         "gradient check of {} on {}: autodiff against central differences along a random \
-         sign vector, relative step {}, tolerance {}",
+         sign vector, relative step {}; a difference passes within `allowed`, {} of the \
+         larger value plus the f32 rounding of the loss over 2h",
         module.name, gpu.info.name, options.step_size, options.rtol
     );
     println!(
-        "{:<step_width$}  {:<width$}  {:>13}  {:>13}  {:>9}  result",
-        "step", "parameter", "autodiff", "numeric", "h"
+        "{:<step_width$}  {:<width$}  {:>13}  {:>13}  {:>9}  {:>9}  result",
+        "step", "parameter", "autodiff", "numeric", "allowed", "h"
     );
     for c in &checks {
         let result = match c.verdict {
@@ -254,8 +255,8 @@ fn check_grad(module: &Module, device: &DeviceArgs) -> miette::Result<ExitCode> 
             Verdict::Inconclusive => "inconclusive: below the loss's f32 resolution",
         };
         println!(
-            "{:<step_width$}  {:<width$}  {:>13.6e}  {:>13.6e}  {:>9.2e}  {result}",
-            c.step, c.param, c.analytic, c.numeric, c.step_size
+            "{:<step_width$}  {:<width$}  {:>13.6e}  {:>13.6e}  {:>9.2e}  {:>9.2e}  {result}",
+            c.step, c.param, c.analytic, c.numeric, c.allowed, c.step_size
         );
     }
     let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();

@@ -221,3 +221,28 @@ fn watch_recompiles_after_edit() {
         assert!(!nested.exists(), "a run folder inside a checkpoint: {}", nested.display());
     }
 }
+
+#[test]
+fn resume_keeps_checkpoint_set_values() {
+    let work = workspace();
+    let netc = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_netc"))
+            .current_dir(work.path())
+            .args(["run", "tiny.net", "--train", "facades", "--data", "data", "--quiet"])
+            .args(["--out", "run"])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "netc {args:?} failed:\n{stderr}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    netc(&["--steps", "2", "--set", "ngf=2"]);
+
+    // Setting one value again keeps the checkpoint's ngf=2, which the weights need.
+    let stdout = netc(&["--steps", "3", "--resume", "run", "--set", "size=16"]);
+    assert!(stdout.contains("trained steps 3..3 "), "{stdout}");
+    let record = checkpoint::load(&work.path().join("run")).unwrap().record;
+    assert_eq!(record.model.overrides, ["ngf=2", "size=16"]);
+}

@@ -92,8 +92,8 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
     }
 }
 
-/// Returns the `--set` values of a training run: the command line's, or on `--resume`
-/// without any, the ones the checkpoint was trained with. Also rejects a resume whose run
+/// Returns the `--set` values of a training run: the command line's, and on `--resume` the
+/// ones the checkpoint was trained with that the command line does not set again. Also rejects a resume whose run
 /// has already reached `--steps`, before any data is loaded.
 fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
     let Some(dir) = &args.resume else {
@@ -110,14 +110,20 @@ fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
             ));
         }
     }
-    if !args.model.set.is_empty() || record.model.overrides.is_empty() {
+    if record.model.overrides.is_empty() {
         return Ok(args.model.set.clone());
     }
+    // The command line's values replace the checkpoint's of the same name.
+    let name = |value: &str| value.split_once('=').map_or(value, |(n, _)| n).trim().to_string();
+    let given: Vec<String> = args.model.set.iter().map(|v| name(v)).collect();
+    let mut overrides: Vec<String> =
+        record.model.overrides.into_iter().filter(|v| !given.contains(&name(v))).collect();
     tracing::info!(
-        overrides = record.model.overrides.join(" "),
+        overrides = overrides.join(" "),
         "using the --set values the checkpoint was trained with"
     );
-    Ok(record.model.overrides)
+    overrides.extend(args.model.set.iter().cloned());
+    Ok(overrides)
 }
 
 /// `netc run FILE --train NAME`: compiles the model, opens the device and hands the run to

@@ -115,9 +115,9 @@ fn resume_overrides(args: &RunArgs) -> miette::Result<Vec<String>> {
     }
     // The command line's values replace the checkpoint's of the same name.
     let name = |value: &str| value.split_once('=').map_or(value, |(n, _)| n).trim().to_string();
-    let given: Vec<String> = args.model.set.iter().map(|v| name(v)).collect();
+    let set_again: Vec<String> = args.model.set.iter().map(|v| name(v)).collect();
     let mut overrides: Vec<String> =
-        record.model.overrides.into_iter().filter(|v| !given.contains(&name(v))).collect();
+        record.model.overrides.into_iter().filter(|v| !set_again.contains(&name(v))).collect();
     tracing::info!(
         overrides = overrides.join(" "),
         "using the --set values the checkpoint was trained with"

@@ -974,6 +974,14 @@ mod gan {
         for role in ["conv2d_weight_grad", "batch_norm_input_grad", "dropout_grad", "slice"] {
             assert!(names.iter().any(|n| n.ends_with(role)), "no {role} kernel in {names:?}");
         }
+        // The batch-norm gradients read the statistics that the forward pass saved.
+        for kernel in program.kernels.iter().filter(|k| k.name.contains("batch_norm_")) {
+            let role = kernel.name.rsplit('.').next().unwrap_or_default();
+            if matches!(role, "batch_norm_scale_grad" | "batch_norm_input_grad") {
+                let saved = kernel.bindings.iter().any(|b| b.name == "saved");
+                assert!(saved, "{} recomputes the batch statistics", kernel.name);
+            }
+        }
 
         // The discriminator's updates run after its backward pass and before any node of
         // the generator step; the generator's come last.

@@ -11,8 +11,9 @@
 //! a geometry the GEMM generator rejects.
 
 use super::elementwise::{elementwise_chunks, Chunk};
+use super::norm::STATS_AUX;
 use super::wgsl::{f32_literal, fill, i, u};
-use super::{Binding, CodegenError, Grid, Kernel, LowerContext};
+use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::{NodeId, Op};
 
 const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
@@ -21,6 +22,7 @@ const DROPOUT: &str = include_str!("../../shaders/dropout.wgsl");
 const BINARY: &str = include_str!("../../shaders/binary.wgsl");
 const CONV2D_WEIGHT_GRAD: &str = include_str!("../../shaders/conv2d_weight_grad.wgsl");
 const BATCH_NORM_GRAD_STATS: &str = include_str!("../../shaders/batch_norm_grad_stats.wgsl");
+const BATCH_NORM_SAVED_STATS: &str = include_str!("../../shaders/batch_norm_saved_stats.wgsl");
 const BATCH_NORM_SCALE_GRAD: &str = include_str!("../../shaders/batch_norm_scale_grad.wgsl");
 const BATCH_NORM_INPUT_GRAD: &str = include_str!("../../shaders/batch_norm_input_grad.wgsl");
 const LOSS_GRAD: &str = include_str!("../../shaders/loss_grad.wgsl");
@@ -100,6 +102,43 @@ fn batch_norm_constants(
     ]
 }
 
+/// Returns the statistics buffer of the forward batch_norm that normalized this gradient
+/// op's x (operand 0) with `eps`, when exactly one did. The forward pass keeps it for the
+/// whole program, so the backward kernels read the mean and variance instead of two more
+/// passes over x.
+fn saved_statistics(ctx: &LowerContext<'_>, eps: f32) -> Option<Resource> {
+    let x = ctx.operands()[0];
+    let forward: Vec<NodeId> = ctx
+        .graph
+        .users(x)
+        .into_iter()
+        .filter(|&(user, slot)| {
+            slot == 0 && matches!(ctx.graph.node(user).op, Op::BatchNorm { eps: e, .. } if e == eps)
+        })
+        .map(|(user, _)| user)
+        .collect();
+    match forward.as_slice() {
+        [node] if ctx.mode.uses_batch_statistics() => {
+            Some(Resource::Aux { node: *node, index: STATS_AUX })
+        }
+        _ => None,
+    }
+}
+
+/// Returns the statistics snippet of a batch-norm gradient kernel and the binding it
+/// needs: the saved statistics when [`saved_statistics`] finds them, else a recomputation
+/// from x.
+fn statistics_source(
+    ctx: &LowerContext<'_>,
+    eps: f32,
+    channels: usize,
+) -> (&'static str, Option<Binding>) {
+    match saved_statistics(ctx, eps) {
+        Some(stats) => (BATCH_NORM_SAVED_STATS, Some(Binding::read("saved", stats, 2 * channels))),
+        None => (BATCH_NORM_GRAD_STATS, None),
+    }
+}
+
 pub(super) fn lower_batch_norm_scale_grad(
     ctx: &LowerContext<'_>,
     eps: f32,
@@ -108,8 +147,10 @@ pub(super) fn lower_batch_norm_scale_grad(
     let dims = ctx.operand_dims(0);
     let grid = channel_grid(ctx, role, dims[1])?;
     let constants = batch_norm_constants(ctx, &dims, eps);
-    let body = format!("{WORKGROUP_SUM}\n{BATCH_NORM_GRAD_STATS}\n{BATCH_NORM_SCALE_GRAD}");
-    let bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("scale_grad")];
+    let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
+    let body = format!("{WORKGROUP_SUM}\n{statistics}\n{BATCH_NORM_SCALE_GRAD}");
+    let mut bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("scale_grad")];
+    bindings.extend(saved);
     let flops = 8 * ctx.graph.shape(ctx.operands()[0]).numel() as u64;
     Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
 }
@@ -122,8 +163,9 @@ pub(super) fn lower_batch_norm_input_grad(
     let dims = ctx.dims().to_vec();
     let grid = channel_grid(ctx, role, dims[1])?;
     let constants = batch_norm_constants(ctx, &dims, eps);
-    let body = format!("{WORKGROUP_SUM}\n{BATCH_NORM_GRAD_STATS}\n{BATCH_NORM_INPUT_GRAD}");
-    let bindings = vec![
+    let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
+    let body = format!("{WORKGROUP_SUM}\n{statistics}\n{BATCH_NORM_INPUT_GRAD}");
+    let mut bindings = vec![
         ctx.read("x", 0),
         ctx.read("scale", 1),
         ctx.read("dy", 2),
@@ -131,6 +173,7 @@ pub(super) fn lower_batch_norm_input_grad(
         ctx.read("offset_grad", 4),
         ctx.output("dx"),
     ];
+    bindings.extend(saved);
     let flops = 12 * ctx.numel() as u64;
     Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
 }

@@ -144,8 +144,32 @@ impl ParamStore {
         seed: u64,
     ) -> Result<ParamStore, RuntimeError> {
         let store = Self::packed(gpu, module, arenas)?;
-        for (id, decl) in module.params.iter().enumerate() {
-            store.upload(gpu, id, &initial_values(decl, seed)?)?;
+        // New buffers are zero-filled, so zero-initialized tensors (optimizer moments,
+        // offsets) need no upload. The others are drawn on one thread per core: each
+        // parameter has its own random stream, so the values do not depend on the split.
+        let drawn: Vec<ParamId> = (0..module.params.len())
+            .filter(|&id| module.params[id].init != Init::Constant { value: 0.0 })
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).max(1);
+        let per_thread = drawn.len().div_ceil(threads).max(1);
+        let values: Vec<Result<Vec<f32>, RuntimeError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = drawn
+                .chunks(per_thread)
+                .map(|ids| {
+                    scope.spawn(move || {
+                        ids.iter()
+                            .map(|&id| initial_values(&module.params[id], seed))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("an initialization thread panicked"))
+                .collect()
+        });
+        for (&id, values) in drawn.iter().zip(values) {
+            store.upload(gpu, id, &values?)?;
         }
         Ok(store)
     }

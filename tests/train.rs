@@ -1404,6 +1404,26 @@ mod run {
     }
 
     #[test]
+    fn resume_removes_interrupted_writes() {
+        let data = data_root(3);
+        let runs = tempfile::tempdir().unwrap();
+        let run = runs.path().join("r");
+        train(&module(1), &mut Affine::new(0), &options(data.path(), &run, 2)).unwrap();
+        // What a process killed mid-write leaves: a temporary file and a checkpoint folder.
+        std::fs::write(run.join(".tmp-AB12CD"), "partial").unwrap();
+        let folder = run.join("checkpoints/.tmp-checkpoint-EF34GH");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("weights.safetensors"), "partial").unwrap();
+        std::fs::write(run.join("keep.txt"), "the user's").unwrap();
+
+        let resume = RunOptions { resume: Some(run.clone()), ..options(data.path(), &run, 3) };
+        train(&module(1), &mut Affine::new(0), &resume).unwrap();
+        assert!(!run.join(".tmp-AB12CD").exists());
+        assert!(!folder.exists());
+        assert!(run.join("keep.txt").exists(), "other files stay");
+    }
+
+    #[test]
     fn resume_rejects_edited_data_position() {
         let data = data_root(3);
         let runs = tempfile::tempdir().unwrap();

@@ -83,6 +83,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
+    if args.watch && args.train.is_none() {
+        return Err(miette::miette!(
+            help = "pass --train NAME to train with --watch, or use netc check --watch FILE",
+            "--watch applies to training runs only"
+        ));
+    }
     match &args.train {
         Some(dataset) => train(args, dataset),
         None if !args.infer.is_empty() => super::infer::run(args),

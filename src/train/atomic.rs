@@ -33,6 +33,33 @@ pub fn temp_file_in(dir: &Path) -> std::io::Result<NamedTempFile> {
     builder.tempfile_in(dir)
 }
 
+/// Removes the temporary files and folders whose names start with `.tmp-` from `dir`, and
+/// returns how many it removed. [`temp_file_in`] and the checkpoint writer leave them when
+/// a process is killed mid-write. Only one run writes to a run folder, so at the start of
+/// a run none of them is in use.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let path = entry.path();
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "failed to remove a temporary file")
+            }
+        }
+    }
+    removed
+}
+
 /// Flushes a folder's entries, so a rename inside it survives a power loss. A failure only
 /// weakens that guarantee, so it is logged, not returned.
 pub fn sync_dir(dir: &Path) {

@@ -248,6 +248,16 @@ pub fn train_on(
     let run_dir = run_folder(module, options)?;
     std::fs::create_dir_all(&run_dir)
         .map_err(|source| ReportError::Write { path: run_dir.clone(), source })?;
+    for dir in [
+        run_dir.clone(),
+        run_dir.join(report::IMAGES_DIR),
+        run_dir.join(checkpoint::CHECKPOINTS_DIR),
+    ] {
+        let removed = crate::train::atomic::remove_stale_temporaries(&dir);
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed temporary files of an interrupted write");
+        }
+    }
 
     let mut seed = options.seed;
     let resumed = match &options.resume {

@@ -2,6 +2,8 @@
 //! `.net` file per kind of mistake under `tests/net/errors/` with its rendered
 //! diagnostics as an insta snapshot, and a proptest fuzz target over a kept corpus.
 
+mod support;
+
 use netc::frontend::{compile_file, compile_source, Diagnostics, ErrorKind};
 use netc::ir::{self, Init, Module, Op, ParamKind};
 use std::path::Path;
@@ -697,8 +699,7 @@ mod cli {
         let dir = tempfile::tempdir().unwrap();
         let out = netc(&["graph", "models/pix2pix.net", "-o", dir.path().to_str().unwrap()]);
         assert!(!out.status.success());
-        // miette wraps long lines, so the words are compared with single spaces.
-        let text = stderr(&out).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = crate::support::report_words(stderr(&out).as_bytes());
         assert!(text.contains("is a folder, but netc graph writes one file"), "{text}");
         assert!(text.contains("pix2pix.dot"), "{text}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
@@ -713,8 +714,7 @@ mod cli {
         let path = model.to_str().unwrap();
         let out = netc(&["graph", path, "-o", path]);
         assert!(!out.status.success());
-        let message =
-            stderr(&out).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        let message = crate::support::report_words(stderr(&out).as_bytes());
         assert!(message.contains("is the model file, which the output would replace"));
         assert!(message.contains("choose another path for -o"), "{message}");
         assert_eq!(std::fs::read_to_string(&model).unwrap(), text, "the model is unchanged");

@@ -1,6 +1,8 @@
 //! Inference end to end on the device: image files of every supported kind through a
 //! small generator to PNG files, seeded initialization, and the paired-image split.
 
+mod support;
+
 use netc::codegen::Mode;
 use netc::infer::{load_input, Generator, InferError};
 use netc::ir::{
@@ -364,12 +366,7 @@ fn netc_run_infer_rejects_file_as_output() {
     std::fs::write(dir.path().join("out.png"), b"keep me").unwrap();
     let output = netc_infer(dir.path(), "out.png", &[]);
     assert!(!output.status.success());
-    // miette wraps long lines, so the words are compared with single spaces.
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let stderr = support::report_words(&output.stderr);
     assert!(stderr.contains("out.png is a file, but netc run --infer writes"), "{stderr}");
     assert!(stderr.contains("pass a folder to -o"), "{stderr}");
     assert_eq!(std::fs::read(dir.path().join("out.png")).unwrap(), b"keep me");
@@ -384,11 +381,7 @@ fn netc_run_infer_keeps_input_images() {
     // `-o .` beside the input: the output pair.png would replace the input pair.png.
     let output = netc_infer(dir.path(), ".", &[]);
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let stderr = support::report_words(&output.stderr);
     assert!(stderr.contains("would replace the input image"), "{stderr}");
     assert!(stderr.contains("choose another folder with -o"), "{stderr}");
     assert_eq!(std::fs::read(dir.path().join("pair.png")).unwrap(), before);

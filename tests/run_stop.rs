@@ -8,28 +8,19 @@
 use netc::train::checkpoint;
 use netc::train::report::{read_losses, LOSSES_FILE};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::facades_train;
 
 const TINY: &str = include_str!("net/tiny_pix2pix.net");
 
 /// How long any one wait of these tests may take before it fails.
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-fn facades_train() -> PathBuf {
-    let dir = match std::env::var_os("NETC_FACADES_TRAIN") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/facades/train"),
-    };
-    assert!(
-        dir.is_dir(),
-        "the facades training pairs are not at {}; set NETC_FACADES_TRAIN to their folder",
-        dir.display()
-    );
-    dir
-}
 
 /// Creates a folder with `tiny.net` and the first six real pairs in `data/facades/train/`.
 fn workspace() -> tempfile::TempDir {

@@ -1,6 +1,8 @@
 //! The WGSL netc emits, with no device: every op kind's kernels validate with naga, and
 //! their text is pinned by insta snapshots so that any change shows up as a diff.
 
+mod support;
+
 use netc::codegen::{lower_graph, validate_wgsl, Kernel, Mode, Target, Tuning};
 use netc::ir::{Graph, Init, Module, NodeId, Op, ParamDecl, ParamKind, Shape};
 
@@ -224,12 +226,7 @@ fn netc_shaders_rejects_file_as_folder() {
         .output()
         .expect("netc runs");
     assert!(!output.status.success());
-    // miette wraps long lines, so the words are compared with single spaces.
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let stderr = support::report_words(&output.stderr);
     assert!(stderr.contains("notes.txt is a file, but netc shaders writes"), "{stderr}");
     assert!(stderr.contains("pass a folder to -o"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");

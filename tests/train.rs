@@ -3,21 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// Returns the folder of the 400 facades training pairs (512x256 JPEGs, photo left, label
-/// map right): `$NETC_FACADES_TRAIN`, else `../shared/data/facades/train` beside the
-/// repository.
-fn facades_train() -> PathBuf {
-    let dir = match std::env::var_os("NETC_FACADES_TRAIN") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/facades/train"),
-    };
-    assert!(
-        dir.is_dir(),
-        "the facades training pairs are not at {}; set NETC_FACADES_TRAIN to their folder",
-        dir.display()
-    );
-    dir
-}
+mod support;
+
+use support::{facades_train, report_words};
 
 /// Returns the permission bits of `path` and of a file that `File::create` makes beside
 /// it, which has the mode the process umask gives ordinary files (0644 under umask 022).
@@ -1520,12 +1508,7 @@ mod run {
             .output()
             .expect("netc runs");
         assert!(!output.status.success());
-        // miette wraps long lines, so the words are compared with single spaces.
-        let stderr = String::from_utf8_lossy(&output.stderr)
-            .replace('│', " ")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let stderr = report_words(&output.stderr);
         assert!(stderr.contains("results.txt is a file, but netc run --train writes"), "{stderr}");
         assert!(stderr.contains("pass a folder to --out"), "{stderr}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");

@@ -129,11 +129,11 @@ impl Program {
             mapped_at_creation: false,
         });
 
-        let (pipelines, shaders) = create_pipelines(gpu, kernels)?;
+        let keys: Vec<[u8; 32]> = kernels.iter().map(kernel_key).collect();
+        let (pipelines, shaders) = create_pipelines(gpu, kernels, &keys)?;
         let mut compiled = Vec::with_capacity(kernels.len());
-        for kernel in kernels {
-            let key = kernel_key(kernel);
-            let CachedPipeline { pipeline, layout } = &pipelines[&key];
+        for (kernel, key) in kernels.iter().zip(&keys) {
+            let CachedPipeline { pipeline, layout } = &pipelines[key];
             let shape = shape_buffer(gpu, kernel)?;
             let entries: Vec<wgpu::BindGroupEntry> = kernel
                 .bindings
@@ -426,17 +426,18 @@ fn shape_buffer(gpu: &Gpu, kernel: &Kernel) -> Result<Option<wgpu::Buffer>, Runt
     Ok(Some(buffer))
 }
 
-/// Creates the pipeline of every distinct kernel of `kernels`, or takes it from the device's
-/// kernel cache, and counts both. Pipelines are created on one thread per CPU core, because
-/// a CPU adapter such as lavapipe compiles each one on the calling thread.
+/// Creates the pipeline of every distinct kernel of `kernels`, whose cache keys are `keys`,
+/// or takes it from the device's kernel cache, and counts both. Pipelines are created on
+/// one thread per CPU core, because a CPU adapter such as lavapipe compiles each one on
+/// the calling thread.
 fn create_pipelines(
     gpu: &Gpu,
     kernels: &[Kernel],
+    keys: &[[u8; 32]],
 ) -> Result<(HashMap<[u8; 32], CachedPipeline>, CacheCounts), RuntimeError> {
     let mut distinct: Vec<([u8; 32], &Kernel)> = Vec::new();
     let mut seen = HashSet::new();
-    for kernel in kernels {
-        let key = kernel_key(kernel);
+    for (kernel, &key) in kernels.iter().zip(keys) {
         if seen.insert(key) {
             distinct.push((key, kernel));
         }

@@ -3,9 +3,10 @@
 //!
 //! Needs: a verified graph, so every node has a concrete shape and the operands its op
 //! takes. Guarantees: each [`Kernel`] carries its WGSL with its sizes baked in as
-//! constants (a convolution reads all but its window, stride and padding from its own
-//! uniform block, [`Kernel::shape`]), the buffers it binds in binding order, and its
-//! dispatch grid already folded to the target's per-dimension limit. [`lower_graph`] rejects a kernel whose
+//! constants, the buffers it binds in binding order, and its dispatch grid already folded
+//! to the target's per-dimension limit. A convolution is the exception to the constants:
+//! it reads all but its window, stride and padding from its own uniform block
+//! ([`Kernel::shape`]). [`lower_graph`] rejects a kernel whose
 //! binding is larger than `maxStorageBufferBindingSize` or that binds more storage buffers
 //! than `maxStorageBuffersPerShaderStage`, naming the kernel, the size and the limit.
 //!
@@ -45,7 +46,7 @@ pub enum Resource {
     /// batch statistics (index 0) that a backward kernel reads again. Its size in `f32`s is
     /// the binding's `elements`.
     Aux { node: NodeId, index: u32 },
-    /// A packed buffer of the parameter store that holds several tensors at aligned
+    /// A packed buffer of the parameter store that contains several tensors at aligned
     /// offsets, indexed like the arena list the program was compiled with. The fused
     /// optimizer kernels bind a whole arena of parameters, gradients or moments.
     Arena(u32),

@@ -1,12 +1,13 @@
 //! Times the implicit-GEMM convolution kernels on the pix2pix layer shapes (256x256,
-//! ngf = ndf = 64, batch 1) and prints GFLOP/s for the naive tiling and the chosen one.
+//! ngf = ndf = 64, batch 1, unless `--size` and `--ngf` say otherwise) and prints GFLOP/s
+//! for the naive tiling and the chosen one.
 //!
 //! Columns: GFLOP/s by wall time (`naive`, `tiled`) and by CPU time spread over all cores
 //! (`naive/c`, `tiled/c`), then the seconds to create the tiled pipeline.
 //!
 //! Usage: `cargo run --release --example gemm_bench -- [--layers e2,d6] [--ops fwd,wgrad]
 //! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/unchecked][/baked]]... [--samples N] [--no-naive]
-//! [--baked]`. Each figure is the median of `--samples` timed submits, each of enough
+//! [--baked] [--ngf N] [--size S]`. Each figure is the median of `--samples` timed submits, each of enough
 //! back-to-back dispatches to take about 0.25 s. `/unchecked` creates the module without
 //! wgpu's bounds checks, and `/baked` bakes every size into the shader instead of reading
 //! some from its uniform block. `--baked` adds the baked variant of the chosen tiling, so
@@ -17,53 +18,51 @@ use std::time::Instant;
 use wgpu::util::DeviceExt;
 
 struct Layer {
-    name: &'static str,
+    name: String,
     forward: ConvOp,
     geometry: ConvGeometry,
 }
 
-/// Lists the convolutions of pix2pix at 256x256 with 64 base channels and batch 1.
-fn pix2pix_layers() -> Vec<Layer> {
+/// Lists the convolutions of `models/pix2pix.net` at batch 1, `size` x `size` images and
+/// `ngf` = `ndf` base channels, under the model's layer names (`d1` is the output layer,
+/// `l1`..`logits` the discriminator's).
+fn pix2pix_layers(ngf: usize, size: usize) -> Vec<Layer> {
+    let levels = size.trailing_zeros() as usize;
+    let width = |level: usize| ngf << (level - 1).min(3);
     let mut layers = Vec::new();
-    let encoder = [3, 64, 128, 256, 512, 512, 512, 512, 512];
-    let names = ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8"];
-    for (i, name) in names.iter().enumerate() {
-        let size = 256 >> i;
-        let g = ConvGeometry::conv2d(
-            1,
-            encoder[i],
-            [size, size],
-            encoder[i + 1],
-            [4, 4],
-            [2, 2],
-            [1, 1],
-        );
-        layers.push(Layer { name, forward: ConvOp::Conv2d, geometry: g });
+    let conv = |ci, co, s: usize, stride| {
+        ConvGeometry::conv2d(1, ci, [s, s], co, [4, 4], [stride; 2], [1, 1])
+    };
+    for level in 1..=levels {
+        let ci = if level == 1 { 3 } else { width(level - 1) };
+        let g = conv(ci, width(level), size >> (level - 1), 2);
+        layers.push(Layer { name: format!("e{level}"), forward: ConvOp::Conv2d, geometry: g });
     }
-    // Decoder d1 is the innermost: it reads the 1x1 bottleneck.
-    let decoder = [
-        (512, 512),
-        (1024, 512),
-        (1024, 512),
-        (1024, 512),
-        (1024, 256),
-        (512, 128),
-        (256, 64),
-        (128, 3),
+    for level in (1..=levels).rev() {
+        // Each decoder level below the innermost reads the previous level and a skip.
+        let ci = if level == levels { width(levels) } else { 2 * width(level) };
+        let co = if level == 1 { 3 } else { width(level - 1) };
+        let s = size >> level;
+        let g = ConvGeometry::conv_transpose2d(1, ci, [s, s], co, [4, 4], [2, 2], [1, 1], [0, 0]);
+        layers.push(Layer {
+            name: format!("d{level}"),
+            forward: ConvOp::ConvTranspose2d,
+            geometry: g,
+        });
+    }
+    let disc = [
+        ("l1", 6, ngf, 2, size),
+        ("l2", ngf, 2 * ngf, 2, size / 2),
+        ("l3", 2 * ngf, 4 * ngf, 2, size / 4),
+        ("l4", 4 * ngf, 8 * ngf, 1, size / 8),
+        ("logits", 8 * ngf, 1, 1, size / 8 - 1),
     ];
-    let names = ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"];
-    for (i, (name, (ci, co))) in names.iter().zip(decoder).enumerate() {
-        let size = 1 << i;
-        let g =
-            ConvGeometry::conv_transpose2d(1, ci, [size, size], co, [4, 4], [2, 2], [1, 1], [0, 0]);
-        layers.push(Layer { name, forward: ConvOp::ConvTranspose2d, geometry: g });
-    }
-    let disc =
-        [(6, 64, 2, 256), (64, 128, 2, 128), (128, 256, 2, 64), (256, 512, 1, 32), (512, 1, 1, 31)];
-    let names = ["D1", "D2", "D3", "D4", "D5"];
-    for (name, (ci, co, s, size)) in names.iter().zip(disc) {
-        let g = ConvGeometry::conv2d(1, ci, [size, size], co, [4, 4], [s, s], [1, 1]);
-        layers.push(Layer { name, forward: ConvOp::Conv2d, geometry: g });
+    for (name, ci, co, stride, s) in disc {
+        layers.push(Layer {
+            name: name.to_string(),
+            forward: ConvOp::Conv2d,
+            geometry: conv(ci, co, s, stride),
+        });
     }
     layers
 }
@@ -352,6 +351,10 @@ fn main() {
         value("--layers").map(|s| s.split(',').map(String::from).collect());
     let ops = value("--ops").unwrap_or_else(|| "fwd,wgrad".to_string());
     let samples: usize = value("--samples").map_or(5, |s| s.parse().expect("--samples"));
+    let ngf: usize = value("--ngf").map_or(64, |s| s.parse().expect("--ngf"));
+    let size: usize = value("--size").map_or(256, |s| s.parse().expect("--size"));
+    assert!(size.is_power_of_two(), "--size must be a power of two");
+    assert!(size >= 64, "--size must be at least 64");
     let extra: Vec<Variant> = args
         .iter()
         .enumerate()
@@ -375,8 +378,8 @@ fn main() {
         "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  tiling",
         "layer", "op", "M", "N", "K", "GFLOP", "naive", "naive/c", "tiled", "tiled/c", "compile"
     );
-    for layer in pix2pix_layers() {
-        if layers_filter.as_ref().is_some_and(|f| !f.iter().any(|n| n == layer.name)) {
+    for layer in pix2pix_layers(ngf, size) {
+        if layers_filter.as_ref().is_some_and(|f| !f.iter().any(|n| *n == layer.name)) {
             continue;
         }
         for (tag, op) in [("fwd", layer.forward), ("wgrad", weight_grad(layer.forward))] {

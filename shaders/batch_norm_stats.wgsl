@@ -1,6 +1,8 @@
 // Batch statistics: one workgroup per channel c computes the mean and the biased
 // variance over the M = N * S elements of the channel (S = spatial size), in two passes
-// with compensated sums, and stores them as stats[c] and stats[C + c].
+// with compensated sums, and stores them as stats[c] and stats[C + c]. The second pass
+// also sums the deviations from the first pass's mean, which are zero but for that
+// mean's rounding error, and corrects the mean and the variance by their average.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -17,21 +19,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         compensation = (next - sum) - v;
         sum = next;
     }
-    let mean = workgroup_sum(lid, sum) / f32(M);
+    let first_mean = workgroup_sum(lid, sum) / f32(M);
 
     sum = 0.0;
     compensation = 0.0;
+    var deviations = 0.0;
     for (var j = lid; j < M; j += WG) {
-        let d = x[((j / S) * C + c) * S + j % S] - mean;
+        let d = x[((j / S) * C + c) * S + j % S] - first_mean;
+        deviations += d;
         let v = d * d - compensation;
         let next = sum + v;
         compensation = (next - sum) - v;
         sum = next;
     }
-    let variance = workgroup_sum(lid, sum) / f32(M);
+    let correction = workgroup_sum(lid, deviations) / f32(M);
+    let variance = max(workgroup_sum(lid, sum) / f32(M) - correction * correction, 0.0);
 
     if (lid == 0u) {
-        stats[c] = mean;
+        stats[c] = first_mean + correction;
         stats[C + c] = variance;
     }
 }

@@ -59,6 +59,16 @@ fn lower_gemm(
             Operand::Output => ctx.output("dst"),
             Operand::Shape => Binding::shape("shape", generated.shape.len()),
         })
+        .enumerate()
+        .map(
+            |(index, binding)| {
+                if index == 0 && generated.lhs_vectors {
+                    binding.vec4()
+                } else {
+                    binding
+                }
+            },
+        )
         .collect();
     let wgsl = format!("// netc kernel {name}\n\n{}", generated.wgsl);
     Ok(Some(Kernel {

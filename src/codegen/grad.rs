@@ -16,7 +16,6 @@ use super::wgsl::{f32_literal, fill, i, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::{NodeId, Op};
 
-const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
 const RANDOM: &str = include_str!("../../shaders/random.wgsl");
 const DROPOUT: &str = include_str!("../../shaders/dropout.wgsl");
 const BINARY: &str = include_str!("../../shaders/binary.wgsl");
@@ -94,7 +93,7 @@ fn batch_norm_constants(
 ) -> Vec<(&'static str, String)> {
     let spatial: usize = dims[2..].iter().product();
     vec![
-        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("WG", u(ctx.target.workgroup_sum().0)),
         ("C", u(dims[1] as u64)),
         ("S", u(spatial as u64)),
         ("M", u((dims[0] * spatial) as u64)),
@@ -148,7 +147,7 @@ pub(super) fn lower_batch_norm_scale_grad(
     let grid = channel_grid(ctx, role, dims[1])?;
     let constants = batch_norm_constants(ctx, &dims, eps);
     let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
-    let body = format!("{WORKGROUP_SUM}\n{statistics}\n{BATCH_NORM_SCALE_GRAD}");
+    let body = format!("{}\n{statistics}\n{BATCH_NORM_SCALE_GRAD}", ctx.target.workgroup_sum().1);
     let mut bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("scale_grad")];
     bindings.extend(saved);
     let flops = 8 * ctx.graph.shape(ctx.operands()[0]).numel() as u64;
@@ -164,7 +163,7 @@ pub(super) fn lower_batch_norm_input_grad(
     let grid = channel_grid(ctx, role, dims[1])?;
     let constants = batch_norm_constants(ctx, &dims, eps);
     let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
-    let body = format!("{WORKGROUP_SUM}\n{statistics}\n{BATCH_NORM_INPUT_GRAD}");
+    let body = format!("{}\n{statistics}\n{BATCH_NORM_INPUT_GRAD}", ctx.target.workgroup_sum().1);
     let mut bindings = vec![
         ctx.read("x", 0),
         ctx.read("scale", 1),

@@ -11,7 +11,6 @@ use super::wgsl::{f32_literal, fill, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::ParamId;
 
-const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
 const STATS: &str = include_str!("../../shaders/batch_norm_stats.wgsl");
 const APPLY: &str = include_str!("../../shaders/batch_norm_apply.wgsl");
 const UPDATE: &str = include_str!("../../shaders/batch_norm_update.wgsl");
@@ -31,7 +30,6 @@ pub(super) fn lower_batch_norm(
     let (n, c) = (dims[0], dims[1]);
     let spatial: usize = dims[2..].iter().product();
     let per_channel = n * spatial;
-    let wg = ctx.target.tuning.workgroup_size;
     let stats = Resource::Aux { node: ctx.node, index: STATS_AUX };
     let mut kernels = Vec::new();
 
@@ -41,13 +39,14 @@ pub(super) fn lower_batch_norm(
             c as u64,
             ctx.target.max_workgroups_per_dimension,
         )?;
+        let (wg, sum) = ctx.target.workgroup_sum();
         let constants = vec![
             ("WG", u(wg)),
             ("C", u(c as u64)),
             ("S", u(spatial as u64)),
             ("M", u(per_channel as u64)),
         ];
-        let body = format!("{WORKGROUP_SUM}\n{STATS}");
+        let body = format!("{sum}\n{STATS}");
         let bindings = vec![ctx.read("x", 0), Binding::write("stats", stats, 2 * c)];
         let flops = 4 * ctx.numel() as u64;
         kernels.push(ctx.kernel("batch_norm_stats", &body, &constants, bindings, grid, flops));
@@ -80,6 +79,7 @@ pub(super) fn lower_batch_norm(
     }
 
     if ctx.mode.updates_running_statistics() {
+        let wg = ctx.target.tuning.workgroup_size;
         let groups = (c as u64).div_ceil(u64::from(wg));
         let grid = Grid::fold(
             &ctx.kernel_name("batch_norm_update"),

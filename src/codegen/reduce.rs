@@ -8,7 +8,6 @@ use super::wgsl::{f32_literal, fill, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::Op;
 
-const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
 const AXES: &str = include_str!("../../shaders/reduce_axes.wgsl");
 const PARTIAL: &str = include_str!("../../shaders/reduce_partial.wgsl");
 const FINAL: &str = include_str!("../../shaders/reduce_final.wgsl");
@@ -56,8 +55,9 @@ pub(super) fn lower_sum(
         outputs as u64,
         ctx.target.max_workgroups_per_dimension,
     )?;
+    let (wg, sum) = ctx.target.workgroup_sum();
     let constants = vec![
-        ("WG", u(ctx.target.tuning.workgroup_size)),
+        ("WG", u(wg)),
         ("OUTPUTS", u(outputs as u64)),
         ("REDUCED", u(reduced_count as u64)),
         ("SCALE", f32_literal(scale as f32)),
@@ -69,7 +69,7 @@ pub(super) fn lower_sum(
             ("REDUCED", offset_statements(&dims, &reduced)),
         ],
     );
-    let body = format!("{WORKGROUP_SUM}\n{body}");
+    let body = format!("{sum}\n{body}");
     let bindings = vec![ctx.read("x", 0), ctx.output("y")];
     let flops = dims.iter().product::<usize>() as u64;
     Ok(vec![ctx.kernel(role, &body, &constants, bindings, grid, flops)])
@@ -129,7 +129,8 @@ fn full_reduction(
     mut inputs: Vec<Binding>,
 ) -> Result<Vec<Kernel>, CodegenError> {
     let tuning = &ctx.target.tuning;
-    let wg = u64::from(tuning.workgroup_size);
+    let (wg, sum) = ctx.target.workgroup_sum();
+    let wg = u64::from(wg);
     let parts = (terms as u64).div_ceil(wg * 16).clamp(1, u64::from(tuning.reduce_max_groups));
     let partials = Resource::Aux { node: ctx.node, index: PARTIALS_AUX };
 
@@ -140,14 +141,14 @@ fn full_reduction(
         ctx.target.max_workgroups_per_dimension,
     )?;
     let constants = vec![("WG", u(wg)), ("COUNT", u(terms as u64))];
-    let body = format!("{WORKGROUP_SUM}\n{}", fill(PARTIAL, &[("TERM", term)]));
+    let body = format!("{sum}\n{}", fill(PARTIAL, &[("TERM", term)]));
     inputs.push(Binding::write("partials", partials, parts as usize));
     let flops = 3 * terms as u64;
     let first = ctx.kernel(&partial_role, &body, &constants, inputs, grid, flops);
 
     let grid = Grid::fold(&ctx.kernel_name(role), 1, ctx.target.max_workgroups_per_dimension)?;
     let constants = vec![("WG", u(wg)), ("PARTS", u(parts)), ("SCALE", f32_literal(scale as f32))];
-    let body = format!("{WORKGROUP_SUM}\n{FINAL}");
+    let body = format!("{sum}\n{FINAL}");
     let bindings = vec![Binding::read("partials", partials, parts as usize), ctx.output("y")];
     let second = ctx.kernel(role, &body, &constants, bindings, grid, parts);
     Ok(vec![first, second])

@@ -2,6 +2,9 @@
 
 use super::{Access, CodegenError, Kernel};
 
+const WORKGROUP_SUM: &str = include_str!("../../shaders/workgroup_sum.wgsl");
+const SUBGROUP_SUM: &str = include_str!("../../shaders/subgroup_sum.wgsl");
+
 /// Tiling and work-per-invocation choices. They are data, not code, so a device can get
 /// the sizes that suit it without touching the lowerings.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +21,11 @@ pub struct Tuning {
     pub conv_pixel_tile: u32,
     /// Maximum workgroups of the first stage of a full reduction.
     pub reduce_max_groups: u32,
+    /// Invocations per workgroup of the kernels that sum with one workgroup per channel
+    /// or per output element (batch statistics and their gradients, sums over axes, the
+    /// stages of a full reduction). When it equals the adapter's fixed subgroup size,
+    /// they sum with `subgroupAdd` and no workgroup barrier.
+    pub reduction_workgroup_size: u32,
 }
 
 impl Default for Tuning {
@@ -28,6 +36,7 @@ impl Default for Tuning {
             conv_out_channel_tile: 8,
             conv_pixel_tile: 8,
             reduce_max_groups: 256,
+            reduction_workgroup_size: 256,
         }
     }
 }
@@ -68,6 +77,18 @@ impl Default for Target {
 }
 
 impl Target {
+    /// Returns the workgroup size of the summing kernels and the WGSL of their
+    /// `workgroup_sum`: a `subgroupAdd` when the workgroup is exactly one subgroup, else a
+    /// tree in workgroup memory.
+    pub fn workgroup_sum(&self) -> (u32, &'static str) {
+        let wg = self.tuning.reduction_workgroup_size;
+        if self.subgroups && self.subgroup_size == Some(wg) {
+            (wg, SUBGROUP_SUM)
+        } else {
+            (wg, WORKGROUP_SUM)
+        }
+    }
+
     /// The largest number of elements a chunked kernel binds at once: the binding limit,
     /// rounded down so that every chunk starts on the offset alignment.
     pub fn chunk_elements(&self) -> usize {

@@ -141,6 +141,12 @@ impl Gpu {
         let fixed = self.info.subgroup_min_size == self.info.subgroup_max_size;
         target.subgroup_size = (target.subgroups && fixed).then_some(self.info.subgroup_min_size);
         target.cpu = self.info.device_type == wgpu::DeviceType::Cpu;
+        // On lavapipe a per-channel sum over 256 invocations with barriers took 1-2 ms
+        // even for a 2x2 channel, and one-subgroup workgroups without barriers cut the
+        // ngf=16, 128x128 training step from 0.165 to 0.130 s (measured).
+        if let (true, Some(size)) = (target.cpu, target.subgroup_size) {
+            target.tuning.reduction_workgroup_size = size;
+        }
         target
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn kernel(
 
     let mut s = String::new();
     let uniforms = header(&mut s, p, t, [tiles_m, tiles_n], &grid, sizes);
-    bindings(&mut s, p.op, with_bias);
+    bindings(&mut s, p.op, with_bias, vector_a(p, t));
     if !uniforms.is_empty() {
         shape_block(&mut s, &uniforms, binding_roles(p.op, with_bias).len());
     }
@@ -45,6 +45,7 @@ pub(super) fn kernel(
     if !uniforms.is_empty() {
         roles.push(Operand::Shape);
     }
+
     Ok(GemmKernel {
         label: format!("{}_{}x{}x{}", p.op.name(), p.m, p.n, p.k),
         wgsl: s,
@@ -52,9 +53,16 @@ pub(super) fn kernel(
         bindings: roles,
         grid,
         uses_subgroups: t.subgroup_size.is_some(),
+        lhs_vectors: vector_a(p, t),
         flops: 0,
         shape: uniforms.iter().map(|u| u.value).collect(),
     })
+}
+
+/// Returns whether the kernel loads its A values four reduction steps at a time, as
+/// `vec4<f32>`: when a chunk is 4 steps and [`Problem::a_rows_are_vectors`].
+fn vector_a(p: &Problem, t: &Tiling) -> bool {
+    t.k_chunk == 4 && p.a_rows_are_vectors()
 }
 
 /// A size the shader reads from its uniform block instead of a constant.
@@ -144,15 +152,20 @@ fn header(
     uniforms
 }
 
-fn bindings(s: &mut String, op: ConvOp, with_bias: bool) {
+fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool) {
     let (a, b) = match op {
         ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("weight", "input"),
         ConvOp::Conv2dWeightGrad => ("output gradient", "input"),
         ConvOp::ConvTranspose2dWeightGrad => ("input", "output gradient"),
     };
+    let (a_note, a_type) = if lhs_vectors {
+        (", four reduction steps of a row per element", "vec4<f32>")
+    } else {
+        ("", "f32")
+    };
     let _ = writeln!(
         s,
-        "// A: the {a}.\n@group(0) @binding(0) var<storage, read> lhs: array<f32>;\n\
+        "// A: the {a}{a_note}.\n@group(0) @binding(0) var<storage, read> lhs: array<{a_type}>;\n\
          // B: the {b}.\n@group(0) @binding(1) var<storage, read> rhs: array<f32>;\n\
          @group(0) @binding(2) var<storage, read_write> dst: array<f32>;"
     );
@@ -265,12 +278,27 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         let _ = writeln!(s, "    var {}: f32;", names.join(": f32;\n    var "));
     }
     s.push_str(p.loop_setup());
+    let vectors = vector_a(p, t);
     let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
     for kk in 0..chunk {
         let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
         s.push_str(p.step_setup());
         let in_range = if ragged { " && k < K" } else { "" };
-        for r in 0..a_loads {
+        // K is a multiple of 4 with vectors, so no step of a chunk is out of range, and
+        // the first step's offset is a multiple of 4.
+        for r in (0..a_loads).filter(|_| vectors && kk == 0) {
+            let access = p.a_access(&format!("ar{r}"));
+            let _ = writeln!(
+                s,
+                "        let av{r} = select(vec4<f32>(), \
+                 lhs[select(0i, ({}) / 4, ar{r}_live)], ar{r}_live);",
+                access.offset
+            );
+            for (step, part) in ["x", "y", "z", "w"].iter().enumerate() {
+                let _ = writeln!(s, "        a{step}_{r} = av{r}.{part};");
+            }
+        }
+        for r in (0..a_loads).filter(|_| !vectors) {
             let access = p.a_access(&format!("ar{r}"));
             let extra = if access.valid.is_empty() {
                 String::new()

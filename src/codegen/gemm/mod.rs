@@ -217,9 +217,13 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
         },
     };
 
-    // No taller than the output, and small enough to give every thread some work.
+    // No taller than the output, no wider than it needs, and small enough to give every
+    // thread some work.
     let lanes = tiling.subgroup_size.unwrap_or(1);
     tiling.tile_m = tiling.tile_m.min(problem.m.next_multiple_of(lanes)).max(1);
+    while tiling.tile_n > 1 && tiling.workgroup_size * (tiling.tile_n / 2) >= problem.n {
+        tiling.tile_n /= 2;
+    }
     let workgroups = |t: &Tiling| {
         u64::from(problem.classes)
             * u64::from(problem.m.div_ceil(t.tile_m))
@@ -273,6 +277,9 @@ pub struct GemmKernel {
     pub grid: Grid,
     /// Whether the shader needs `Features::SUBGROUP`.
     pub uses_subgroups: bool,
+    /// Whether binding 0 (A) is declared as `array<vec4<f32>>`, four reduction steps of a
+    /// row per element, rather than `array<f32>`.
+    pub lhs_vectors: bool,
     pub flops: u64,
     /// The contents of the [`Operand::Shape`] uniform block, as `i32` and `u32` bits.
     pub shape: Vec<u32>,

@@ -85,6 +85,27 @@ impl Problem {
         }
     }
 
+    /// Returns the size `name` of [`Self::constants`].
+    fn constant(&self, name: &str) -> usize {
+        self.constants.iter().find(|(n, _)| *n == name).map_or(0, |&(_, v)| v)
+    }
+
+    /// Returns whether the four reduction steps from any multiple of 4 read four
+    /// consecutive A elements of a row, from an offset that is a multiple of 4, and `K`
+    /// is a multiple of 4. conv2d reads its weight row-major with `K = CI * KH * KW`, so
+    /// that holds when `KH * KW` is a multiple of 4. The weight gradients read an image
+    /// along its pixels, which holds when its rows (`DW`) are a multiple of 4 long.
+    /// conv_transpose2d steps through the weight's taps in parity classes, never in a row.
+    pub fn a_rows_are_vectors(&self) -> bool {
+        match self.op {
+            ConvOp::Conv2d => (self.constant("KH") * self.constant("KW")) % 4 == 0,
+            ConvOp::ConvTranspose2d => false,
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
+                self.constant("DW") % 4 == 0
+            }
+        }
+    }
+
     /// Returns the op's sizes as `(name, value)` pairs, declared as `i32` constants in the shader.
     pub fn constants(&self) -> &[(&'static str, usize)] {
         &self.constants

@@ -404,7 +404,7 @@ mod awkward {
 
     /// (batch, ci, size, co, kernel, stride, padding, output_padding) of each case.
     type Shape = (usize, usize, [usize; 2], usize, [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
-    const SHAPES: [Shape; 8] = [
+    const SHAPES: [Shape; 9] = [
         (1, 1, [1, 1], 1, [1, 1], [1, 1], [0, 0], [0, 0]),
         (1, 3, [7, 5], 5, [3, 3], [1, 1], [1, 1], [0, 0]),
         (2, 5, [11, 13], 7, [4, 4], [2, 2], [1, 1], [1, 1]),
@@ -413,6 +413,8 @@ mod awkward {
         (1, 17, [8, 8], 1, [4, 4], [1, 1], [1, 1], [0, 0]),
         (1, 9, [2, 2], 10, [5, 5], [3, 3], [2, 2], [2, 1]),
         (2, 4, [13, 1], 6, [3, 1], [2, 1], [1, 0], [0, 0]),
+        // Rows a multiple of 4 long in both images, over two images.
+        (2, 3, [8, 8], 5, [4, 4], [2, 2], [1, 1], [0, 0]),
     ];
 
     fn check_all_shapes(op: ConvOp) {

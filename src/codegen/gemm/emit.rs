@@ -225,9 +225,23 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool, uniforms: &[U
             t.workgroup_size
         }
     };
-    for j in 0..tn {
-        let _ = writeln!(s, "    let col{j} = n_lane + {};", j * stride);
-        s.push_str(&p.column_setup(j));
+    // With runs, this invocation's columns are c0 .. c0 + tile_n.
+    if p.row_run.is_some() || p.tap_run.is_some() {
+        let first = match t.subgroup_size {
+            Some(lanes) => format!("n0 + (i32(subgroup_id) * {lanes} + lane) * {tn}"),
+            None => format!("n0 + i32(local) * {tn}"),
+        };
+        let _ = writeln!(s, "    let c0 = {first};");
+    }
+    match (p.row_run, p.tap_run) {
+        (Some(run), _) => s.push_str(&p.run_setup(run)),
+        (None, Some(run)) => s.push_str(&p.tap_setup(run)),
+        (None, None) => {
+            for j in 0..tn {
+                let _ = writeln!(s, "    let col{j} = n_lane + {};", j * stride);
+                s.push_str(&p.column_setup(j));
+            }
+        }
     }
 
     // Rows this invocation loads of A: one per subgroup lane, or all of its own.
@@ -254,10 +268,13 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool, uniforms: &[U
         for j in 0..tn {
             let value =
                 if with_bias { format!("c{i}_{j} + bias[row{i}]") } else { format!("c{i}_{j}") };
+            let offset = match p.row_run {
+                Some(_) => p.run_output_offset(&format!("row{i}"), j),
+                None => p.output_offset(&format!("row{i}"), j),
+            };
             let _ = writeln!(
                 s,
-                "    if row{i} < M && live{j} {{\n        dst[{}] = {value};\n    }}",
-                p.output_offset(&format!("row{i}"), j)
+                "    if row{i} < M && live{j} {{\n        dst[{offset}] = {value};\n    }}"
             );
         }
     }
@@ -280,9 +297,22 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     s.push_str(p.loop_setup());
     let vectors = vector_a(p, t);
     let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
+    if let Some(run) = p.row_run {
+        s.push_str(&p.run_loads(run));
+    }
+    if let Some(run) = p.tap_run {
+        // The chunk's first pixel, the loads of all four, and the counters moved past them.
+        s.push_str("        let k = k0;\n");
+        s.push_str(p.step_setup());
+        s.push_str(&p.tap_loads(run));
+        s.push_str(p.chunk_advance());
+    }
+    let runs = p.row_run.is_some() || p.tap_run.is_some();
     for kk in 0..chunk {
         let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
-        s.push_str(p.step_setup());
+        if !runs {
+            s.push_str(p.step_setup());
+        }
         let in_range = if ragged { " && k < K" } else { "" };
         // K is a multiple of 4 with vectors, so no step of a chunk is out of range, and
         // the first step's offset is a multiple of 4.
@@ -312,7 +342,14 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
                 access.offset
             );
         }
-        for j in 0..tn {
+        for j in (0..tn).filter(|_| runs) {
+            let input = match p.row_run {
+                Some(_) => p.run_input(j, kk),
+                None => p.tap_input(j, kk),
+            };
+            let _ = writeln!(s, "        b{kk}_{j} = {input};");
+        }
+        for j in (0..tn).filter(|_| !runs) {
             s.push_str(&p.b_pixel(j));
             let access = p.b_access(j);
             let _ = writeln!(
@@ -322,7 +359,9 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
                 access.valid, access.offset
             );
         }
-        s.push_str(p.step_advance());
+        if !runs {
+            s.push_str(p.step_advance());
+        }
         s.push_str("        }\n");
     }
     let block = t.block_m.clamp(1, tm);

@@ -17,6 +17,13 @@
 //!   other image at each tap. The conv_transpose2d weight gradient is the conv2d one with
 //!   the two images swapped.
 //!
+//! Loads run one lane at a time on lavapipe, so the kernels load fewer, wider values
+//! where the layout allows it. A chunk of 4 reduction steps along a row of A is one
+//! `vec4` load. A conv2d whose chunk is one kernel row gives each invocation a run of
+//! neighbouring output pixels, which share most of their input pixels. A weight gradient
+//! gives each invocation whole kernel rows of taps, whose four pixels of a chunk share
+//! most of theirs. Each shared value is loaded once.
+//!
 //! The input gradients need no kernel of their own: the input gradient of conv2d is
 //! conv_transpose2d of the output gradient with the same weight, and the other way round.
 //!
@@ -322,6 +329,12 @@ pub fn generate_with(
     check_tiling(tiling)?;
     let mut problem = Problem::new(op, geometry);
     problem.pixel_counters = sizes == Sizes::Uniform;
+    if problem.row_runs_fit(tiling.k_chunk) {
+        problem.use_row_runs(tiling.tile_n);
+    }
+    if problem.tap_runs_fit(tiling.k_chunk, tiling.tile_n) {
+        problem.use_tap_runs(tiling.tile_n);
+    }
     let with_bias = with_bias && matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
     let mut kernel =
         emit::kernel(&problem, tiling, with_bias, sizes, max_workgroups_per_dimension)?;

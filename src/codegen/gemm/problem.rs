@@ -21,6 +21,14 @@ pub(super) struct Problem {
     /// Walks the weight gradients' pixels with counters rather than dividing `k` by the
     /// image size, so that the size can come from the uniform block.
     pub pixel_counters: bool,
+    /// conv2d only: each invocation's columns are this many neighbouring pixels of one
+    /// output row ([`Self::use_row_runs`]), so a chunk of one kernel row loads each input
+    /// pixel once for all of them.
+    pub row_run: Option<u32>,
+    /// Weight gradients only: each invocation's columns are this many neighbouring taps,
+    /// whole rows of the kernel window ([`Self::use_tap_runs`]), so a chunk of four
+    /// pixels of one row loads each pixel of the other image once for all of them.
+    pub tap_run: Option<u32>,
 }
 
 /// An element access: its offset in the buffer and whether it is inside the tensor.
@@ -82,7 +90,164 @@ impl Problem {
             classes: as_u32(classes),
             constants,
             pixel_counters: false,
+            row_run: None,
+            tap_run: None,
         }
+    }
+
+    /// Returns whether [`Self::use_row_runs`] applies with `chunk` reduction steps staged
+    /// at a time: a conv2d whose chunk is one row of its kernel window.
+    pub fn row_runs_fit(&self, chunk: u32) -> bool {
+        self.op == ConvOp::Conv2d && self.constant("KW") == chunk as usize
+    }
+
+    /// Gives each invocation `run` neighbouring pixels of one output row as its columns.
+    /// The columns walk the output rows padded to `OWP`, a multiple of `run`, so that no
+    /// run crosses a row, and the padding columns are no outputs. Needs
+    /// [`Self::row_runs_fit`].
+    pub fn use_row_runs(&mut self, run: u32) {
+        let (oh, ow) = (self.constant("OH"), self.constant("OW"));
+        let batch = self.n as usize / (oh * ow);
+        let padded = ow.next_multiple_of(run as usize);
+        self.n = u32::try_from(batch * oh * padded).unwrap_or(u32::MAX);
+        self.constants.push(("OWP", padded));
+        self.row_run = Some(run);
+    }
+
+    /// Returns whether [`Self::use_tap_runs`] applies with `chunk` steps staged at a time
+    /// and `run` columns per invocation. It needs a weight gradient whose A rows are
+    /// vectors ([`Self::a_rows_are_vectors`]), so that a chunk of 4 steps is 4 pixels of
+    /// one row. The runs must be whole rows of the kernel window.
+    pub fn tap_runs_fit(&self, chunk: u32, run: u32) -> bool {
+        let weight_grad =
+            matches!(self.op, ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad);
+        let kw = self.constant("KW") as u32;
+        weight_grad && chunk == 4 && self.a_rows_are_vectors() && run % kw == 0
+    }
+
+    /// Gives each invocation `run` neighbouring taps as its columns, starting at a
+    /// multiple of `run`. Needs [`Self::tap_runs_fit`].
+    pub fn use_tap_runs(&mut self, run: u32) {
+        self.tap_run = Some(run);
+    }
+
+    /// Statements that decode a run of taps from its first column `c0` (already
+    /// defined): `col{j}` and `live{j}`. For each kernel row `r` of the run they also
+    /// define its offset in the other image (`tbase{r}`), its tap row (`tky{r}`) and
+    /// whether it is live (`tlive{r}`).
+    pub fn tap_setup(&self, run: u32) -> String {
+        let mut code = String::new();
+        for j in 0..run {
+            code.push_str(&format!("    let col{j} = c0 + {j};\n    let live{j} = col{j} < N;\n"));
+        }
+        for r in 0..run / self.constant("KW") as u32 {
+            code.push_str(&format!(
+                "    let tc{r} = c0 + {r} * KW;\n\
+                 \x20   let tlive{r} = tc{r} < N;\n\
+                 \x20   let tky{r} = (tc{r} / KW) % KH;\n\
+                 \x20   let tbase{r} = (tc{r} / (KH * KW)) * (IH * IW) + tky{r} * IW;\n"
+            ));
+        }
+        code
+    }
+
+    /// Statements after [`Self::step_setup`] of a chunk's first pixel (`y`, `x` and
+    /// `boff`): the loads `u{r}_{t}` of the other image at column `x + t` of tap row `r`,
+    /// every value the chunk's four pixels and the run's taps multiply.
+    pub fn tap_loads(&self, run: u32) -> String {
+        let kw = self.constant("KW") as u32;
+        let inputs = 3 * self.constant("SX") as u32 + kw;
+        let mut code = String::new();
+        for r in 0..run / kw {
+            code.push_str(&format!(
+                "        let trow{r} = tlive{r} && u32(y + tky{r}) < u32(IH);\n"
+            ));
+            for t in 0..inputs {
+                code.push_str(&format!(
+                    "        let u{r}_{t}_ok = trow{r} && u32(x + {t}) < u32(IW);\n\
+                     \x20       let u{r}_{t} = select(0.0, \
+                     rhs[select(0i, boff + tbase{r} + {t}, u{r}_{t}_ok)], u{r}_{t}_ok);\n"
+                ));
+            }
+        }
+        code
+    }
+
+    /// Returns the name of the value that column `j` multiplies at step `kk` of a chunk,
+    /// among the loads of [`Self::tap_loads`].
+    pub fn tap_input(&self, j: u32, kk: u32) -> String {
+        let kw = self.constant("KW") as u32;
+        format!("u{}_{}", j / kw, kk * self.constant("SX") as u32 + j % kw)
+    }
+
+    /// Statements that advance the pixel counters by a chunk of four pixels of one row.
+    pub fn chunk_advance(&self) -> &'static str {
+        if !self.pixel_counters {
+            return "";
+        }
+        "        kx += 4;\n\
+         \x20       let row_done = kx == DW;\n\
+         \x20       kx = select(kx, 0, row_done);\n\
+         \x20       ky = select(ky, ky + 1, row_done);\n\
+         \x20       let image_done = ky == DH;\n\
+         \x20       ky = select(ky, 0, image_done);\n\
+         \x20       kb = select(kb, kb + 1, image_done);\n"
+    }
+
+    /// Statements that decode a run of pixels from its first column `c0` (already
+    /// defined): `live{j}` for each of the `run` columns, and what the loads and the
+    /// stores of [`Self::run_loads`] and [`Self::run_output_offset`] read.
+    pub fn run_setup(&self, run: u32) -> String {
+        let mut code = String::from(
+            "    let b = c0 / (OH * OWP);\n\
+             \x20   let pix = c0 % (OH * OWP);\n\
+             \x20   let oy = pix / OWP;\n\
+             \x20   let ox0 = pix % OWP;\n\
+             \x20   let run_live = c0 < N;\n\
+             \x20   let y0 = oy * SY - PY;\n\
+             \x20   let x0 = ox0 * SX - PX;\n\
+             \x20   let base = b * (CI * H * W) + y0 * W + x0;\n",
+        );
+        for j in 0..run {
+            code.push_str(&format!("    let live{j} = run_live && ox0 + {j} < OW;\n"));
+        }
+        code
+    }
+
+    /// Returns the number of input pixels a chunk of one kernel row loads for a run of
+    /// `run` columns: `(run - 1) * SX + KW`.
+    pub fn run_inputs(&self, run: u32) -> u32 {
+        (run - 1) * self.constant("SX") as u32 + self.constant("KW") as u32
+    }
+
+    /// Statements at the top of a chunk starting at reduction step `k0`, one kernel row:
+    /// the loads `u{t}` of the run's input pixels `x0 + t` of that row.
+    pub fn run_loads(&self, run: u32) -> String {
+        let mut code = String::from(
+            "        let row_k = k0 / KW;\n\
+             \x20       let ci = row_k / KH;\n\
+             \x20       let ky = row_k % KH;\n\
+             \x20       let row_ok = run_live && u32(y0 + ky) < u32(H);\n\
+             \x20       let roff = base + ci * (H * W) + ky * W;\n",
+        );
+        for t in 0..self.run_inputs(run) {
+            code.push_str(&format!(
+                "        let u{t}_ok = row_ok && u32(x0 + {t}) < u32(W);\n\
+                 \x20       let u{t} = select(0.0, rhs[select(0i, roff + {t}, u{t}_ok)], u{t}_ok);\n"
+            ));
+        }
+        code
+    }
+
+    /// Returns the name of the input pixel that column `j` multiplies at step `kk` of a
+    /// chunk, among the loads of [`Self::run_loads`].
+    pub fn run_input(&self, j: u32, kk: u32) -> String {
+        format!("u{}", j * self.constant("SX") as u32 + kk)
+    }
+
+    /// Returns the offset of output element (`row`, column `j`) of a run.
+    pub fn run_output_offset(&self, row: &str, j: u32) -> String {
+        format!("b * (CO * OH * OW) + {row} * (OH * OW) + oy * OW + ox0 + {j}")
     }
 
     /// Returns the size `name` of [`Self::constants`].

@@ -298,7 +298,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     let vectors = vector_a(p, t);
     let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
     if let Some(run) = p.row_run {
-        s.push_str(&p.run_loads(run));
+        s.push_str(&p.run_loads(run, chunk));
     }
     if let Some(run) = p.tap_run {
         // The chunk's first pixel, the loads of all four, and the counters moved past them.
@@ -308,9 +308,11 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         s.push_str(p.chunk_advance());
     }
     let runs = p.row_run.is_some() || p.tap_run.is_some();
+    // conv_transpose2d's A loads need each step's tap, which the step setup decodes.
+    let step_setup = !runs || (p.row_run.is_some() && p.op == ConvOp::ConvTranspose2d);
     for kk in 0..chunk {
         let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
-        if !runs {
+        if step_setup {
             s.push_str(p.step_setup());
         }
         let in_range = if ragged { " && k < K" } else { "" };

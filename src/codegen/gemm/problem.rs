@@ -96,21 +96,33 @@ impl Problem {
     }
 
     /// Returns whether [`Self::use_row_runs`] applies with `chunk` reduction steps staged
-    /// at a time: a conv2d whose chunk is one row of its kernel window.
+    /// at a time. For conv2d a chunk must be one row of the kernel window. For
+    /// conv_transpose2d it must be whole rows of a parity class's taps.
     pub fn row_runs_fit(&self, chunk: u32) -> bool {
-        self.op == ConvOp::Conv2d && self.constant("KW") == chunk as usize
+        let chunk = chunk as usize;
+        match self.op {
+            ConvOp::Conv2d => self.constant("KW") == chunk,
+            ConvOp::ConvTranspose2d => {
+                let (ty, tx) = (self.constant("TY"), self.constant("TX"));
+                chunk % tx == 0 && (ty * tx) % chunk == 0
+            }
+            _ => false,
+        }
     }
 
-    /// Gives each invocation `run` neighbouring pixels of one output row as its columns.
-    /// The columns walk the output rows padded to `OWP`, a multiple of `run`, so that no
-    /// run crosses a row, and the padding columns are no outputs. Needs
-    /// [`Self::row_runs_fit`].
+    /// Gives each invocation `run` neighbouring pixels of one output row as its columns
+    /// (of one parity class for conv_transpose2d). The columns walk the rows padded to a
+    /// multiple of `run` (`OWP` or `QWP`), so that no run crosses a row, and the padding
+    /// columns are no outputs. Needs [`Self::row_runs_fit`].
     pub fn use_row_runs(&mut self, run: u32) {
-        let (oh, ow) = (self.constant("OH"), self.constant("OW"));
-        let batch = self.n as usize / (oh * ow);
-        let padded = ow.next_multiple_of(run as usize);
-        self.n = u32::try_from(batch * oh * padded).unwrap_or(u32::MAX);
-        self.constants.push(("OWP", padded));
+        let (rows, width, name) = match self.op {
+            ConvOp::ConvTranspose2d => (self.constant("QH"), self.constant("QW"), "QWP"),
+            _ => (self.constant("OH"), self.constant("OW"), "OWP"),
+        };
+        let batch = self.n as usize / (rows * width);
+        let padded = width.next_multiple_of(run as usize);
+        self.n = u32::try_from(batch * rows * padded).unwrap_or(u32::MAX);
+        self.constants.push((name, padded));
         self.row_run = Some(run);
     }
 
@@ -198,43 +210,87 @@ impl Problem {
     /// defined): `live{j}` for each of the `run` columns, and what the loads and the
     /// stores of [`Self::run_loads`] and [`Self::run_output_offset`] read.
     pub fn run_setup(&self, run: u32) -> String {
-        let mut code = String::from(
-            "    let b = c0 / (OH * OWP);\n\
-             \x20   let pix = c0 % (OH * OWP);\n\
-             \x20   let oy = pix / OWP;\n\
-             \x20   let ox0 = pix % OWP;\n\
-             \x20   let run_live = c0 < N;\n\
-             \x20   let y0 = oy * SY - PY;\n\
-             \x20   let x0 = ox0 * SX - PX;\n\
-             \x20   let base = b * (CI * H * W) + y0 * W + x0;\n",
-        );
+        let mut code = match self.op {
+            ConvOp::ConvTranspose2d => String::from(
+                "    let b = c0 / (QH * QWP);\n\
+                 \x20   let q = c0 % (QH * QWP);\n\
+                 \x20   let oy = (q / QWP) * SY + ry;\n\
+                 \x20   let qx0 = q % QWP;\n\
+                 \x20   let run_live = c0 < N && oy < OH;\n\
+                 \x20   let y0 = q / QWP + dy0;\n\
+                 \x20   let x0 = qx0 + dx0 - (TX - 1);\n\
+                 \x20   let base = b * (CI * H * W) + y0 * W + x0;\n",
+            ),
+            _ => String::from(
+                "    let b = c0 / (OH * OWP);\n\
+                 \x20   let pix = c0 % (OH * OWP);\n\
+                 \x20   let oy = pix / OWP;\n\
+                 \x20   let ox0 = pix % OWP;\n\
+                 \x20   let run_live = c0 < N;\n\
+                 \x20   let y0 = oy * SY - PY;\n\
+                 \x20   let x0 = ox0 * SX - PX;\n\
+                 \x20   let base = b * (CI * H * W) + y0 * W + x0;\n",
+            ),
+        };
         for j in 0..run {
-            code.push_str(&format!("    let live{j} = run_live && ox0 + {j} < OW;\n"));
+            let live = match self.op {
+                ConvOp::ConvTranspose2d => format!("(qx0 + {j}) * SX + rx < OW"),
+                _ => format!("ox0 + {j} < OW"),
+            };
+            code.push_str(&format!("    let live{j} = run_live && {live};\n"));
         }
         code
     }
 
-    /// Returns the number of input pixels a chunk of one kernel row loads for a run of
-    /// `run` columns: `(run - 1) * SX + KW`.
+    /// Returns the number of input pixels of one kernel row that a run of `run` columns
+    /// reads: `(run - 1) * SX + KW` for conv2d, `run + TX - 1` for conv_transpose2d.
     pub fn run_inputs(&self, run: u32) -> u32 {
-        (run - 1) * self.constant("SX") as u32 + self.constant("KW") as u32
+        match self.op {
+            ConvOp::ConvTranspose2d => run + self.constant("TX") as u32 - 1,
+            _ => (run - 1) * self.constant("SX") as u32 + self.constant("KW") as u32,
+        }
     }
 
-    /// Statements at the top of a chunk starting at reduction step `k0`, one kernel row:
-    /// the loads `u{t}` of the run's input pixels `x0 + t` of that row.
-    pub fn run_loads(&self, run: u32) -> String {
-        let mut code = String::from(
-            "        let row_k = k0 / KW;\n\
-             \x20       let ci = row_k / KH;\n\
-             \x20       let ky = row_k % KH;\n\
-             \x20       let row_ok = run_live && u32(y0 + ky) < u32(H);\n\
-             \x20       let roff = base + ci * (H * W) + ky * W;\n",
-        );
-        for t in 0..self.run_inputs(run) {
+    /// Returns the number of kernel rows that a chunk of `chunk` steps covers.
+    fn chunk_rows(&self, chunk: u32) -> u32 {
+        match self.op {
+            ConvOp::ConvTranspose2d => chunk / self.constant("TX") as u32,
+            _ => 1,
+        }
+    }
+
+    /// Statements at the top of a chunk of `chunk` steps starting at reduction step
+    /// `k0`: the loads `u{r}_{t}` of the input pixels `x0 + t` of each kernel row `r` of
+    /// the chunk, every value the run's columns multiply.
+    pub fn run_loads(&self, run: u32, chunk: u32) -> String {
+        let mut code = match self.op {
+            // Tap row ty of the class reads input row y0 - ty.
+            ConvOp::ConvTranspose2d => String::from(
+                "        let ci = k0 / (TY * TX);\n\
+                 \x20       let ty0 = (k0 / TX) % TY;\n",
+            ),
+            _ => String::from(
+                "        let row_k = k0 / KW;\n\
+                 \x20       let ci = row_k / KH;\n\
+                 \x20       let ky = row_k % KH;\n",
+            ),
+        };
+        for r in 0..self.chunk_rows(chunk) {
+            let y = match self.op {
+                ConvOp::ConvTranspose2d => format!("y0 - (ty0 + {r})"),
+                _ => "y0 + ky".to_string(),
+            };
             code.push_str(&format!(
-                "        let u{t}_ok = row_ok && u32(x0 + {t}) < u32(W);\n\
-                 \x20       let u{t} = select(0.0, rhs[select(0i, roff + {t}, u{t}_ok)], u{t}_ok);\n"
+                "        let row{r}_ok = run_live && u32({y}) < u32(H);\n\
+                 \x20       let roff{r} = base + ci * (H * W) + ({y} - y0) * W;\n"
             ));
+            for t in 0..self.run_inputs(run) {
+                code.push_str(&format!(
+                    "        let u{r}_{t}_ok = row{r}_ok && u32(x0 + {t}) < u32(W);\n\
+                     \x20       let u{r}_{t} = select(0.0, \
+                     rhs[select(0i, roff{r} + {t}, u{r}_{t}_ok)], u{r}_{t}_ok);\n"
+                ));
+            }
         }
         code
     }
@@ -242,12 +298,25 @@ impl Problem {
     /// Returns the name of the input pixel that column `j` multiplies at step `kk` of a
     /// chunk, among the loads of [`Self::run_loads`].
     pub fn run_input(&self, j: u32, kk: u32) -> String {
-        format!("u{}", j * self.constant("SX") as u32 + kk)
+        match self.op {
+            // Step kk is tap (ty0 + kk / TX, kk % TX), which reads input column
+            // qx0 + j + dx0 - tx, that is x0 + j + TX - 1 - tx.
+            ConvOp::ConvTranspose2d => {
+                let tx = self.constant("TX") as u32;
+                format!("u{}_{}", kk / tx, j + tx - 1 - kk % tx)
+            }
+            _ => format!("u0_{}", j * self.constant("SX") as u32 + kk),
+        }
     }
 
     /// Returns the offset of output element (`row`, column `j`) of a run.
     pub fn run_output_offset(&self, row: &str, j: u32) -> String {
-        format!("b * (CO * OH * OW) + {row} * (OH * OW) + oy * OW + ox0 + {j}")
+        match self.op {
+            ConvOp::ConvTranspose2d => {
+                format!("b * (CO * OH * OW) + {row} * (OH * OW) + oy * OW + (qx0 + {j}) * SX + rx")
+            }
+            _ => format!("b * (CO * OH * OW) + {row} * (OH * OW) + oy * OW + ox0 + {j}"),
+        }
     }
 
     /// Returns the size `name` of [`Self::constants`].

@@ -303,6 +303,9 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     if let Some(run) = p.tap_run {
         // The chunk's first pixel, the loads of all four, and the counters moved past them.
         s.push_str("        let k = k0;\n");
+        if !vectors {
+            s.push_str("        let chunk_col = kx;\n");
+        }
         s.push_str(p.step_setup());
         s.push_str(&p.tap_loads(run));
         s.push_str(p.chunk_advance());
@@ -331,7 +334,10 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             }
         }
         for r in (0..a_loads).filter(|_| !vectors) {
-            let access = p.a_access(&format!("ar{r}"));
+            let access = match p.tap_run {
+                Some(_) => p.tap_a_access(&format!("ar{r}"), kk),
+                None => p.a_access(&format!("ar{r}")),
+            };
             let extra = if access.valid.is_empty() {
                 String::new()
             } else {

@@ -134,13 +134,30 @@ impl Problem {
         let weight_grad =
             matches!(self.op, ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad);
         let kw = self.constant("KW") as u32;
-        weight_grad && chunk == 4 && self.a_rows_are_vectors() && run % kw == 0
+        let rows_fit = self.a_rows_are_vectors() || self.pixel_counters;
+        weight_grad && chunk == 4 && rows_fit && run % kw == 0
     }
 
     /// Gives each invocation `run` neighbouring taps as its columns, starting at a
-    /// multiple of `run`. Needs [`Self::tap_runs_fit`].
+    /// multiple of `run`. Needs [`Self::tap_runs_fit`]. The reduction walks the pixel
+    /// rows padded to `DWP`, a multiple of 4, so that no chunk crosses a row. The
+    /// padding pixels read A as 0.
     pub fn use_tap_runs(&mut self, run: u32) {
+        let (dh, dw) = (self.constant("DH"), self.constant("DW"));
+        let padded = dw.next_multiple_of(4);
+        let batch = self.k as usize / (dh * dw);
+        self.k = u32::try_from(batch * dh * padded).unwrap_or(u32::MAX);
+        self.constants.push(("DWP", padded));
         self.tap_run = Some(run);
+    }
+
+    /// Returns the A element of row `row` at step `kk` of a chunk with tap runs and
+    /// scalar A loads: pixel `chunk_col + kk` of the chunk's row, 0 past the row's end.
+    pub fn tap_a_access(&self, row: &str, kk: u32) -> Access {
+        Access {
+            offset: format!("aoff + {kk} + {row} * (DH * DW)"),
+            valid: format!("chunk_col + {kk} < DW"),
+        }
     }
 
     /// Statements that decode a run of taps from its first column `c0` (already
@@ -198,7 +215,7 @@ impl Problem {
             return "";
         }
         "        kx += 4;\n\
-         \x20       let row_done = kx == DW;\n\
+         \x20       let row_done = kx == DWP;\n\
          \x20       kx = select(kx, 0, row_done);\n\
          \x20       ky = select(ky, ky + 1, row_done);\n\
          \x20       let image_done = ky == DH;\n\

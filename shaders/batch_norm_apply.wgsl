@@ -1,5 +1,6 @@
 // y = (x - mean[c]) / sqrt(var[c] + EPS) * scale[c] + offset[c], with c the channel of
-// each element (S spatial elements per channel, C channels).
+// each element (S spatial elements per channel, C channels), over COUNT values of type T:
+// f32, or vec4<f32> of LANES elements of one channel.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -7,7 +8,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var k = 0u; k < ITEMS; k += 1u) {
         let i = first + k * WG;
         if (i < COUNT) {
-            let c = ((BASE + i) / S) % C;
+            let c = ((BASE + i * LANES) / S) % C;
             let inv_std = inverseSqrt({{VAR}} + EPS);
             y[i] = (x[i] - {{MEAN}}) * inv_std * scale[c] + offset[c];
         }

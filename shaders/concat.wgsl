@@ -1,5 +1,6 @@
-// Copies one operand of a concatenation into its slice of y. The operand is BLOCK
-// elements per outer index; y is OUT_BLOCK, and the slice starts OFFSET into each block.
+// Copies one operand of a concatenation into its slice of y, in values of type T (f32,
+// or vec4<f32>). The operand is BLOCK values per outer index; y is OUT_BLOCK, and the
+// slice starts OFFSET into each block.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

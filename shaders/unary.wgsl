@@ -1,7 +1,8 @@
-// y[i] = apply(x[i]) over COUNT elements; each invocation handles ITEMS elements that lie
-// WG apart, so neighbouring invocations touch neighbouring addresses.
+// y[i] = apply(x[i]) over COUNT values of type T (f32, or vec4<f32> of LANES elements);
+// each invocation handles ITEMS values that lie WG apart, so neighbouring invocations
+// touch neighbouring addresses.
 
-fn apply(v: f32) -> f32 {
+fn apply(v: T) -> T {
     return {{EXPR}};
 }
 

@@ -503,6 +503,27 @@ mod layout {
     }
 
     #[test]
+    fn concat_and_slice_of_whole_vec4s() {
+        // Blocks and offsets that are multiples of 4 run the vec4 copies. Two images make
+        // the blocks repeat, and the odd slice runs the f32 copy.
+        let mut case = Case::new(43);
+        let a = case.input("a", &[2, 4, 2, 2]);
+        let b = case.input("b", &[2, 8, 2, 2]);
+        let y = case.op(Op::Concat { axis: 1 }, &[a, b]);
+        let outcome = case.check(y, Mode::Eval);
+        assert!(outcome.kernels.iter().all(|k| k.wgsl.contains("array<vec4<f32>>")));
+
+        for (start, len, vectors) in [(4, 8, true), (1, 3, false)] {
+            let mut case = Case::new(44);
+            let x = case.input("x", &[2, 16, 3, 1]);
+            let y = case.op(Op::Slice { axis: 1, start, len }, &[x]);
+            let outcome = case.check(y, Mode::Eval);
+            let vec4 = outcome.kernels[0].wgsl.contains("array<vec4<f32>>");
+            assert_eq!(vec4, vectors, "slice {start}..{}", start + len);
+        }
+    }
+
+    #[test]
     fn flatten_then_linear() {
         let mut case = Case::new(42);
         let x = case.input("x", &[3, 2, 5, 7]);
@@ -625,22 +646,28 @@ mod limits {
 
     #[test]
     fn elementwise_over_65535_workgroups_and_binding_limit() {
-        // Batch 16 at 256x256 with 64 channels: 67,108,864 elements, 256 MiB, so more than
-        // one binding on adapters that allow 128 MiB, and more than 65,535 workgroups.
-        let dims = [16, 64, 256, 256];
-        let mut case = Case::new(60);
-        let x = case.input("x", &dims);
-        let y = case.op(Op::LeakyRelu { slope: 0.2 }, &[x]);
-        let gpu_target = super::support::gpu().lock().unwrap_or_else(|e| e.into_inner()).target();
-        let target =
-            Target { tuning: Tuning { elementwise_items: 1, ..Tuning::default() }, ..gpu_target };
-        let outcome = case.run(y, Mode::Eval, RunValues::default(), Some(target));
-        assert_close("leaky_relu", &outcome.device, &outcome.reference.data, 1e-6);
-        assert!(
-            outcome.kernels.iter().any(|k| k.grid.workgroups[1] > 1),
-            "no kernel folded its grid: {:?}",
-            outcome.kernels.iter().map(|k| k.grid).collect::<Vec<_>>()
-        );
+        // About 67 million elements, 256 MiB, so more than one binding on adapters that
+        // allow 128 MiB, and with 64 invocations of one value each, more than 65,535
+        // workgroups. The first shape runs as vec4 values, the second (an odd count) as
+        // f32 values.
+        for dims in [[16, 64, 256, 256], [1, 3, 4099, 5463]] {
+            let mut case = Case::new(60);
+            let x = case.input("x", &dims);
+            let y = case.op(Op::LeakyRelu { slope: 0.2 }, &[x]);
+            let gpu = super::support::gpu().lock().unwrap_or_else(|e| e.into_inner()).target();
+            let tuning = Tuning { elementwise_items: 1, workgroup_size: 64, ..Tuning::default() };
+            let target = Target { tuning, ..gpu };
+            let outcome = case.run(y, Mode::Eval, RunValues::default(), Some(target));
+            assert_close("leaky_relu", &outcome.device, &outcome.reference.data, 1e-6);
+            assert!(
+                outcome.kernels.iter().any(|k| k.grid.workgroups[1] > 1),
+                "{dims:?}: no kernel folded its grid: {:?}",
+                outcome.kernels.iter().map(|k| k.grid).collect::<Vec<_>>()
+            );
+            assert!(outcome.kernels.len() > 1, "{dims:?}: one kernel covers every element");
+            let vectors = outcome.kernels[0].wgsl.contains("array<vec4<f32>>");
+            assert_eq!(vectors, dims[3] % 4 == 0, "{dims:?}: vec4 values");
+        }
     }
 
     #[test]

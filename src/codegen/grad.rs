@@ -10,7 +10,7 @@
 //! the output pixels with a small register block of channels per invocation, remains for
 //! a geometry the GEMM generator rejects.
 
-use super::elementwise::{elementwise_chunks, Chunk};
+use super::elementwise::{elementwise_chunks, vector_chunks, Chunk};
 use super::norm::STATS_AUX;
 use super::wgsl::{f32_literal, fill, i, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
@@ -182,18 +182,19 @@ pub(super) fn lower_leaky_relu_grad(
     slope: f32,
 ) -> Result<Vec<Kernel>, CodegenError> {
     let role = "leaky_relu_grad";
-    let expression = format!("select(rhs * {}, rhs, lhs > 0.0)", f32_literal(slope));
+    let expression = format!("select(rhs * {}, rhs, lhs > T(0.0))", f32_literal(slope));
     let body =
         fill(BINARY, &[("A_INDEX", "i".into()), ("B_INDEX", "i".into()), ("EXPR", expression)]);
-    let chunks = elementwise_chunks(ctx, role, ctx.numel())?;
+    let chunks = vector_chunks(ctx, role, ctx.numel(), true)?;
     Ok(chunks
         .into_iter()
         .map(|c| {
             let bindings = vec![
-                ctx.read("a", 0).range(c.start, c.len),
-                ctx.read("b", 1).range(c.start, c.len),
-                ctx.output("y").range(c.start, c.len),
+                c.values(ctx.read("a", 0).range(c.start, c.len)),
+                c.values(ctx.read("b", 1).range(c.start, c.len)),
+                c.values(ctx.output("y").range(c.start, c.len)),
             ];
+            let body = format!("{}{body}", c.alias());
             ctx.kernel(&c.role, &body, &c.constants, bindings, c.grid, c.len as u64)
         })
         .collect())
@@ -340,18 +341,22 @@ fn strides(dims: &[usize]) -> Vec<usize> {
     strides
 }
 
-/// Lowers a gather whose source index of output element `g` is `source`.
+/// Lowers a gather whose source index of output value `g` is `source(lanes)`, for values
+/// of `lanes` elements: vec4s when `vectors` is set and the count is a multiple of 4.
 fn lower_gather(
     ctx: &LowerContext<'_>,
     role: &str,
-    source: String,
+    vectors: bool,
+    source: impl Fn(usize) -> String,
 ) -> Result<Vec<Kernel>, CodegenError> {
-    let body = fill(GATHER, &[("SOURCE", source)]);
-    let chunks = elementwise_chunks(ctx, role, ctx.numel())?;
+    let chunks = vector_chunks(ctx, role, ctx.numel(), vectors)?;
     Ok(chunks
         .into_iter()
         .map(|c| {
-            let bindings = vec![ctx.read("x", 0), ctx.output("y").range(c.start, c.len)];
+            let body = fill(GATHER, &[("SOURCE", source(c.lanes as usize))]);
+            let body = format!("{}{body}", c.alias());
+            let bindings =
+                vec![c.values(ctx.read("x", 0)), c.values(ctx.output("y").range(c.start, c.len))];
             ctx.kernel(&c.role, &body, &c.constants, bindings, c.grid, 0)
         })
         .collect())
@@ -380,7 +385,7 @@ pub(super) fn lower_broadcast(
         })
         .collect();
     let source = if terms.is_empty() { "0u".to_string() } else { terms.join(" + ") };
-    lower_gather(ctx, "broadcast", source)
+    lower_gather(ctx, "broadcast", false, |_| source.clone())
 }
 
 pub(super) fn lower_slice(
@@ -391,11 +396,15 @@ pub(super) fn lower_slice(
 ) -> Result<Vec<Kernel>, CodegenError> {
     let input = ctx.operand_dims(0);
     let inner: usize = input[axis + 1..].iter().product();
-    let source = format!(
-        "(g / {block}u) * {source_block}u + {offset}u + g % {block}u",
-        block = len * inner,
-        source_block = input[axis] * inner,
-        offset = start * inner,
-    );
-    lower_gather(ctx, "slice", source)
+    let (block, source_block, offset) = (len * inner, input[axis] * inner, start * inner);
+    // Whole vec4s when the slice's blocks and its offset are.
+    let vectors = [block, source_block, offset].iter().all(|v| v % 4 == 0);
+    lower_gather(ctx, "slice", vectors, |lanes| {
+        format!(
+            "(g / {block}u) * {source_block}u + {offset}u + g % {block}u",
+            block = block / lanes,
+            source_block = source_block / lanes,
+            offset = offset / lanes,
+        )
+    })
 }

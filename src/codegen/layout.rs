@@ -1,6 +1,6 @@
 //! Data-movement kernels: concatenation.
 
-use super::elementwise::elementwise_chunks;
+use super::elementwise::vector_chunks;
 use super::wgsl::u;
 use super::{CodegenError, Kernel, LowerContext};
 
@@ -23,15 +23,20 @@ pub(super) fn lower_concat(
         let role = format!("concat{slot}");
         // NOTE: one chunk: a copy whose operand exceeds the binding limit is rejected by
         // the limit check rather than split, because its output slices interleave.
-        let chunk = elementwise_chunks(ctx, &role, count)?.remove(0);
-        let (grid, mut constants) = (chunk.grid, chunk.constants);
+        // The copy moves vec4s when every block and slice offset is a whole vec4.
+        let block = (dims[axis] * inner).max(1);
+        let vectors = [block, out_block, offset * inner].iter().all(|v| v % 4 == 0);
+        let chunk = vector_chunks(ctx, &role, count, vectors)?.remove(0);
+        let lanes = chunk.lanes as usize;
+        let bindings = vec![chunk.values(ctx.read("x", slot)), chunk.values(ctx.output("y"))];
+        let body = format!("{}{CONCAT}", chunk.alias());
+        let mut constants = chunk.constants;
         constants.extend([
-            ("BLOCK", u((dims[axis] * inner).max(1) as u64)),
-            ("OUT_BLOCK", u(out_block as u64)),
-            ("OFFSET", u((offset * inner) as u64)),
+            ("BLOCK", u((block / lanes) as u64)),
+            ("OUT_BLOCK", u((out_block / lanes) as u64)),
+            ("OFFSET", u((offset * inner / lanes) as u64)),
         ]);
-        let bindings = vec![ctx.read("x", slot), ctx.output("y")];
-        kernels.push(ctx.kernel(&role, CONCAT, &constants, bindings, grid, 0));
+        kernels.push(ctx.kernel(&role, &body, &constants, bindings, chunk.grid, 0));
         offset += dims[axis];
     }
     Ok(kernels)

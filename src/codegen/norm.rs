@@ -6,7 +6,7 @@
 //! Inference mode runs the first two, so it reads no running statistics and writes none.
 //! Evaluation mode runs the normalization alone, with the running statistics.
 
-use super::elementwise::elementwise_chunks;
+use super::elementwise::vector_chunks;
 use super::wgsl::{f32_literal, fill, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::ParamId;
@@ -58,23 +58,30 @@ pub(super) fn lower_batch_norm(
         ("running_mean[c]", "running_var[c]")
     };
     let body = fill(APPLY, &[("MEAN", mean.to_string()), ("VAR", variance.to_string())]);
-    for mut chunk in elementwise_chunks(ctx, "batch_norm", ctx.numel())? {
+    // Four neighbouring elements share a channel when the channels are a multiple of 4
+    // long, so they are one vec4.
+    let vectors = spatial % 4 == 0;
+    for mut chunk in vector_chunks(ctx, "batch_norm", ctx.numel(), vectors)? {
         chunk.constants.extend([
             ("C", u(c as u64)),
             ("S", u(spatial as u64)),
             ("EPS", f32_literal(eps)),
         ]);
         let (start, len) = (chunk.start, chunk.len);
-        let mut bindings =
-            vec![ctx.read("x", 0).range(start, len), ctx.read("scale", 1), ctx.read("offset", 2)];
+        let mut bindings = vec![
+            chunk.values(ctx.read("x", 0).range(start, len)),
+            ctx.read("scale", 1),
+            ctx.read("offset", 2),
+        ];
         if ctx.mode.uses_batch_statistics() {
             bindings.push(Binding::read("stats", stats, 2 * c));
         } else {
             bindings.push(Binding::read("running_mean", Resource::Param(running_mean), c));
             bindings.push(Binding::read("running_var", Resource::Param(running_var), c));
         }
-        bindings.push(ctx.output("y").range(start, len));
+        bindings.push(chunk.values(ctx.output("y").range(start, len)));
         let flops = 5 * len as u64;
+        let body = format!("{}{body}", chunk.alias());
         kernels.push(ctx.kernel(&chunk.role, &body, &chunk.constants, bindings, chunk.grid, flops));
     }
 

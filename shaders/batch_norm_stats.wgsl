@@ -3,6 +3,7 @@
 // with compensated sums, and stores them as stats[c] and stats[C + c]. The second pass
 // also sums the deviations from the first pass's mean, which are zero but for that
 // mean's rounding error, and corrects the mean and the variance by their average.
+// UPDATE, in training mode, then moves the running statistics towards the batch's.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -36,7 +37,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let variance = max(workgroup_sum(lid, sum) / f32(M) - correction * correction, 0.0);
 
     if (lid == 0u) {
-        stats[c] = first_mean + correction;
+        let mean = first_mean + correction;
+        stats[c] = mean;
         stats[C + c] = variance;
-    }
+{{UPDATE}}    }
 }

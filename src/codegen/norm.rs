@@ -1,10 +1,11 @@
 //! Batch normalization.
 //!
-//! Training mode runs three kernels: the batch statistics (into the node's aux buffer 0,
-//! `[mean; C]` then `[variance; C]`, which stays alive for the backward pass), the
-//! normalization, and the update of the running statistics in the parameter store.
-//! Inference mode runs the first two, so it reads no running statistics and writes none.
-//! Evaluation mode runs the normalization alone, with the running statistics.
+//! Training mode runs two kernels: the batch statistics (into the node's aux buffer 0,
+//! `[mean; C]` then `[variance; C]`, which stays alive for the backward pass), which
+//! also update the running statistics in the parameter store, and the normalization.
+//! Inference mode runs the same two without the update, so it reads no running
+//! statistics and writes none. Evaluation mode runs the normalization alone, with the
+//! running statistics.
 
 use super::elementwise::vector_chunks;
 use super::wgsl::{f32_literal, fill, u};
@@ -13,7 +14,6 @@ use crate::ir::ParamId;
 
 const STATS: &str = include_str!("../../shaders/batch_norm_stats.wgsl");
 const APPLY: &str = include_str!("../../shaders/batch_norm_apply.wgsl");
-const UPDATE: &str = include_str!("../../shaders/batch_norm_update.wgsl");
 
 /// The aux buffer that contains a batch-norm node's batch statistics in training and
 /// inference mode.
@@ -40,14 +40,29 @@ pub(super) fn lower_batch_norm(
             ctx.target.max_workgroups_per_dimension,
         )?;
         let (wg, sum) = ctx.target.workgroup_sum();
-        let constants = vec![
+        let mut constants = vec![
             ("WG", u(wg)),
             ("C", u(c as u64)),
             ("S", u(spatial as u64)),
             ("M", u(per_channel as u64)),
         ];
-        let body = format!("{sum}\n{STATS}");
-        let bindings = vec![ctx.read("x", 0), Binding::write("stats", stats, 2 * c)];
+        let mut bindings = vec![ctx.read("x", 0), Binding::write("stats", stats, 2 * c)];
+        // The running statistics move by MOMENTUM towards the batch's, with the variance
+        // made unbiased by UNBIAS = M / (M - 1), as PyTorch does.
+        let update = if ctx.mode.updates_running_statistics() {
+            let unbias =
+                if per_channel > 1 { per_channel as f64 / (per_channel - 1) as f64 } else { 1.0 };
+            constants.push(("MOMENTUM", f32_literal(momentum)));
+            constants.push(("UNBIAS", f32_literal(unbias as f32)));
+            bindings.push(Binding::write("running_mean", Resource::Param(running_mean), c));
+            bindings.push(Binding::write("running_var", Resource::Param(running_var), c));
+            "        running_mean[c] = (1.0 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;\n\
+             \x20       running_var[c] = (1.0 - MOMENTUM) * running_var[c] \
+             + MOMENTUM * variance * UNBIAS;\n"
+        } else {
+            ""
+        };
+        let body = format!("{sum}\n{}", fill(STATS, &[("UPDATE", update.to_string())]));
         let flops = 4 * ctx.numel() as u64;
         kernels.push(ctx.kernel("batch_norm_stats", &body, &constants, bindings, grid, flops));
     }
@@ -85,28 +100,5 @@ pub(super) fn lower_batch_norm(
         kernels.push(ctx.kernel(&chunk.role, &body, &chunk.constants, bindings, chunk.grid, flops));
     }
 
-    if ctx.mode.updates_running_statistics() {
-        let wg = ctx.target.tuning.workgroup_size;
-        let groups = (c as u64).div_ceil(u64::from(wg));
-        let grid = Grid::fold(
-            &ctx.kernel_name("batch_norm_update"),
-            groups,
-            ctx.target.max_workgroups_per_dimension,
-        )?;
-        let unbias =
-            if per_channel > 1 { per_channel as f64 / (per_channel - 1) as f64 } else { 1.0 };
-        let constants = vec![
-            ("WG", u(wg)),
-            ("C", u(c as u64)),
-            ("MOMENTUM", f32_literal(momentum)),
-            ("UNBIAS", f32_literal(unbias as f32)),
-        ];
-        let bindings = vec![
-            Binding::read("stats", stats, 2 * c),
-            Binding::write("running_mean", Resource::Param(running_mean), c),
-            Binding::write("running_var", Resource::Param(running_var), c),
-        ];
-        kernels.push(ctx.kernel("batch_norm_update", UPDATE, &constants, bindings, grid, 0));
-    }
     Ok(kernels)
 }

@@ -62,7 +62,7 @@ pub(super) fn kernel(
 /// Returns whether the kernel loads its A values four reduction steps at a time, as
 /// `vec4<f32>`: when a chunk is 4 steps and [`Problem::a_rows_are_vectors`].
 fn vector_a(p: &Problem, t: &Tiling) -> bool {
-    t.k_chunk == 4 && p.a_rows_are_vectors()
+    (t.k_chunk == 4 && p.a_rows_are_vectors()) || p.class_rows_are_vectors()
 }
 
 /// A size the shader reads from its uniform block instead of a constant.
@@ -295,7 +295,8 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         let _ = writeln!(s, "    var {}: f32;", names.join(": f32;\n    var "));
     }
     s.push_str(p.loop_setup());
-    let vectors = vector_a(p, t);
+    let class_rows = p.class_rows_are_vectors();
+    let vectors = vector_a(p, t) && !class_rows;
     let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
     if let Some(run) = p.row_run {
         s.push_str(&p.run_loads(run, chunk));
@@ -333,7 +334,19 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
                 let _ = writeln!(s, "        a{step}_{r} = av{r}.{part};");
             }
         }
-        for r in (0..a_loads).filter(|_| !vectors) {
+        // A tap row of a parity class is one vec4 of the weight, its first step loads it.
+        let taps = p.class_taps_per_row();
+        for r in (0..a_loads).filter(|_| class_rows && kk % taps == 0) {
+            let _ = writeln!(
+                s,
+                "        let av{r} = select(vec4<f32>(), \
+                 lhs[select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, ar{r}_live)], ar{r}_live);"
+            );
+            for step in 0..taps {
+                let _ = writeln!(s, "        a{}_{r} = {};", kk + step, p.class_tap(r, step));
+            }
+        }
+        for r in (0..a_loads).filter(|_| !vectors && !class_rows) {
             let access = match p.tap_run {
                 Some(_) => p.tap_a_access(&format!("ar{r}"), kk),
                 None => p.a_access(&format!("ar{r}")),

@@ -336,6 +336,39 @@ impl Problem {
         }
     }
 
+    /// Returns whether a conv_transpose2d with row runs reads each tap row of a parity
+    /// class from one `vec4<f32>` of the weight, a row of its 4x4 window. That needs
+    /// strides of 1 or 2, so every tap of the class is inside the window and the row's
+    /// components are known: all four at stride 1, `x, z` or `y, w` at stride 2.
+    pub fn class_rows_are_vectors(&self) -> bool {
+        let window = self.constant("KH") == 4 && self.constant("KW") == 4;
+        let stride = (self.constant("SY"), self.constant("SX"));
+        self.op == ConvOp::ConvTranspose2d
+            && self.row_run.is_some()
+            && window
+            && matches!(stride, (1, 1) | (2, 2))
+    }
+
+    /// Returns the taps of one kernel row in a conv_transpose2d parity class, `TX` (1 for
+    /// the other ops).
+    pub fn class_taps_per_row(&self) -> u32 {
+        (self.constant("TX") as u32).max(1)
+    }
+
+    /// Returns the A value of tap `step` of a class's tap row, from the row's vec4
+    /// `av{r}` ([`Self::class_rows_are_vectors`]). At stride 2 the class's first tap
+    /// column `kx0` is 0 or 1.
+    pub fn class_tap(&self, r: usize, step: u32) -> String {
+        const PARTS: [&str; 4] = ["x", "y", "z", "w"];
+        if self.constant("SX") == 1 {
+            format!("av{r}.{}", PARTS[step as usize])
+        } else {
+            let even = PARTS[2 * step as usize];
+            let odd = PARTS[2 * step as usize + 1];
+            format!("select(av{r}.{even}, av{r}.{odd}, kx0 == 1)")
+        }
+    }
+
     /// Returns the size `name` of [`Self::constants`].
     fn constant(&self, name: &str) -> usize {
         self.constants.iter().find(|(n, _)| *n == name).map_or(0, |&(_, v)| v)

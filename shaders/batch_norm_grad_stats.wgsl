@@ -2,21 +2,23 @@
 // forward batch_norm computes them: mean and 1 / sqrt(biased variance + EPS). Every
 // invocation of the workgroup must call it, from uniform control flow.
 
+// element(c, j) is the index of value j of channel c, with VS values of type T per
+// channel and image.
 fn element(c: u32, j: u32) -> u32 {
-    return ((j / S) * C + c) * S + j % S;
+    return ((j / VS) * C + c) * VS + j % VS;
 }
 
 fn channel_stats(c: u32, lid: u32) -> vec2<f32> {
     var sum = 0.0;
-    for (var j = lid; j < M; j += WG) {
-        sum += x[element(c, j)];
+    for (var j = lid; j < VM; j += WG) {
+        sum += lanes_sum(x[element(c, j)]);
     }
     let mean = workgroup_sum(lid, sum) / f32(M);
 
     sum = 0.0;
-    for (var j = lid; j < M; j += WG) {
+    for (var j = lid; j < VM; j += WG) {
         let d = x[element(c, j)] - mean;
-        sum += d * d;
+        sum += lanes_sum(d * d);
     }
     let variance = workgroup_sum(lid, sum) / f32(M);
     return vec2<f32>(mean, inverseSqrt(variance + EPS));

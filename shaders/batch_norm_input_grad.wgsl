@@ -15,7 +15,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let mean_dy = offset_grad[c] / f32(M);
     let mean_dy_x_hat = scale_grad[c] / f32(M);
     let factor = scale[c] * stats.y;
-    for (var j = lid; j < M; j += WG) {
+    for (var j = lid; j < VM; j += WG) {
         let i = element(c, j);
         let x_hat = (x[i] - stats.x) * stats.y;
         dx[i] = factor * (dy[i] - mean_dy - x_hat * mean_dy_x_hat);

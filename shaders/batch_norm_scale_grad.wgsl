@@ -8,9 +8,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let stats = channel_stats(c, lid);
 
     var sum = 0.0;
-    for (var j = lid; j < M; j += WG) {
+    for (var j = lid; j < VM; j += WG) {
         let i = element(c, j);
-        sum += dy[i] * (x[i] - stats.x) * stats.y;
+        sum += lanes_sum(dy[i] * (x[i] - stats.x)) * stats.y;
     }
     let total = workgroup_sum(lid, sum);
     if (lid == 0u && group < C) {

@@ -85,11 +85,13 @@ pub(super) fn lower_conv2d_weight_grad(
     Ok(ctx.kernel(role, CONV2D_WEIGHT_GRAD, &constants, bindings, grid, flops))
 }
 
-/// Constants of the per-channel batch-norm gradient kernels, for x of `dims`.
+/// Constants of the per-channel batch-norm gradient kernels, for x of `dims` read in
+/// values of `lanes` elements: `VS` values per channel and image, `VM` per channel.
 fn batch_norm_constants(
     ctx: &LowerContext<'_>,
     dims: &[usize],
     eps: f32,
+    lanes: usize,
 ) -> Vec<(&'static str, String)> {
     let spatial: usize = dims[2..].iter().product();
     vec![
@@ -97,8 +99,41 @@ fn batch_norm_constants(
         ("C", u(dims[1] as u64)),
         ("S", u(spatial as u64)),
         ("M", u((dims[0] * spatial) as u64)),
+        ("LANES", u(lanes as u64)),
+        ("VS", u((spatial / lanes) as u64)),
+        ("VM", u((dims[0] * spatial / lanes) as u64)),
         ("EPS", f32_literal(eps)),
     ]
+}
+
+/// Returns the elements per value of the per-channel kernels over x of `dims`: 4, one
+/// vec4, when a channel of an image is a multiple of 4 long, else 1.
+fn channel_lanes(dims: &[usize]) -> usize {
+    let spatial: usize = dims[2..].iter().product();
+    if spatial % 4 == 0 {
+        4
+    } else {
+        1
+    }
+}
+
+/// Returns the WGSL that defines the value type `T` of `lanes` elements and
+/// `lanes_sum`, the sum of a value's elements.
+pub(super) fn channel_values(lanes: usize) -> &'static str {
+    if lanes == 4 {
+        "alias T = vec4<f32>;\n\nfn lanes_sum(v: T) -> f32 {\n    return v.x + v.y + v.z + v.w;\n}\n"
+    } else {
+        "alias T = f32;\n\nfn lanes_sum(v: T) -> f32 {\n    return v;\n}\n"
+    }
+}
+
+/// Declares `binding` as `vec4<f32>` values when `lanes` is 4.
+fn with_lanes(binding: Binding, lanes: usize) -> Binding {
+    if lanes == 4 {
+        binding.vec4()
+    } else {
+        binding
+    }
 }
 
 /// Returns the statistics buffer of the forward batch_norm that normalized this gradient
@@ -145,10 +180,19 @@ pub(super) fn lower_batch_norm_scale_grad(
     let role = "batch_norm_scale_grad";
     let dims = ctx.operand_dims(0);
     let grid = channel_grid(ctx, role, dims[1])?;
-    let constants = batch_norm_constants(ctx, &dims, eps);
+    let lanes = channel_lanes(&dims);
+    let constants = batch_norm_constants(ctx, &dims, eps, lanes);
     let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
-    let body = format!("{}\n{statistics}\n{BATCH_NORM_SCALE_GRAD}", ctx.target.workgroup_sum().1);
-    let mut bindings = vec![ctx.read("x", 0), ctx.read("dy", 1), ctx.output("scale_grad")];
+    let body = format!(
+        "{}\n{}\n{statistics}\n{BATCH_NORM_SCALE_GRAD}",
+        channel_values(lanes),
+        ctx.target.workgroup_sum().1
+    );
+    let mut bindings = vec![
+        with_lanes(ctx.read("x", 0), lanes),
+        with_lanes(ctx.read("dy", 1), lanes),
+        ctx.output("scale_grad"),
+    ];
     bindings.extend(saved);
     let flops = 8 * ctx.graph.shape(ctx.operands()[0]).numel() as u64;
     Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
@@ -161,16 +205,21 @@ pub(super) fn lower_batch_norm_input_grad(
     let role = "batch_norm_input_grad";
     let dims = ctx.dims().to_vec();
     let grid = channel_grid(ctx, role, dims[1])?;
-    let constants = batch_norm_constants(ctx, &dims, eps);
+    let lanes = channel_lanes(&dims);
+    let constants = batch_norm_constants(ctx, &dims, eps, lanes);
     let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
-    let body = format!("{}\n{statistics}\n{BATCH_NORM_INPUT_GRAD}", ctx.target.workgroup_sum().1);
+    let body = format!(
+        "{}\n{}\n{statistics}\n{BATCH_NORM_INPUT_GRAD}",
+        channel_values(lanes),
+        ctx.target.workgroup_sum().1
+    );
     let mut bindings = vec![
-        ctx.read("x", 0),
+        with_lanes(ctx.read("x", 0), lanes),
         ctx.read("scale", 1),
-        ctx.read("dy", 2),
+        with_lanes(ctx.read("dy", 2), lanes),
         ctx.read("scale_grad", 3),
         ctx.read("offset_grad", 4),
-        ctx.output("dx"),
+        with_lanes(ctx.output("dx"), lanes),
     ];
     bindings.extend(saved);
     let flops = 12 * ctx.numel() as u64;

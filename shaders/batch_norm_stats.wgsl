@@ -1,9 +1,14 @@
 // Batch statistics: one workgroup per channel c computes the mean and the biased
-// variance over the M = N * S elements of the channel (S = spatial size), in two passes
+// variance over the M = N * S elements of the channel (S = spatial size), read as VM
+// values of type T (VS per channel and image), in two passes
 // with compensated sums, and stores them as stats[c] and stats[C + c]. The second pass
 // also sums the deviations from the first pass's mean, which are zero but for that
 // mean's rounding error, and corrects the mean and the variance by their average.
 // UPDATE, in training mode, then moves the running statistics towards the batch's.
+
+fn element(c: u32, j: u32) -> u32 {
+    return ((j / VS) * C + c) * VS + j % VS;
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -14,8 +19,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     var sum = 0.0;
     var compensation = 0.0;
-    for (var j = lid; j < M; j += WG) {
-        let v = x[((j / S) * C + c) * S + j % S] - compensation;
+    for (var j = lid; j < VM; j += WG) {
+        let v = lanes_sum(x[element(c, j)]) - compensation;
         let next = sum + v;
         compensation = (next - sum) - v;
         sum = next;
@@ -25,10 +30,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     sum = 0.0;
     compensation = 0.0;
     var deviations = 0.0;
-    for (var j = lid; j < M; j += WG) {
-        let d = x[((j / S) * C + c) * S + j % S] - first_mean;
-        deviations += d;
-        let v = d * d - compensation;
+    for (var j = lid; j < VM; j += WG) {
+        let d = x[element(c, j)] - first_mean;
+        deviations += lanes_sum(d);
+        let v = lanes_sum(d * d) - compensation;
         let next = sum + v;
         compensation = (next - sum) - v;
         sum = next;

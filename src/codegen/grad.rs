@@ -108,7 +108,7 @@ fn batch_norm_constants(
 
 /// Returns the elements per value of the per-channel kernels over x of `dims`: 4, one
 /// vec4, when a channel of an image is a multiple of 4 long, else 1.
-fn channel_lanes(dims: &[usize]) -> usize {
+pub(super) fn channel_lanes(dims: &[usize]) -> usize {
     let spatial: usize = dims[2..].iter().product();
     if spatial % 4 == 0 {
         4
@@ -128,7 +128,7 @@ pub(super) fn channel_values(lanes: usize) -> &'static str {
 }
 
 /// Declares `binding` as `vec4<f32>` values when `lanes` is 4.
-fn with_lanes(binding: Binding, lanes: usize) -> Binding {
+pub(super) fn with_lanes(binding: Binding, lanes: usize) -> Binding {
     if lanes == 4 {
         binding.vec4()
     } else {

@@ -40,13 +40,18 @@ pub(super) fn lower_batch_norm(
             ctx.target.max_workgroups_per_dimension,
         )?;
         let (wg, sum) = ctx.target.workgroup_sum();
+        let lanes = super::grad::channel_lanes(&dims);
         let mut constants = vec![
             ("WG", u(wg)),
             ("C", u(c as u64)),
-            ("S", u(spatial as u64)),
             ("M", u(per_channel as u64)),
+            ("VS", u((spatial / lanes) as u64)),
+            ("VM", u((per_channel / lanes) as u64)),
         ];
-        let mut bindings = vec![ctx.read("x", 0), Binding::write("stats", stats, 2 * c)];
+        let mut bindings = vec![
+            super::grad::with_lanes(ctx.read("x", 0), lanes),
+            Binding::write("stats", stats, 2 * c),
+        ];
         // The running statistics move by MOMENTUM towards the batch's, with the variance
         // made unbiased by UNBIAS = M / (M - 1), as PyTorch does.
         let update = if ctx.mode.updates_running_statistics() {
@@ -62,7 +67,11 @@ pub(super) fn lower_batch_norm(
         } else {
             ""
         };
-        let body = format!("{sum}\n{}", fill(STATS, &[("UPDATE", update.to_string())]));
+        let body = format!(
+            "{}\n{sum}\n{}",
+            super::grad::channel_values(lanes),
+            fill(STATS, &[("UPDATE", update.to_string())])
+        );
         let flops = 4 * ctx.numel() as u64;
         kernels.push(ctx.kernel("batch_norm_stats", &body, &constants, bindings, grid, flops));
     }

@@ -9,6 +9,7 @@ use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Resource};
 use crate::ir::Op;
 
 const AXES: &str = include_str!("../../shaders/reduce_axes.wgsl");
+const CHANNEL_SUM: &str = include_str!("../../shaders/channel_sum.wgsl");
 const PARTIAL: &str = include_str!("../../shaders/reduce_partial.wgsl");
 const FINAL: &str = include_str!("../../shaders/reduce_final.wgsl");
 
@@ -49,6 +50,10 @@ pub(super) fn lower_sum(
         return full_reduction(ctx, role, term, count, scale, vec![ctx.read("x", 0)]);
     }
 
+    if dims.len() >= 3 && kept == [1] {
+        return Ok(vec![channel_sum(ctx, role, &dims, scale)?]);
+    }
+
     let outputs = ctx.numel();
     let grid = Grid::fold(
         &ctx.kernel_name(role),
@@ -73,6 +78,36 @@ pub(super) fn lower_sum(
     let bindings = vec![ctx.read("x", 0), ctx.output("y")];
     let flops = dims.iter().product::<usize>() as u64;
     Ok(vec![ctx.kernel(role, &body, &constants, bindings, grid, flops)])
+}
+
+/// Lowers a sum (or mean, by `scale`) of `[N, C, ...]` over every axis but the channels,
+/// such as batch norm's offset gradient or a convolution's bias gradient. One workgroup
+/// sums each channel, reading vec4 values when a channel of an image is a multiple of 4.
+fn channel_sum(
+    ctx: &LowerContext<'_>,
+    role: &str,
+    dims: &[usize],
+    scale: f64,
+) -> Result<Kernel, CodegenError> {
+    let lanes = super::grad::channel_lanes(dims);
+    let spatial: usize = dims[2..].iter().product();
+    let grid = Grid::fold(
+        &ctx.kernel_name(role),
+        dims[1] as u64,
+        ctx.target.max_workgroups_per_dimension,
+    )?;
+    let (wg, sum) = ctx.target.workgroup_sum();
+    let constants = vec![
+        ("WG", u(wg)),
+        ("C", u(dims[1] as u64)),
+        ("VS", u((spatial / lanes) as u64)),
+        ("VM", u((dims[0] * spatial / lanes) as u64)),
+        ("SCALE", f32_literal(scale as f32)),
+    ];
+    let body = format!("{}\n{sum}\n{CHANNEL_SUM}", super::grad::channel_values(lanes));
+    let bindings = vec![super::grad::with_lanes(ctx.read("x", 0), lanes), ctx.output("y")];
+    let flops = dims.iter().product::<usize>() as u64;
+    Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
 }
 
 pub(super) fn lower_loss(ctx: &LowerContext<'_>, op: &Op) -> Result<Vec<Kernel>, CodegenError> {

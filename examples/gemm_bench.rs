@@ -6,12 +6,12 @@
 //! (`naive/c`, `tiled/c`), then the seconds to create the tiled pipeline.
 //!
 //! Usage: `cargo run --release --example gemm_bench -- [--layers e2,d6] [--ops fwd,wgrad]
-//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/unchecked][/baked]]... [--samples N] [--no-naive]
+//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/tex][/unchecked][/baked]]... [--samples N] [--no-naive]
 //! [--baked] [--ngf N] [--size S]`. Each figure is the median of `--samples` timed submits, each of enough
 //! back-to-back dispatches to take about 0.25 s. `/unchecked` creates the module without
-//! wgpu's bounds checks, and `/baked` bakes every size into the shader instead of reading
-//! some from its uniform block. `--baked` adds the baked variant of the chosen tiling, so
-//! the two are timed side by side.
+//! wgpu's bounds checks, `/baked` bakes every size into the shader instead of reading
+//! some from its uniform block, and `/tex` reads the operands from textures. `--baked`
+//! adds the baked variant of the chosen tiling, so the two are timed side by side.
 
 use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Sizes, Tiling};
 use std::time::Instant;
@@ -92,6 +92,7 @@ fn parse_tiling(text: &str) -> Tiling {
         k_chunk: number("kc", 1),
         block_m: number("bm", 1024),
         subgroup_size,
+        texture_operands: parts.contains(&"tex"),
     }
 }
 
@@ -124,21 +125,58 @@ fn open_gpu() -> Gpu {
     Gpu { device, queue, profile }
 }
 
-fn random_buffer(gpu: &Gpu, len: usize, seed: u32) -> wgpu::Buffer {
+fn random_values(len: usize, seed: u32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    let data: Vec<f32> = (0..len)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
             (state as f32 / u32::MAX as f32) - 0.5
         })
-        .collect();
+        .collect()
+}
+
+fn random_buffer(gpu: &Gpu, len: usize, seed: u32) -> wgpu::Buffer {
     gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: None,
-        contents: bytemuck::cast_slice(&data),
+        contents: bytemuck::cast_slice(&random_values(len, seed)),
         usage: wgpu::BufferUsages::STORAGE,
     })
+}
+
+/// Creates a texture of `len` random values, `lanes` (1 or 4) to a texel, laid out as
+/// [`gemm::TEXTURE_WIDTH`] texels a row.
+fn random_texture(gpu: &Gpu, len: usize, lanes: usize, seed: u32) -> wgpu::TextureView {
+    let width = gemm::TEXTURE_WIDTH as usize;
+    let rows = len.div_ceil(lanes * width).max(1);
+    let mut data = random_values(len, seed);
+    data.resize(rows * width * lanes, 0.0);
+    let format =
+        if lanes == 4 { wgpu::TextureFormat::Rgba32Float } else { wgpu::TextureFormat::R32Float };
+    let size =
+        wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: 1 };
+    let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
+        label: None,
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    gpu.queue.write_texture(
+        texture.as_image_copy(),
+        bytemuck::cast_slice(&data),
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some((width * lanes * 4) as u32),
+            rows_per_image: None,
+        },
+        size,
+    );
+    texture.create_view(&Default::default())
 }
 
 fn operand_len(op: ConvOp, g: &ConvGeometry, role: gemm::Operand) -> usize {
@@ -228,7 +266,8 @@ struct Prepared {
     reps: u32,
     /// Shader module and pipeline creation, which is where lavapipe compiles.
     compile_seconds: f64,
-    _buffers: Vec<wgpu::Buffer>,
+    _buffers: Vec<Option<wgpu::Buffer>>,
+    _views: Vec<Option<wgpu::TextureView>>,
 }
 
 fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepared {
@@ -258,27 +297,46 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         cache: None,
     });
     let compile_seconds = compile_start.elapsed().as_secs_f64();
-    let buffers: Vec<wgpu::Buffer> = kernel
+    let textured = |i: usize| kernel.texture_operands && i < 2;
+    let buffers: Vec<Option<wgpu::Buffer>> = kernel
         .bindings
         .iter()
         .enumerate()
         .map(|(i, &role)| match role {
+            _ if textured(i) => None,
             gemm::Operand::Shape => {
                 let mut words = kernel.shape.clone();
                 words.resize(words.len().next_multiple_of(4), 0);
-                gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                Some(gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("shape"),
                     contents: bytemuck::cast_slice(&words),
                     usage: wgpu::BufferUsages::UNIFORM,
-                })
+                }))
             }
-            role => random_buffer(gpu, operand_len(op, g, role), i as u32 + 1),
+            role => Some(random_buffer(gpu, operand_len(op, g, role), i as u32 + 1)),
+        })
+        .collect();
+    let views: Vec<Option<wgpu::TextureView>> = kernel
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(i, &role)| {
+            let lanes = if i == 0 && kernel.lhs_vectors { 4 } else { 1 };
+            textured(i).then(|| random_texture(gpu, operand_len(op, g, role), lanes, i as u32 + 1))
         })
         .collect();
     let entries: Vec<wgpu::BindGroupEntry> = buffers
         .iter()
+        .zip(&views)
         .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+        .map(|(i, (b, v))| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: match (b, v) {
+                (Some(b), _) => b.as_entire_binding(),
+                (None, Some(v)) => wgpu::BindingResource::TextureView(v),
+                (None, None) => unreachable!("every binding has a buffer or a texture"),
+            },
+        })
         .collect();
     let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
@@ -295,6 +353,7 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         reps,
         compile_seconds,
         _buffers: buffers,
+        _views: views,
     }
 }
 
@@ -369,6 +428,7 @@ fn main() {
         k_chunk: 1,
         block_m: 1,
         subgroup_size: None,
+        texture_operands: false,
     };
     let skip_naive = args.iter().any(|a| a == "--no-naive");
     let add_baked = args.iter().any(|a| a == "--baked");
@@ -441,8 +501,9 @@ fn main() {
 /// Writes a tiling in the syntax `--tiling` reads.
 fn describe(t: &Tiling) -> String {
     let subgroup = t.subgroup_size.map_or(String::new(), |s| format!("/sg{s}"));
+    let textures = if t.texture_operands { "/tex" } else { "" };
     format!(
-        "{}x{}/{}{subgroup}/kc{}/bm{}",
+        "{}x{}/{}{subgroup}/kc{}/bm{}{textures}",
         t.tile_m, t.tile_n, t.workgroup_size, t.k_chunk, t.block_m
     )
 }

@@ -225,6 +225,16 @@ impl Case {
         let gpu = gpu();
         let out_len = reference::output_len(self.op, &self.geometry);
         let out_bytes = (out_len * 4) as u64;
+        let views: Vec<Option<wgpu::TextureView>> = kernel
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, &role)| {
+                let lanes = if i == 0 && kernel.lhs_vectors { 4 } else { 1 };
+                (kernel.texture_operands && i < 2)
+                    .then(|| texture_operand(gpu, self.binding(role), lanes))
+            })
+            .collect();
         let buffers: Vec<wgpu::Buffer> = kernel
             .bindings
             .iter()
@@ -263,10 +273,14 @@ impl Case {
         });
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
+            .zip(&views)
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, (b, view))| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource: match view {
+                    Some(view) => wgpu::BindingResource::TextureView(view),
+                    None => b.as_entire_binding(),
+                },
             })
             .collect();
         let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -347,11 +361,12 @@ fn sample_indices(len: usize, count: usize) -> Vec<usize> {
 }
 
 /// Lists the tilings every awkward case runs with: one output per invocation and an odd
-/// register tile without subgroups. Where the adapter has subgroups, an odd tile, the
+/// register tile with texture operands, both without subgroups. Where the adapter has subgroups, an odd tile, the
 /// chosen one and the large CPU tile follow, whose rows mostly lie outside these outputs.
 fn tilings(op: ConvOp, g: &ConvGeometry) -> Vec<Tiling> {
     let profile = gpu().profile;
-    let mut list = vec![plain(1, 1, 64, 1, 1), plain(3, 5, 16, 3, 2)];
+    let textured = Tiling { texture_operands: true, ..plain(3, 5, 16, 3, 2) };
+    let mut list = vec![plain(1, 1, 64, 1, 1), textured];
     match profile.fixed_subgroup_size {
         Some(size) => {
             let with_subgroups = |t: Tiling| Tiling { subgroup_size: Some(size), ..t };
@@ -364,9 +379,51 @@ fn tilings(op: ConvOp, g: &ConvGeometry) -> Vec<Tiling> {
     list
 }
 
+/// Uploads `values` as a texture operand: `lanes` values a texel, `gemm::TEXTURE_WIDTH`
+/// texels a row, the last row padded with NaN so that a read past the end shows.
+fn texture_operand(gpu: &Gpu, values: &[f32], lanes: usize) -> wgpu::TextureView {
+    let width = gemm::TEXTURE_WIDTH as usize;
+    let rows = values.len().div_ceil(lanes * width).max(1);
+    let mut data = values.to_vec();
+    data.resize(rows * width * lanes, f32::NAN);
+    let format =
+        if lanes == 4 { wgpu::TextureFormat::Rgba32Float } else { wgpu::TextureFormat::R32Float };
+    let size =
+        wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: 1 };
+    let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("operand"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    gpu.queue.write_texture(
+        texture.as_image_copy(),
+        bytemuck::cast_slice(&data),
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some((width * lanes * 4) as u32),
+            rows_per_image: None,
+        },
+        size,
+    );
+    texture.create_view(&Default::default())
+}
+
 /// Builds a tiling without subgroup operations.
 fn plain(tile_m: u32, tile_n: u32, workgroup_size: u32, k_chunk: u32, block_m: u32) -> Tiling {
-    Tiling { tile_m, tile_n, workgroup_size, k_chunk, block_m, subgroup_size: None }
+    Tiling {
+        tile_m,
+        tile_n,
+        workgroup_size,
+        k_chunk,
+        block_m,
+        subgroup_size: None,
+        texture_operands: false,
+    }
 }
 
 /// Geometry of the forward op of `op` with the output size from its shape rule.
@@ -584,10 +641,30 @@ mod pix2pix {
     #[test]
     fn every_pix2pix_shader_validates() {
         let profiles = [
-            DeviceProfile { fixed_subgroup_size: Some(8), max_invocations: 1024, cpu: true },
-            DeviceProfile { fixed_subgroup_size: None, max_invocations: 1024, cpu: true },
-            DeviceProfile { fixed_subgroup_size: Some(32), max_invocations: 1024, cpu: false },
-            DeviceProfile { fixed_subgroup_size: None, max_invocations: 256, cpu: false },
+            DeviceProfile {
+                fixed_subgroup_size: Some(8),
+                max_invocations: 1024,
+                cpu: true,
+                max_texture_rows: 8192,
+            },
+            DeviceProfile {
+                fixed_subgroup_size: None,
+                max_invocations: 1024,
+                cpu: true,
+                max_texture_rows: 8192,
+            },
+            DeviceProfile {
+                fixed_subgroup_size: Some(32),
+                max_invocations: 1024,
+                cpu: false,
+                max_texture_rows: 8192,
+            },
+            DeviceProfile {
+                fixed_subgroup_size: None,
+                max_invocations: 256,
+                cpu: false,
+                max_texture_rows: 8192,
+            },
         ];
         for (name, forward, g) in layers() {
             for op in [forward, weight_grad(forward)] {

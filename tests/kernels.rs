@@ -320,6 +320,27 @@ mod conv {
     }
 
     #[test]
+    fn conv_operands_span_texture_rows() {
+        // On a CPU adapter the operands are copied into textures of 4096 texels a row. These
+        // span several rows with a partial last one, and the weight sits after the bias in
+        // the parameter store, so its copy starts at an offset.
+        for transpose in [false, true] {
+            let mut case = Case::new(13);
+            let x = case.input("x", &[1, 33, 19, 23]);
+            let b = case.param("b", &[40]);
+            let dims = if transpose { [33, 40, 4, 4] } else { [40, 33, 4, 4] };
+            let w = case.param("w", &dims);
+            let op = if transpose {
+                Op::ConvTranspose2d { stride: [2; 2], padding: [1; 2], output_padding: [0; 2] }
+            } else {
+                Op::Conv2d { stride: [2; 2], padding: [1; 2] }
+            };
+            let y = case.op(op, &[x, w, b]);
+            case.check(y, Mode::Eval);
+        }
+    }
+
+    #[test]
     fn conv_transpose2d_with_output_padding() {
         let mut case = Case::new(12);
         let x = case.input("x", &[1, 3, 5, 4]);

@@ -166,6 +166,7 @@ fn every_op_kind_validates_with_naga() {
     let targets = [
         Target::default(),
         Target { subgroups: true, ..Target::default() },
+        cpu_target(),
         Target {
             tuning: Tuning { elementwise_items: 1, conv_out_channel_tile: 3, ..Tuning::default() },
             max_storage_buffer_binding_size: 4096,
@@ -190,11 +191,21 @@ fn every_op_kind_validates_with_naga() {
     }
 }
 
+/// Returns the target of a CPU adapter with 8-wide subgroups, as lavapipe is. Its
+/// convolutions read their operands as textures.
+fn cpu_target() -> Target {
+    Target { cpu: true, subgroups: true, subgroup_size: Some(8), ..Target::default() }
+}
+
 #[test]
 fn op_kind_shaders_match_snapshots() {
     for (name, builder, mode) in op_kinds() {
         let kernels = builder.lower(mode, &Target::default());
         insta::assert_snapshot!(name, program_text(&kernels));
+        if name == "conv2d" {
+            let kernels = builder.lower(mode, &cpu_target());
+            insta::assert_snapshot!("conv2d_cpu", program_text(&kernels));
+        }
     }
 }
 

@@ -19,6 +19,7 @@ fn device_profile(target: &Target) -> DeviceProfile {
         fixed_subgroup_size: if target.subgroups { target.subgroup_size } else { None },
         max_invocations: 256,
         cpu: target.cpu,
+        max_texture_rows: target.max_texture_dimension_2d,
     }
 }
 
@@ -60,15 +61,15 @@ fn lower_gemm(
             Operand::Shape => Binding::shape("shape", generated.shape.len()),
         })
         .enumerate()
-        .map(
-            |(index, binding)| {
-                if index == 0 && generated.lhs_vectors {
-                    binding.vec4()
-                } else {
-                    binding
-                }
-            },
-        )
+        .map(|(index, binding)| {
+            let binding =
+                if index == 0 && generated.lhs_vectors { binding.vec4() } else { binding };
+            if index < 2 && generated.texture_operands {
+                binding.texture()
+            } else {
+                binding
+            }
+        })
         .collect();
     let wgsl = format!("// netc kernel {name}\n\n{}", generated.wgsl);
     Ok(Some(Kernel {

@@ -62,6 +62,10 @@ pub enum Access {
     Read,
     ReadWrite,
     Uniform,
+    /// Read as a 2D texture of [`gemm::TEXTURE_WIDTH`] texels a row (`Rgba32Float` with
+    /// [`Binding::vec4`], else `R32Float`), which the runtime copies the bound range into
+    /// before the kernel runs.
+    Texture,
 }
 
 /// One binding of a kernel, in binding-index order.
@@ -138,6 +142,19 @@ impl Binding {
     pub fn vec4(mut self) -> Self {
         self.vec4 = true;
         self
+    }
+
+    /// Binds a read-only range as a texture instead of a storage buffer ([`Access::Texture`]).
+    pub fn texture(mut self) -> Self {
+        debug_assert_eq!(self.access, Access::Read, "only read bindings become textures");
+        self.access = Access::Texture;
+        self
+    }
+
+    /// Returns the rows of the texture a [`Access::Texture`] binding is copied into.
+    pub fn texture_rows(&self) -> u64 {
+        let lanes = if self.vec4 { 4 } else { 1 };
+        (self.elements / lanes).div_ceil(u64::from(gemm::TEXTURE_WIDTH))
     }
 
     /// Size of the binding in bytes.

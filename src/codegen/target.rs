@@ -49,6 +49,8 @@ pub struct Target {
     pub max_storage_buffers_per_shader_stage: u32,
     /// `minStorageBufferOffsetAlignment` in bytes, for kernels that bind chunks.
     pub storage_offset_alignment: u32,
+    /// `maxTextureDimension2D`: the most rows a texture operand may have.
+    pub max_texture_dimension_2d: u32,
     pub subgroups: bool,
     /// The subgroup size when the adapter has a single one (`subgroup_min_size ==
     /// subgroup_max_size`); the subgroup GEMM kernels bake it in. `None` when unknown.
@@ -68,6 +70,7 @@ impl Default for Target {
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            max_texture_dimension_2d: limits.max_texture_dimension_2d,
             subgroups: false,
             subgroup_size: None,
             cpu: false,
@@ -103,6 +106,7 @@ impl Target {
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            max_texture_dimension_2d: limits.max_texture_dimension_2d,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: None,
             cpu: false,
@@ -112,7 +116,22 @@ impl Target {
 
     /// Rejects a kernel that binds more than the device allows.
     pub fn check(&self, kernel: &Kernel) -> Result<(), CodegenError> {
-        let storage = kernel.bindings.iter().filter(|b| b.access != Access::Uniform);
+        for binding in kernel.bindings.iter().filter(|b| b.access == Access::Texture) {
+            if binding.texture_rows() > u64::from(self.max_texture_dimension_2d) {
+                return Err(CodegenError::BindingTooLarge {
+                    kernel: kernel.name.clone(),
+                    binding: binding.name,
+                    bytes: binding.bytes(),
+                    limit: u64::from(self.max_texture_dimension_2d)
+                        * u64::from(super::gemm::TEXTURE_WIDTH)
+                        * if binding.vec4 { 16 } else { 4 },
+                });
+            }
+        }
+        let storage = kernel
+            .bindings
+            .iter()
+            .filter(|b| !matches!(b.access, Access::Uniform | Access::Texture));
         let count = storage.clone().count() as u32;
         if count > self.max_storage_buffers_per_shader_stage {
             return Err(CodegenError::TooManyStorageBuffers {

@@ -93,6 +93,7 @@ pub fn assemble(
                 format!("var<storage, read_write> {}: array<{element}>", binding.name)
             }
             Access::Uniform => format!("var<uniform> {}: RunValues", binding.name),
+            Access::Texture => format!("var {}: texture_2d<f32>", binding.name),
         };
         out.push_str(&format!("@group(0) @binding({index}) {declaration};\n"));
     }

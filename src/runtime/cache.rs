@@ -58,6 +58,7 @@ pub fn kernel_key(kernel: &Kernel) -> [u8; 32] {
             Access::Read => b"r",
             Access::ReadWrite => b"w",
             Access::Uniform => b"u",
+            Access::Texture => b"t",
         };
         hasher.update(mode);
     }

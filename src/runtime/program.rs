@@ -2,6 +2,7 @@
 //! once, and the run that records every dispatch into one compute pass and one submit.
 
 use super::{kernel_key, CacheCounts, CachedPipeline, Gpu, ParamStore, RuntimeError};
+use crate::codegen::gemm::TEXTURE_WIDTH;
 use crate::codegen::wgsl::{RunValues, RUN_VALUES_BYTES};
 use crate::codegen::{value_resource, Access, Kernel, Mode, Resource};
 use crate::ir::{Graph, NodeId, Op};
@@ -27,6 +28,111 @@ struct CompiledKernel {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    /// The copies that fill the kernel's texture operands, encoded before its pass.
+    copies: Vec<TextureCopy>,
+}
+
+/// A copy of a bound buffer range into a texture operand, [`TEXTURE_WIDTH`] texels a row.
+struct TextureCopy {
+    buffer: wgpu::Buffer,
+    /// Byte offset of the first element in `buffer`.
+    offset: u64,
+    elements: u64,
+    /// Values per texel: 4 for `Rgba32Float`, 1 for `R32Float`.
+    lanes: u64,
+    texture: wgpu::Texture,
+}
+
+impl TextureCopy {
+    /// Encodes the whole rows with one copy and the last, partial row with another.
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let width = u64::from(TEXTURE_WIDTH);
+        let row_bytes = width * self.lanes * 4;
+        let texels = self.elements / self.lanes;
+        let (rows, rest) = (texels / width, texels % width);
+        let copy = |encoder: &mut wgpu::CommandEncoder, offset, row, extent| {
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset,
+                        bytes_per_row: Some(row_bytes as u32),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: row, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                extent,
+            );
+        };
+        if rows > 0 {
+            let extent = wgpu::Extent3d {
+                width: TEXTURE_WIDTH,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            };
+            copy(encoder, self.offset, 0, extent);
+        }
+        if rest > 0 {
+            let extent = wgpu::Extent3d { width: rest as u32, height: 1, depth_or_array_layers: 1 };
+            copy(encoder, self.offset + rows * row_bytes, rows as u32, extent);
+        }
+    }
+}
+
+/// The textures that texture operands are copied into, one per binding index and texel
+/// format, each as tall as the tallest operand that uses it. Kernels run one after the
+/// other, so each one's copies can overwrite the previous kernel's operands.
+struct TexturePool {
+    textures: HashMap<(usize, bool), (wgpu::Texture, wgpu::TextureView)>,
+    bytes: u64,
+}
+
+impl TexturePool {
+    fn new(gpu: &Gpu, kernels: &[Kernel]) -> Self {
+        let mut rows: BTreeMap<(usize, bool), u64> = BTreeMap::new();
+        for kernel in kernels {
+            for (index, binding) in kernel.bindings.iter().enumerate() {
+                if binding.access == Access::Texture {
+                    let tallest = rows.entry((index, binding.vec4)).or_default();
+                    *tallest = (*tallest).max(binding.texture_rows().max(1));
+                }
+            }
+        }
+        let mut bytes = 0;
+        let textures = rows
+            .into_iter()
+            .map(|((index, vec4), height)| {
+                let format = if vec4 {
+                    wgpu::TextureFormat::Rgba32Float
+                } else {
+                    wgpu::TextureFormat::R32Float
+                };
+                let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("texture operand"),
+                    size: wgpu::Extent3d {
+                        width: TEXTURE_WIDTH,
+                        height: height as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                bytes += height * u64::from(TEXTURE_WIDTH) * if vec4 { 16 } else { 4 };
+                let view = texture.create_view(&Default::default());
+                ((index, vec4), (texture, view))
+            })
+            .collect();
+        TexturePool { textures, bytes }
+    }
 }
 
 struct Port {
@@ -64,7 +170,8 @@ fn storage_buffer(
     Ok(gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size,
-        usage: BufferUsages::STORAGE | extra,
+        // Any buffer may be copied into a texture operand.
+        usage: BufferUsages::STORAGE | BufferUsages::COPY_SRC | extra,
         mapped_at_creation: false,
     }))
 }
@@ -131,10 +238,12 @@ impl Program {
 
         let keys: Vec<[u8; 32]> = kernels.iter().map(kernel_key).collect();
         let (pipelines, shaders) = create_pipelines(gpu, kernels, &keys)?;
+        let pool = TexturePool::new(gpu, kernels);
         let mut compiled = Vec::with_capacity(kernels.len());
         for (kernel, key) in kernels.iter().zip(&keys) {
             let CachedPipeline { pipeline, layout } = &pipelines[key];
             let shape = shape_buffer(gpu, kernel)?;
+            let mut copies = Vec::new();
             let entries: Vec<wgpu::BindGroupEntry> = kernel
                 .bindings
                 .iter()
@@ -142,11 +251,26 @@ impl Program {
                 .map(|(index, binding)| {
                     let (buffer, base) =
                         buffers.get(binding.resource, params, &run_values, shape.as_ref());
+                    let offset = base + binding.offset * 4;
+                    if binding.access == Access::Texture {
+                        let (texture, view) = &pool.textures[&(index, binding.vec4)];
+                        copies.push(TextureCopy {
+                            buffer: buffer.clone(),
+                            offset,
+                            elements: binding.elements,
+                            lanes: if binding.vec4 { 4 } else { 1 },
+                            texture: texture.clone(),
+                        });
+                        return wgpu::BindGroupEntry {
+                            binding: index as u32,
+                            resource: wgpu::BindingResource::TextureView(view),
+                        };
+                    }
                     wgpu::BindGroupEntry {
                         binding: index as u32,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer,
-                            offset: base + binding.offset * 4,
+                            offset,
                             size: wgpu::BufferSize::new(binding.bytes()),
                         }),
                     }
@@ -162,6 +286,7 @@ impl Program {
                 pipeline: pipeline.clone(),
                 bind_group,
                 workgroups: kernel.grid.workgroups,
+                copies,
             });
         }
 
@@ -191,7 +316,7 @@ impl Program {
         let memory = MemoryReport {
             intermediate_bytes: buffers.plan.peak_bytes,
             unshared_bytes: buffers.plan.unshared_bytes,
-            pinned_bytes: buffers.pinned_bytes,
+            pinned_bytes: buffers.pinned_bytes + pool.bytes,
             buffers: buffers.plan.buffers.len(),
         };
         tracing::info!(
@@ -339,17 +464,28 @@ impl Program {
         let mut encoder = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
-        {
+        // A kernel with texture operands starts a new pass after the copies that fill them.
+        let mut start = 0;
+        while start < self.kernels.len() {
+            for copy in &self.kernels[start].copies {
+                copy.encode(&mut encoder);
+            }
+            let end = self.kernels[start + 1..]
+                .iter()
+                .position(|k| !k.copies.is_empty())
+                .map_or(self.kernels.len(), |p| start + 1 + p);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("run"),
                 timestamp_writes: None,
             });
-            for kernel in &self.kernels {
+            for kernel in &self.kernels[start..end] {
                 pass.set_pipeline(&kernel.pipeline);
                 pass.set_bind_group(0, &kernel.bind_group, &[]);
                 let [x, y, z] = kernel.workgroups;
                 pass.dispatch_workgroups(x, y, z);
             }
+            drop(pass);
+            start = end;
         }
         let list: Vec<(&wgpu::Buffer, u64, usize)> =
             ports.iter().map(|p| (&p.buffer, p.offset, p.elements)).collect();
@@ -372,6 +508,9 @@ impl Program {
             let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(&kernel.name),
             });
+            for copy in &kernel.copies {
+                copy.encode(&mut encoder);
+            }
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                 pass.set_pipeline(&kernel.pipeline);
@@ -494,14 +633,21 @@ fn create_pipeline(gpu: &Gpu, kernel: &Kernel) -> Result<CachedPipeline, Runtime
         .map(|(index, binding)| wgpu::BindGroupLayoutEntry {
             binding: index as u32,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: match binding.access {
-                    Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                    Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                    Access::Uniform => wgpu::BufferBindingType::Uniform,
+            ty: match binding.access {
+                Access::Texture => wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    view_dimension: wgpu::TextureViewDimension::D2,
+                    multisampled: false,
                 },
-                has_dynamic_offset: false,
-                min_binding_size: None,
+                access => wgpu::BindingType::Buffer {
+                    ty: match access {
+                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                        _ => wgpu::BufferBindingType::Storage { read_only: true },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
             },
             count: None,
         })

@@ -8,7 +8,7 @@
 //! own A values.
 
 use super::problem::Problem;
-use super::{ConvOp, GemmError, GemmKernel, Operand, Sizes, Tiling};
+use super::{ConvOp, GemmError, GemmKernel, Operand, Sizes, Tiling, TEXTURE_WIDTH};
 use crate::codegen::Grid;
 use std::fmt::Write;
 
@@ -36,7 +36,7 @@ pub(super) fn kernel(
 
     let mut s = String::new();
     let uniforms = header(&mut s, p, t, [tiles_m, tiles_n], &grid, sizes);
-    bindings(&mut s, p.op, with_bias, vector_a(p, t));
+    bindings(&mut s, p.op, with_bias, vector_a(p, t), t.texture_operands);
     if !uniforms.is_empty() {
         shape_block(&mut s, &uniforms, binding_roles(p.op, with_bias).len());
     }
@@ -54,6 +54,7 @@ pub(super) fn kernel(
         grid,
         uses_subgroups: t.subgroup_size.is_some(),
         lhs_vectors: vector_a(p, t),
+        texture_operands: t.texture_operands,
         flops: 0,
         shape: uniforms.iter().map(|u| u.value).collect(),
     })
@@ -152,7 +153,7 @@ fn header(
     uniforms
 }
 
-fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool) {
+fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool, textures: bool) {
     let (a, b) = match op {
         ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("weight", "input"),
         ConvOp::Conv2dWeightGrad => ("output gradient", "input"),
@@ -163,16 +164,45 @@ fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool) {
     } else {
         ("", "f32")
     };
+    let (helpers, declarations) = if textures {
+        let a_part = if lhs_vectors { "" } else { ".x" };
+        let coordinates = format!(
+            "vec2<i32>(i & {}, i >> {}u)",
+            TEXTURE_WIDTH - 1,
+            TEXTURE_WIDTH.trailing_zeros()
+        );
+        (
+            format!(
+                "fn lhs_at(i: i32) -> {a_type} {{\n    return textureLoad(lhs, {coordinates}, 0){a_part};\n}}\n\n\
+                 fn rhs_at(i: i32) -> f32 {{\n    return textureLoad(rhs, {coordinates}, 0).x;\n}}"
+            ),
+            format!(
+                "// A: the {a}{a_note}.\n// B: the {b}.\n\
+                 // Both are 2D textures of {TEXTURE_WIDTH} texels a row.\n\
+                 @group(0) @binding(0) var lhs: texture_2d<f32>;\n\
+                 @group(0) @binding(1) var rhs: texture_2d<f32>;"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "fn lhs_at(i: i32) -> {a_type} {{\n    return lhs[i];\n}}\n\n\
+                 fn rhs_at(i: i32) -> f32 {{\n    return rhs[i];\n}}"
+            ),
+            format!(
+                "// A: the {a}{a_note}.\n@group(0) @binding(0) var<storage, read> lhs: array<{a_type}>;\n\
+                 // B: the {b}.\n@group(0) @binding(1) var<storage, read> rhs: array<f32>;"
+            ),
+        )
+    };
     let _ = writeln!(
         s,
-        "// A: the {a}{a_note}.\n@group(0) @binding(0) var<storage, read> lhs: array<{a_type}>;\n\
-         // B: the {b}.\n@group(0) @binding(1) var<storage, read> rhs: array<f32>;\n\
-         @group(0) @binding(2) var<storage, read_write> dst: array<f32>;"
+        "{declarations}\n@group(0) @binding(2) var<storage, read_write> dst: array<f32>;"
     );
     if with_bias {
         let _ = writeln!(s, "@group(0) @binding(3) var<storage, read> bias: array<f32>;");
     }
-    s.push('\n');
+    let _ = writeln!(s, "\n{helpers}\n");
 }
 
 fn binding_roles(op: ConvOp, with_bias: bool) -> Vec<Operand> {
@@ -327,7 +357,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             let _ = writeln!(
                 s,
                 "        let av{r} = select(vec4<f32>(), \
-                 lhs[select(0i, ({}) / 4, ar{r}_live)], ar{r}_live);",
+                 lhs_at(select(0i, ({}) / 4, ar{r}_live)), ar{r}_live);",
                 access.offset
             );
             for (step, part) in ["x", "y", "z", "w"].iter().enumerate() {
@@ -340,7 +370,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             let _ = writeln!(
                 s,
                 "        let av{r} = select(vec4<f32>(), \
-                 lhs[select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, ar{r}_live)], ar{r}_live);"
+                 lhs_at(select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, ar{r}_live)), ar{r}_live);"
             );
             for step in 0..taps {
                 let _ = writeln!(s, "        a{}_{r} = {};", kk + step, p.class_tap(r, step));
@@ -359,7 +389,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             let _ = writeln!(
                 s,
                 "        let a{r}_valid = ar{r}_live{extra}{in_range};\n        \
-                 a{kk}_{r} = select(0.0, lhs[select(0i, {}, a{r}_valid)], a{r}_valid);",
+                 a{kk}_{r} = select(0.0, lhs_at(select(0i, {}, a{r}_valid)), a{r}_valid);",
                 access.offset
             );
         }
@@ -376,7 +406,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             let _ = writeln!(
                 s,
                 "        let b{j}_valid = {}{in_range};\n        \
-                 b{kk}_{j} = select(0.0, rhs[select(0i, {}, b{j}_valid)], b{j}_valid);",
+                 b{kk}_{j} = select(0.0, rhs_at(select(0i, {}, b{j}_valid)), b{j}_valid);",
                 access.valid, access.offset
             );
         }

@@ -149,7 +149,15 @@ pub struct Tiling {
     /// Share A across a subgroup of this many invocations with `subgroupBroadcast`; `None`
     /// loads A in every invocation.
     pub subgroup_size: Option<u32>,
+    /// Read A and B with `textureLoad` from 2D textures of [`TEXTURE_WIDTH`] texels a row
+    /// rather than from storage buffers. Lavapipe (Mesa 22.3) loads storage values one lane
+    /// at a time but fetches the texels of all lanes together.
+    pub texture_operands: bool,
 }
+
+/// Texels per row of the textures that A and B are read from with
+/// [`Tiling::texture_operands`]. Element `i` is texel `(i % TEXTURE_WIDTH, i / TEXTURE_WIDTH)`.
+pub const TEXTURE_WIDTH: u32 = 4096;
 
 /// What the adapter offers that the choice of tiling depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +169,9 @@ pub struct DeviceProfile {
     pub max_invocations: u32,
     /// Whether the adapter is a CPU (`DeviceType::Cpu`, as lavapipe reports).
     pub cpu: bool,
+    /// `max_texture_dimension_2d`: operands of more than this many rows of
+    /// [`TEXTURE_WIDTH`] values stay in storage buffers.
+    pub max_texture_rows: u32,
 }
 
 impl DeviceProfile {
@@ -173,6 +184,7 @@ impl DeviceProfile {
             fixed_subgroup_size: subgroups.then_some(info.subgroup_min_size),
             max_invocations: adapter.limits().max_compute_invocations_per_workgroup,
             cpu: info.device_type == wgpu::DeviceType::Cpu,
+            max_texture_rows: adapter.limits().max_texture_dimension_2d,
         }
     }
 }
@@ -218,6 +230,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             k_chunk: 4,
             block_m: 2,
             subgroup_size: Some(size),
+            texture_operands: false,
         },
         (true, None) => Tiling {
             tile_m: 32,
@@ -226,6 +239,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             k_chunk: 4,
             block_m: 2,
             subgroup_size: None,
+            texture_operands: false,
         },
         (false, subgroup_size) => Tiling {
             tile_m: 8,
@@ -234,6 +248,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             k_chunk: 1,
             block_m: 8,
             subgroup_size,
+            texture_operands: false,
         },
     };
 
@@ -259,6 +274,21 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             break;
         }
     }
+
+    // Lavapipe on a 2-core AMD EPYC (Zen 2) took e3's conv2d from 11.6 to 22.2 GFLOP/s
+    // with texture operands (`examples/gemm_bench.rs`), because its storage loads run one
+    // lane at a time. Operands too tall for a texture stay in storage buffers.
+    let g = geometry;
+    let largest = [
+        g.batch * g.in_channels * g.in_size[0] * g.in_size[1],
+        g.batch * g.out_channels * g.out_size[0] * g.out_size[1],
+        g.in_channels * g.out_channels * g.kernel[0] * g.kernel[1],
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    let rows = largest.div_ceil(TEXTURE_WIDTH as usize);
+    tiling.texture_operands = device.cpu && rows <= device.max_texture_rows as usize;
     tiling
 }
 
@@ -301,6 +331,9 @@ pub struct GemmKernel {
     /// Whether binding 0 (A) is declared as `array<vec4<f32>>`, four reduction steps of a
     /// row per element, rather than `array<f32>`.
     pub lhs_vectors: bool,
+    /// Whether A and B are textures ([`Tiling::texture_operands`]): `Rgba32Float` for A
+    /// with `lhs_vectors`, `R32Float` otherwise.
+    pub texture_operands: bool,
     pub flops: u64,
     /// The contents of the [`Operand::Shape`] uniform block, as `i32` and `u32` bits.
     pub shape: Vec<u32>,

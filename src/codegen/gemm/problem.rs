@@ -195,7 +195,7 @@ impl Problem {
                 code.push_str(&format!(
                     "        let u{r}_{t}_ok = trow{r} && u32(x + {t}) < u32(IW);\n\
                      \x20       let u{r}_{t} = select(0.0, \
-                     rhs[select(0i, boff + tbase{r} + {t}, u{r}_{t}_ok)], u{r}_{t}_ok);\n"
+                     rhs_at(select(0i, boff + tbase{r} + {t}, u{r}_{t}_ok)), u{r}_{t}_ok);\n"
                 ));
             }
         }
@@ -305,7 +305,7 @@ impl Problem {
                 code.push_str(&format!(
                     "        let u{r}_{t}_ok = row{r}_ok && u32(x0 + {t}) < u32(W);\n\
                      \x20       let u{r}_{t} = select(0.0, \
-                     rhs[select(0i, roff{r} + {t}, u{r}_{t}_ok)], u{r}_{t}_ok);\n"
+                     rhs_at(select(0i, roff{r} + {t}, u{r}_{t}_ok)), u{r}_{t}_ok);\n"
                 ));
             }
         }

@@ -3,7 +3,9 @@
 //     v = BETA2 * v + (1 - BETA2) * g^2
 //     p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + EPS)
 // values holds lr, beta1^t and beta2^t of this update; the host writes it before each
-// submit, so a new step or learning rate needs no recompilation.
+// submit, so a new step or learning rate needs no recompilation. The loads go through
+// grad_at, param_at, exp_avg_at and exp_avg_sq_at, which read either the storage
+// buffers or textures that the runtime copies them into.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -14,12 +16,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var k = 0u; k < ITEMS; k += 1u) {
         let i = first + k * WG;
         if (i < COUNT) {
-            let g = grad[i];
-            let m = BETA1 * exp_avg[i] + (1.0 - BETA1) * g;
-            let v = BETA2 * exp_avg_sq[i] + (1.0 - BETA2) * g * g;
+            let g = grad_at(i);
+            let m = BETA1 * exp_avg_at(i) + (1.0 - BETA1) * g;
+            let v = BETA2 * exp_avg_sq_at(i) + (1.0 - BETA2) * g * g;
             exp_avg[i] = m;
             exp_avg_sq[i] = v;
-            param[i] = param[i] - lr * (m / correction1) / (sqrt(v / correction2) + EPS);
+            param[i] = param_at(i) - lr * (m / correction1) / (sqrt(v / correction2) + EPS);
         }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! The fused update binds four arenas with one layout ([`Arena`]): the step's parameters,
 //! their gradients and each optimizer state. It reads them as `vec4`s, so one dispatch
-//! updates every parameter of the step. An update larger than one binding is split into
+//! updates every parameter of the step. On a CPU adapter the fused Adam update reads the
+//! gradients, parameters and moments from texture copies of them, because lavapipe loads
+//! storage values one lane at a time. An update larger than one binding is split into
 //! one kernel per chunk. The per-parameter update remains for a parameter whose gradient
 //! cannot be placed in an arena, such as one that two steps update.
 //!
@@ -11,6 +13,7 @@
 //! that the host writes before each submit, so the program never needs recompiling when
 //! the rate or the update count changes.
 
+use super::gemm::TEXTURE_WIDTH;
 use super::wgsl::{assemble, f32_literal, u};
 use super::{Binding, CodegenError, Grid, Kernel, Resource, Target};
 use crate::ir::{NodeId, Optimizer, ParamId};
@@ -120,8 +123,16 @@ pub fn lower_update(
                 binding
             }
         };
+        // On a CPU adapter Adam reads its four inputs from textures, because lavapipe loads
+        // storage values one lane at a time.
+        let rows = (len / 4).div_ceil(TEXTURE_WIDTH as usize);
+        let textures = target.cpu
+            && bindings.vec4
+            && matches!(optimizer, Optimizer::Adam { .. })
+            && rows <= target.max_texture_dimension_2d as usize;
+        let grad = tensor(Binding::read("grad", bindings.grad, bindings.count));
         let mut list = vec![
-            tensor(Binding::read("grad", bindings.grad, bindings.count)),
+            if textures { grad.texture() } else { grad },
             tensor(Binding::write("param", bindings.param, bindings.count)),
             Binding::read("values", Resource::Param(bindings.values), 3),
         ];
@@ -146,7 +157,44 @@ pub fn lower_update(
                 SGD
             }
         };
-        let wgsl = assemble(&name, template, &constants, &list, &grid);
+        let body = match *optimizer {
+            Optimizer::Adam { .. } if textures => {
+                for (source, texture) in [
+                    (bindings.param, "param_in"),
+                    (bindings.state[0], "exp_avg_in"),
+                    (bindings.state[1], "exp_avg_sq_in"),
+                ] {
+                    list.push(tensor(Binding::read(texture, source, bindings.count)).texture());
+                }
+                let load = |name: &str, texture: &str| {
+                    format!(
+                        "fn {name}_at(i: u32) -> vec4<f32> {{\n    \
+                         return textureLoad({texture}, vec2<u32>(i & {}u, i >> {}u), 0);\n}}\n",
+                        TEXTURE_WIDTH - 1,
+                        TEXTURE_WIDTH.trailing_zeros()
+                    )
+                };
+                let loads = [
+                    load("grad", "grad"),
+                    load("param", "param_in"),
+                    load("exp_avg", "exp_avg_in"),
+                    load("exp_avg_sq", "exp_avg_sq_in"),
+                ];
+                format!("{}\n{template}", loads.join("\n"))
+            }
+            Optimizer::Adam { .. } => {
+                let element = if bindings.vec4 { "vec4<f32>" } else { "f32" };
+                let loads: Vec<String> = ["grad", "param", "exp_avg", "exp_avg_sq"]
+                    .iter()
+                    .map(|name| {
+                        format!("fn {name}_at(i: u32) -> {element} {{\n    return {name}[i];\n}}\n")
+                    })
+                    .collect();
+                format!("{}\n{template}", loads.join("\n"))
+            }
+            Optimizer::Sgd { .. } => template.to_string(),
+        };
+        let wgsl = assemble(&name, &body, &constants, &list, &grid);
         let kernel = Kernel {
             name,
             node: bindings.node,

@@ -10,7 +10,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (i < COUNT) {
             let c = ((BASE + i * LANES) / S) % C;
             let inv_std = inverseSqrt({{VAR}} + EPS);
-            y[i] = (x[i] - {{MEAN}}) * inv_std * scale[c] + offset[c];
+            y[i] = (x_at(i) - {{MEAN}}) * inv_std * scale[c] + offset[c];
         }
     }
 }

@@ -17,7 +17,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let factor = scale[c] * stats.y;
     for (var j = lid; j < VM; j += WG) {
         let i = element(c, j);
-        let x_hat = (x[i] - stats.x) * stats.y;
-        dx[i] = factor * (dy[i] - mean_dy - x_hat * mean_dy_x_hat);
+        let x_hat = (x_at(i) - stats.x) * stats.y;
+        dx[i] = factor * (dy_at(i) - mean_dy - x_hat * mean_dy_x_hat);
     }
 }

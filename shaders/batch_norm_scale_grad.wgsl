@@ -10,7 +10,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var sum = 0.0;
     for (var j = lid; j < VM; j += WG) {
         let i = element(c, j);
-        sum += lanes_sum(dy[i] * (x[i] - stats.x)) * stats.y;
+        sum += lanes_sum(dy_at(i) * (x_at(i) - stats.x)) * stats.y;
     }
     let total = workgroup_sum(lid, sum);
     if (lid == 0u && group < C) {

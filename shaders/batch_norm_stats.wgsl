@@ -20,7 +20,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var sum = 0.0;
     var compensation = 0.0;
     for (var j = lid; j < VM; j += WG) {
-        let v = lanes_sum(x[element(c, j)]) - compensation;
+        let v = lanes_sum(x_at(element(c, j))) - compensation;
         let next = sum + v;
         compensation = (next - sum) - v;
         sum = next;
@@ -31,7 +31,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     compensation = 0.0;
     var deviations = 0.0;
     for (var j = lid; j < VM; j += WG) {
-        let d = x[element(c, j)] - first_mean;
+        let d = x_at(element(c, j)) - first_mean;
         deviations += lanes_sum(d);
         let v = lanes_sum(d * d) - compensation;
         let next = sum + v;

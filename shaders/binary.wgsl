@@ -7,8 +7,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var k = 0u; k < ITEMS; k += 1u) {
         let i = first + k * WG;
         if (i < COUNT) {
-            let lhs = T(a[{{A_INDEX}}]);
-            let rhs = T(b[{{B_INDEX}}]);
+            let lhs = T(a_at({{A_INDEX}}));
+            let rhs = T(b_at({{B_INDEX}}));
             y[i] = {{EXPR}};
         }
     }

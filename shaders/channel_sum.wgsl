@@ -15,7 +15,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var sum = 0.0;
     var compensation = 0.0;
     for (var j = lid; j < VM; j += WG) {
-        let v = lanes_sum(x[element(c, j)]) - compensation;
+        let v = lanes_sum(x_at(element(c, j))) - compensation;
         let next = sum + v;
         compensation = (next - sum) - v;
         sum = next;

@@ -12,7 +12,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var k = 0u; k < ITEMS; k += 1u) {
         let i = first + k * WG;
         if (i < COUNT) {
-            y[i] = apply(x[i]);
+            y[i] = apply(x_at(i));
         }
     }
 }

@@ -13,7 +13,8 @@
 //! Adding an op kind: write its template under `shaders/`, a `lower_*` function in the
 //! file of its family here (or a new file), and an arm in [`lower_node`]. The grid
 //! folding lives in [`grid`] and the binding header in [`wgsl`], so a lowering only
-//! chooses its constants, bindings and element count.
+//! chooses its constants, bindings and element count. A template that reads a binding
+//! `x` only through `x_at(i)` gets it as a texture on a CPU adapter ([`Access::Texture`]).
 
 mod conv;
 mod dense;
@@ -327,8 +328,25 @@ impl LowerContext<'_> {
         flops: u64,
     ) -> Kernel {
         let name = self.kernel_name(role);
+        let bindings: Vec<Binding> =
+            bindings.into_iter().map(|b| self.texture_if_faster(b, template)).collect();
         let wgsl = wgsl::assemble(&name, template, constants, &bindings, &grid);
         Kernel { name, node: self.node, wgsl, bindings, grid, flops, shape: Vec::new() }
+    }
+
+    /// Turns a read binding into a texture on a CPU adapter, where lavapipe loads storage
+    /// values one lane at a time, when the template reads it only through `NAME_at` and
+    /// the range fits in a texture.
+    fn texture_if_faster(&self, binding: Binding, template: &str) -> Binding {
+        let name = binding.name;
+        let only_helper = wgsl::mentions(template, &format!("{name}_at("))
+            && !wgsl::mentions(template, &format!("{name}["));
+        let fits = binding.texture_rows() <= u64::from(self.target.max_texture_dimension_2d);
+        if self.target.cpu && binding.access == Access::Read && only_helper && fits {
+            binding.texture()
+        } else {
+            binding
+        }
     }
 }
 

@@ -97,6 +97,10 @@ pub fn assemble(
         };
         out.push_str(&format!("@group(0) @binding({index}) {declaration};\n"));
     }
+    for helper in bindings.iter().filter_map(|binding| load_helper(binding, body)) {
+        out.push('\n');
+        out.push_str(&helper);
+    }
     out.push('\n');
     out.push_str(&grid.wgsl());
     out.push('\n');
@@ -115,6 +119,36 @@ pub fn assemble(
     }
     out.push_str(body);
     out
+}
+
+/// Returns whether `body` contains `token` not preceded by a character of an identifier,
+/// so that `x[` matches in `y = x[i]` but not in `dx[i] = y`.
+pub fn mentions(body: &str, token: &str) -> bool {
+    body.match_indices(token).any(|(at, _)| {
+        !body[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// Returns the WGSL of `fn NAME_at(i: u32)`, which loads element `i` of a read binding from its storage
+/// buffer or its texture, when the body calls it and does not define it itself.
+fn load_helper(binding: &Binding, body: &str) -> Option<String> {
+    let name = binding.name;
+    let called = mentions(body, &format!("{name}_at("));
+    let defined = body.contains(&format!("fn {name}_at("));
+    if !matches!(binding.access, Access::Read | Access::Texture) || !called || defined {
+        return None;
+    }
+    let (element, part) = if binding.vec4 { ("vec4<f32>", "") } else { ("f32", ".x") };
+    let width = super::gemm::TEXTURE_WIDTH;
+    let load = match binding.access {
+        Access::Texture => format!(
+            "textureLoad({name}, vec2<u32>(i & {}u, i >> {}u), 0){part}",
+            width - 1,
+            width.trailing_zeros()
+        ),
+        _ => format!("{name}[i]"),
+    };
+    Some(format!("fn {name}_at(i: u32) -> {element} {{\n    return {load};\n}}\n"))
 }
 
 /// A `u32` literal.

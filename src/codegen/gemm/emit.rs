@@ -116,11 +116,15 @@ fn header(
         1 => String::new(),
         n => format!(", once per each of {n} output parity classes"),
     };
+    let blocks = match t.block_m.clamp(1, t.tile_m) {
+        1 => "one row at a time".to_string(),
+        rows => format!("in blocks of {rows} rows"),
+    };
     let _ = writeln!(
         s,
         "// {}: implicit GEMM, M = {}, N = {}, K = {}{classes}.\n\
          // Tiling: {}x{} outputs per invocation, {} invocations per workgroup, subgroup {lanes},\n\
-         // {} reduction steps staged at a time, in blocks of {} rows.",
+         // {} reduction steps staged at a time, {blocks}.",
         p.op.name(),
         p.m,
         p.n,
@@ -129,7 +133,6 @@ fn header(
         t.tile_n,
         t.workgroup_size,
         t.k_chunk,
-        t.block_m.clamp(1, t.tile_m)
     );
     let gemm = [("M", p.m as usize), ("N", p.n as usize), ("K", p.k as usize)];
     let tile_counts = [("TILES_M", tiles[0] as usize), ("TILES_N", tiles[1] as usize)];

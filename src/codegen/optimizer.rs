@@ -19,6 +19,9 @@ use super::{Binding, CodegenError, Grid, Kernel, Resource, Target};
 use crate::ir::{NodeId, Optimizer, ParamId};
 
 const ADAM: &str = include_str!("../../shaders/adam.wgsl");
+
+/// Elements per kernel of a fused Adam update that reads textures: 16 MiB of `f32`s.
+const TEXTURE_CHUNK: usize = 1 << 22;
 const SGD: &str = include_str!("../../shaders/sgd.wgsl");
 
 /// One packed buffer of the parameter store: tensors at offsets aligned for a binding and
@@ -100,7 +103,15 @@ pub fn lower_update(
     let tuning = &target.tuning;
     let lanes = if bindings.vec4 { 4 } else { 1 };
     let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.elementwise_items);
-    let chunk = (target.chunk_elements() / slot_alignment(target)).max(1) * slot_alignment(target);
+    // On a CPU adapter Adam reads its four inputs from textures, because lavapipe loads
+    // storage values one lane at a time. Each of the four is copied into a texture of its
+    // own, so chunks of TEXTURE_CHUNK elements keep those textures at 16 MiB each.
+    let textures = target.cpu && bindings.vec4 && matches!(optimizer, Optimizer::Adam { .. });
+    let mut limit = target.chunk_elements();
+    if textures {
+        limit = limit.min(TEXTURE_CHUNK);
+    }
+    let chunk = (limit / slot_alignment(target)).max(1) * slot_alignment(target);
     let parts = bindings.count.div_ceil(chunk).max(1);
     let mut kernels = Vec::with_capacity(parts);
     for part in 0..parts {
@@ -123,13 +134,8 @@ pub fn lower_update(
                 binding
             }
         };
-        // On a CPU adapter Adam reads its four inputs from textures, because lavapipe loads
-        // storage values one lane at a time.
         let rows = (len / 4).div_ceil(TEXTURE_WIDTH as usize);
-        let textures = target.cpu
-            && bindings.vec4
-            && matches!(optimizer, Optimizer::Adam { .. })
-            && rows <= target.max_texture_dimension_2d as usize;
+        let textures = textures && rows <= target.max_texture_dimension_2d as usize;
         let grad = tensor(Binding::read("grad", bindings.grad, bindings.count));
         let mut list = vec![
             if textures { grad.texture() } else { grad },

@@ -321,7 +321,8 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         .iter()
         .enumerate()
         .map(|(i, &role)| {
-            let lanes = if i == 0 && kernel.lhs_vectors { 4 } else { 1 };
+            let vectors = (i == 0 && kernel.lhs_vectors) || (i == 1 && kernel.rhs_texels);
+            let lanes = if vectors { 4 } else { 1 };
             textured(i).then(|| random_texture(gpu, operand_len(op, g, role), lanes, i as u32 + 1))
         })
         .collect();

@@ -23,7 +23,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 }
 ";
 
-const KINDS: [(&str, &str); 4] = [
+const KINDS: [(&str, &str); 5] = [
     (
         "storage f32 (four loads a vec4)",
         "@group(0) @binding(0) var<storage, read> table: array<f32>;
@@ -45,6 +45,14 @@ const KINDS: [(&str, &str); 4] = [
         "texture rgba32float",
         "@group(0) @binding(0) var table: texture_2d<f32>;
          fn load(i: u32) -> vec4<f32> { return textureLoad(table, vec2(i & 1023u, i >> 10u), 0); }",
+    ),
+    (
+        "texture r32float (four fetches a vec4)",
+        "@group(0) @binding(0) var table: texture_2d<f32>;
+         fn texel(j: u32) -> f32 { return textureLoad(table, vec2(j & 4095u, j >> 12u), 0).x; }
+         fn load(i: u32) -> vec4<f32> {
+             return vec4(texel(4u * i), texel(4u * i + 1u), texel(4u * i + 2u), texel(4u * i + 3u));
+         }",
     ),
 ];
 
@@ -87,6 +95,28 @@ fn main() {
         size,
     );
     let view = texture.create_view(&Default::default());
+    let single_size = wgpu::Extent3d { width: 4096, height: 4, depth_or_array_layers: 1 };
+    let single = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("table r32"),
+        size: single_size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::R32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    queue.write_texture(
+        single.as_image_copy(),
+        bytemuck::cast_slice(&values),
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some(4 * 4096),
+            rows_per_image: None,
+        },
+        single_size,
+    );
+    let single_view = single.create_view(&Default::default());
     let out = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("out"),
         size: u64::from(WORKGROUPS) * 64 * 4,
@@ -110,7 +140,9 @@ fn main() {
             compilation_options: Default::default(),
             cache: None,
         });
-        let resource = if name.starts_with("texture") {
+        let resource = if name.starts_with("texture r32") {
+            wgpu::BindingResource::TextureView(&single_view)
+        } else if name.starts_with("texture") {
             wgpu::BindingResource::TextureView(&view)
         } else {
             table.as_entire_binding()

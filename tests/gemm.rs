@@ -230,7 +230,8 @@ impl Case {
             .iter()
             .enumerate()
             .map(|(i, &role)| {
-                let lanes = if i == 0 && kernel.lhs_vectors { 4 } else { 1 };
+                let vectors = (i == 0 && kernel.lhs_vectors) || (i == 1 && kernel.rhs_texels);
+                let lanes = if vectors { 4 } else { 1 };
                 (kernel.texture_operands && i < 2)
                     .then(|| texture_operand(gpu, self.binding(role), lanes))
             })

@@ -62,8 +62,9 @@ fn lower_gemm(
         })
         .enumerate()
         .map(|(index, binding)| {
-            let binding =
-                if index == 0 && generated.lhs_vectors { binding.vec4() } else { binding };
+            let vectors =
+                (index == 0 && generated.lhs_vectors) || (index == 1 && generated.rhs_texels);
+            let binding = if vectors { binding.vec4() } else { binding };
             if index < 2 && generated.texture_operands {
                 binding.texture()
             } else {

@@ -36,7 +36,7 @@ pub(super) fn kernel(
 
     let mut s = String::new();
     let uniforms = header(&mut s, p, t, [tiles_m, tiles_n], &grid, sizes);
-    bindings(&mut s, p.op, with_bias, vector_a(p, t), t.texture_operands);
+    bindings(&mut s, p.op, with_bias, vector_a(p, t), t.texture_operands, p.b_texels);
     if !uniforms.is_empty() {
         shape_block(&mut s, &uniforms, binding_roles(p.op, with_bias).len());
     }
@@ -55,6 +55,7 @@ pub(super) fn kernel(
         uses_subgroups: t.subgroup_size.is_some(),
         lhs_vectors: vector_a(p, t),
         texture_operands: t.texture_operands,
+        rhs_texels: p.b_texels,
         flops: 0,
         shape: uniforms.iter().map(|u| u.value).collect(),
     })
@@ -156,7 +157,14 @@ fn header(
     uniforms
 }
 
-fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool, textures: bool) {
+fn bindings(
+    s: &mut String,
+    op: ConvOp,
+    with_bias: bool,
+    lhs_vectors: bool,
+    textures: bool,
+    rhs_texels: bool,
+) {
     let (a, b) = match op {
         ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("weight", "input"),
         ConvOp::Conv2dWeightGrad => ("output gradient", "input"),
@@ -167,6 +175,7 @@ fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool, text
     } else {
         ("", "f32")
     };
+    let b_layout = if rhs_texels { ", B four consecutive elements a texel" } else { "" };
     let (helpers, declarations) = if textures {
         let a_part = if lhs_vectors { "" } else { ".x" };
         let coordinates = format!(
@@ -176,12 +185,22 @@ fn bindings(s: &mut String, op: ConvOp, with_bias: bool, lhs_vectors: bool, text
         );
         (
             format!(
-                "fn lhs_at(i: i32) -> {a_type} {{\n    return textureLoad(lhs, {coordinates}, 0){a_part};\n}}\n\n\
-                 fn rhs_at(i: i32) -> f32 {{\n    return textureLoad(rhs, {coordinates}, 0).x;\n}}"
+                "fn lhs_at(i: i32) -> {a_type} {{\n    return textureLoad(lhs, {coordinates}, 0){a_part};\n}}\n\n{}",
+                if rhs_texels {
+                    format!(
+                        "fn rhs_texel(i: i32) -> vec4<f32> {{\n    \
+                         return textureLoad(rhs, {coordinates}, 0);\n}}\n\n\
+                         fn rhs_at(i: i32) -> f32 {{\n    return rhs_texel(i >> 2u)[i & 3];\n}}"
+                    )
+                } else {
+                    format!(
+                        "fn rhs_at(i: i32) -> f32 {{\n    return textureLoad(rhs, {coordinates}, 0).x;\n}}"
+                    )
+                }
             ),
             format!(
                 "// A: the {a}{a_note}.\n// B: the {b}.\n\
-                 // Both are 2D textures of {TEXTURE_WIDTH} texels a row.\n\
+                 // Both are 2D textures of {TEXTURE_WIDTH} texels a row{b_layout}.\n\
                  @group(0) @binding(0) var lhs: texture_2d<f32>;\n\
                  @group(0) @binding(1) var rhs: texture_2d<f32>;"
             ),

@@ -151,7 +151,7 @@ pub struct Tiling {
     pub subgroup_size: Option<u32>,
     /// Read A and B with `textureLoad` from 2D textures of [`TEXTURE_WIDTH`] texels a row
     /// rather than from storage buffers. Lavapipe (Mesa 22.3) loads storage values one lane
-    /// at a time but fetches the texels of all lanes together.
+    /// at a time, and its texel fetches ran 9 times faster (`examples/load_bench.rs`).
     pub texture_operands: bool,
 }
 
@@ -337,8 +337,11 @@ pub struct GemmKernel {
     /// row per element, rather than `array<f32>`.
     pub lhs_vectors: bool,
     /// Whether A and B are textures ([`Tiling::texture_operands`]): `Rgba32Float` for A
-    /// with `lhs_vectors`, `R32Float` otherwise.
+    /// with `lhs_vectors` and for B with `rhs_texels`, `R32Float` otherwise.
     pub texture_operands: bool,
+    /// Whether B is an `Rgba32Float` texture of four consecutive elements a texel rather
+    /// than `R32Float`.
+    pub rhs_texels: bool,
     pub flops: u64,
     /// The contents of the [`Operand::Shape`] uniform block, as `i32` and `u32` bits.
     pub shape: Vec<u32>,
@@ -387,6 +390,16 @@ pub fn generate_with(
     if problem.tap_runs_fit(tiling.k_chunk, tiling.tile_n) {
         problem.use_tap_runs(tiling.tile_n);
     }
+    // Runs read B in consecutive stretches, which whole texels of four serve with about a
+    // quarter of the fetches, when B's length allows four to a texel.
+    let b_len = match op {
+        ConvOp::ConvTranspose2dWeightGrad => {
+            geometry.batch * geometry.out_channels * geometry.out_size[0] * geometry.out_size[1]
+        }
+        _ => geometry.batch * geometry.in_channels * geometry.in_size[0] * geometry.in_size[1],
+    };
+    let runs = problem.row_run.is_some() || problem.tap_run.is_some();
+    problem.b_texels = tiling.texture_operands && runs && b_len % 4 == 0;
     let with_bias = with_bias && matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
     let mut kernel =
         emit::kernel(&problem, tiling, with_bias, sizes, max_workgroups_per_dimension)?;

@@ -29,6 +29,50 @@ pub(super) struct Problem {
     /// whole rows of the kernel window ([`Self::use_tap_runs`]), so a chunk of four
     /// pixels of one row loads each pixel of the other image once for all of them.
     pub tap_run: Option<u32>,
+    /// B is an `Rgba32Float` texture of four consecutive elements a texel, and the run and
+    /// tap loads read each run of consecutive elements as whole texels
+    /// ([`consecutive_loads`]).
+    pub b_texels: bool,
+}
+
+/// Writes `let {name}_{t} = ...` for `count` consecutive B elements from `base` (an
+/// `i32` expression that may be negative), each zero unless `{name}_{t}_ok` holds. With
+/// `texels`, B has four elements a texel: the loads fetch the texels that cover the run
+/// and pick each element by the run's alignment, so they fetch about a quarter as often.
+pub(super) fn consecutive_loads(name: &str, base: &str, count: u32, texels: bool) -> String {
+    let mut code = String::new();
+    if !texels {
+        for t in 0..count {
+            code.push_str(&format!(
+                "        let {name}_{t} = select(0.0, \
+                 rhs_at(select(0i, {base} + {t}, {name}_{t}_ok)), {name}_{t}_ok);\n"
+            ));
+        }
+        return code;
+    }
+    code.push_str(&format!(
+        "        let {name}_align = ({base}) & 3;\n\
+         \x20       let {name}_texel = ({base}) >> 2u;\n"
+    ));
+    let texel_count = (count + 2) / 4 + 1;
+    for m in 0..texel_count {
+        code.push_str(&format!(
+            "        let {name}_v{m} = rhs_texel(max({name}_texel + {m}, 0));\n"
+        ));
+    }
+    let lanes = ["x", "y", "z", "w"];
+    for t in 0..count {
+        let pick = |a: u32| format!("{name}_v{}.{}", (a + t) / 4, lanes[((a + t) % 4) as usize]);
+        code.push_str(&format!(
+            "        let {name}_{t} = select(0.0, select(select(select({}, {}, {name}_align == 1), \
+             {}, {name}_align == 2), {}, {name}_align == 3), {name}_{t}_ok);\n",
+            pick(0),
+            pick(1),
+            pick(2),
+            pick(3)
+        ));
+    }
+    code
 }
 
 /// An element access: its offset in the buffer and whether it is inside the tensor.
@@ -92,6 +136,7 @@ impl Problem {
             pixel_counters: false,
             row_run: None,
             tap_run: None,
+            b_texels: false,
         }
     }
 
@@ -193,11 +238,11 @@ impl Problem {
             ));
             for t in 0..inputs {
                 code.push_str(&format!(
-                    "        let u{r}_{t}_ok = trow{r} && u32(x + {t}) < u32(IW);\n\
-                     \x20       let u{r}_{t} = select(0.0, \
-                     rhs_at(select(0i, boff + tbase{r} + {t}, u{r}_{t}_ok)), u{r}_{t}_ok);\n"
+                    "        let u{r}_{t}_ok = trow{r} && u32(x + {t}) < u32(IW);\n"
                 ));
             }
+            let base = format!("boff + tbase{r}");
+            code.push_str(&consecutive_loads(&format!("u{r}"), &base, inputs, self.b_texels));
         }
         code
     }
@@ -301,13 +346,14 @@ impl Problem {
                 "        let row{r}_ok = run_live && u32({y}) < u32(H);\n\
                  \x20       let roff{r} = base + ci * (H * W) + ({y} - y0) * W;\n"
             ));
-            for t in 0..self.run_inputs(run) {
+            let inputs = self.run_inputs(run);
+            for t in 0..inputs {
                 code.push_str(&format!(
-                    "        let u{r}_{t}_ok = row{r}_ok && u32(x0 + {t}) < u32(W);\n\
-                     \x20       let u{r}_{t} = select(0.0, \
-                     rhs_at(select(0i, roff{r} + {t}, u{r}_{t}_ok)), u{r}_{t}_ok);\n"
+                    "        let u{r}_{t}_ok = row{r}_ok && u32(x0 + {t}) < u32(W);\n"
                 ));
             }
+            let base = format!("roff{r}");
+            code.push_str(&consecutive_loads(&format!("u{r}"), &base, inputs, self.b_texels));
         }
         code
     }

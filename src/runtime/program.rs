@@ -41,6 +41,8 @@ struct TextureCopy {
     /// Values per texel: 4 for `Rgba32Float`, 1 for `R32Float`.
     lanes: u64,
     texture: wgpu::Texture,
+    /// The pool texture's key: binding index and whether it holds vec4 texels.
+    slot: (usize, bool),
 }
 
 impl TextureCopy {
@@ -81,6 +83,28 @@ impl TextureCopy {
             let extent = wgpu::Extent3d { width: rest as u32, height: 1, depth_or_array_layers: 1 };
             copy(encoder, self.offset + rows * row_bytes, rows as u32, extent);
         }
+    }
+}
+
+/// Drops each copy whose pool texture already contains the same range, unwritten since an
+/// earlier kernel of the run copied it (batch-norm statistics and normalization read the
+/// same input, for one). `writes` lists each kernel's written byte ranges. The first copy
+/// into each texture in a run is always kept, because the host writes inputs and
+/// parameters between runs.
+fn skip_held_copies(kernels: &mut [CompiledKernel], writes: &[Vec<(wgpu::Buffer, u64, u64)>]) {
+    let mut held: HashMap<(usize, bool), (wgpu::Buffer, u64, u64)> = HashMap::new();
+    for (kernel, written) in kernels.iter_mut().zip(writes) {
+        kernel.copies.retain(|copy| {
+            let range = (copy.buffer.clone(), copy.offset, copy.offset + copy.elements * 4);
+            held.get(&copy.slot) != Some(&range)
+        });
+        for copy in &kernel.copies {
+            let range = (copy.buffer.clone(), copy.offset, copy.offset + copy.elements * 4);
+            held.insert(copy.slot, range);
+        }
+        held.retain(|_, (buffer, start, end)| {
+            !written.iter().any(|(b, s, e)| b == buffer && *s < *end && *start < *e)
+        });
     }
 }
 
@@ -240,10 +264,12 @@ impl Program {
         let (pipelines, shaders) = create_pipelines(gpu, kernels, &keys)?;
         let pool = TexturePool::new(gpu, kernels);
         let mut compiled = Vec::with_capacity(kernels.len());
+        let mut writes = Vec::with_capacity(kernels.len());
         for (kernel, key) in kernels.iter().zip(&keys) {
             let CachedPipeline { pipeline, layout } = &pipelines[key];
             let shape = shape_buffer(gpu, kernel)?;
             let mut copies = Vec::new();
+            let mut kernel_writes = Vec::new();
             let entries: Vec<wgpu::BindGroupEntry> = kernel
                 .bindings
                 .iter()
@@ -252,6 +278,9 @@ impl Program {
                     let (buffer, base) =
                         buffers.get(binding.resource, params, &run_values, shape.as_ref());
                     let offset = base + binding.offset * 4;
+                    if binding.access == Access::ReadWrite {
+                        kernel_writes.push((buffer.clone(), offset, offset + binding.bytes()));
+                    }
                     if binding.access == Access::Texture {
                         let (texture, view) = &pool.textures[&(index, binding.vec4)];
                         copies.push(TextureCopy {
@@ -260,6 +289,7 @@ impl Program {
                             elements: binding.elements,
                             lanes: if binding.vec4 { 4 } else { 1 },
                             texture: texture.clone(),
+                            slot: (index, binding.vec4),
                         });
                         return wgpu::BindGroupEntry {
                             binding: index as u32,
@@ -288,7 +318,9 @@ impl Program {
                 workgroups: kernel.grid.workgroups,
                 copies,
             });
+            writes.push(kernel_writes);
         }
+        skip_held_copies(&mut compiled, &writes);
 
         let inputs = graph
             .input_nodes()
@@ -323,6 +355,7 @@ impl Program {
             kernels = compiled.len(),
             shaders_compiled = shaders.compiled,
             shaders_reused = shaders.reused,
+            texture_copies = compiled.iter().map(|k| k.copies.len()).sum::<usize>(),
             intermediate_bytes = memory.intermediate_bytes,
             unshared_bytes = memory.unshared_bytes,
             "compiled program"
@@ -464,7 +497,8 @@ impl Program {
         let mut encoder = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
-        // A kernel with texture operands starts a new pass after the copies that fill them.
+        // A kernel with texture copies starts a new pass after them. One whose textures
+        // already contain its operands runs in the current pass.
         let mut start = 0;
         while start < self.kernels.len() {
             for copy in &self.kernels[start].copies {

@@ -1,5 +1,5 @@
 //! Times the implicit-GEMM convolution kernels on the pix2pix layer shapes (256x256,
-//! ngf = ndf = 64, batch 1, unless `--size` and `--ngf` say otherwise) and prints GFLOP/s
+//! ngf = ndf = 64, batch 1, unless `--size` and `--ngf` set others) and prints GFLOP/s
 //! for the naive tiling and the chosen one.
 //!
 //! Columns: GFLOP/s by wall time (`naive`, `tiled`) and by CPU time spread over all cores
@@ -14,6 +14,7 @@
 //! adds the baked variant of the chosen tiling, so the two are timed side by side.
 
 use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Sizes, Tiling};
+use netc::runtime::upload_operand;
 use std::time::Instant;
 use wgpu::util::DeviceExt;
 
@@ -143,40 +144,6 @@ fn random_buffer(gpu: &Gpu, len: usize, seed: u32) -> wgpu::Buffer {
         contents: bytemuck::cast_slice(&random_values(len, seed)),
         usage: wgpu::BufferUsages::STORAGE,
     })
-}
-
-/// Creates a texture of `len` random values, `lanes` (1 or 4) to a texel, laid out as
-/// [`gemm::TEXTURE_WIDTH`] texels a row.
-fn random_texture(gpu: &Gpu, len: usize, lanes: usize, seed: u32) -> wgpu::TextureView {
-    let width = gemm::TEXTURE_WIDTH as usize;
-    let rows = len.div_ceil(lanes * width).max(1);
-    let mut data = random_values(len, seed);
-    data.resize(rows * width * lanes, 0.0);
-    let format =
-        if lanes == 4 { wgpu::TextureFormat::Rgba32Float } else { wgpu::TextureFormat::R32Float };
-    let size =
-        wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: 1 };
-    let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
-        label: None,
-        size,
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    gpu.queue.write_texture(
-        texture.as_image_copy(),
-        bytemuck::cast_slice(&data),
-        wgpu::TexelCopyBufferLayout {
-            offset: 0,
-            bytes_per_row: Some((width * lanes * 4) as u32),
-            rows_per_image: None,
-        },
-        size,
-    );
-    texture.create_view(&Default::default())
 }
 
 fn operand_len(op: ConvOp, g: &ConvGeometry, role: gemm::Operand) -> usize {
@@ -322,8 +289,10 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         .enumerate()
         .map(|(i, &role)| {
             let vectors = (i == 0 && kernel.lhs_vectors) || (i == 1 && kernel.rhs_texels);
-            let lanes = if vectors { 4 } else { 1 };
-            textured(i).then(|| random_texture(gpu, operand_len(op, g, role), lanes, i as u32 + 1))
+            textured(i).then(|| {
+                let values = random_values(operand_len(op, g, role), i as u32 + 1);
+                upload_operand(&gpu.device, &gpu.queue, &values, vectors, 0.0)
+            })
         })
         .collect();
     let entries: Vec<wgpu::BindGroupEntry> = buffers

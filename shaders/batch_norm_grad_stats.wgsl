@@ -2,12 +2,6 @@
 // forward batch_norm computes them: mean and 1 / sqrt(biased variance + EPS). Every
 // invocation of the workgroup must call it, from uniform control flow.
 
-// element(c, j) is the index of value j of channel c, with VS values of type T per
-// channel and image.
-fn element(c: u32, j: u32) -> u32 {
-    return ((j / VS) * C + c) * VS + j % VS;
-}
-
 fn channel_stats(c: u32, lid: u32) -> vec2<f32> {
     var sum = 0.0;
     for (var j = lid; j < VM; j += WG) {

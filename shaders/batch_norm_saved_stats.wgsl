@@ -2,12 +2,6 @@
 // forward batch_norm saved: saved[c] is the mean and saved[C + c] the biased variance.
 // Returns the mean and 1 / sqrt(variance + EPS), as the forward pass normalized with.
 
-// element(c, j) is the index of value j of channel c, with VS values of type T per
-// channel and image.
-fn element(c: u32, j: u32) -> u32 {
-    return ((j / VS) * C + c) * VS + j % VS;
-}
-
 fn channel_stats(c: u32, lid: u32) -> vec2<f32> {
     return vec2<f32>(saved[c], inverseSqrt(saved[C + c] + EPS));
 }

@@ -6,10 +6,6 @@
 // mean's rounding error, and corrects the mean and the variance by their average.
 // UPDATE, in training mode, then moves the running statistics towards the batch's.
 
-fn element(c: u32, j: u32) -> u32 {
-    return ((j / VS) * C + c) * VS + j % VS;
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = group_index(wid);

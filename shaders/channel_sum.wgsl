@@ -2,10 +2,6 @@
 // workgroup per channel, with a compensated sum per invocation. x is read in values of
 // type T, VS of them per channel and image and VM per channel.
 
-fn element(c: u32, j: u32) -> u32 {
-    return ((j / VS) * C + c) * VS + j % VS;
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = group_index(wid);

@@ -2,6 +2,7 @@
 //! f64 loops, and every generated shader through naga's validator.
 
 use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, GemmKernel, Operand, Tiling};
+use netc::runtime::upload_operand;
 use std::sync::OnceLock;
 use wgpu::util::DeviceExt;
 
@@ -230,10 +231,11 @@ impl Case {
             .iter()
             .enumerate()
             .map(|(i, &role)| {
+                // NaN padding makes a read past the end show in the output.
                 let vectors = (i == 0 && kernel.lhs_vectors) || (i == 1 && kernel.rhs_texels);
-                let lanes = if vectors { 4 } else { 1 };
-                (kernel.texture_operands && i < 2)
-                    .then(|| texture_operand(gpu, self.binding(role), lanes))
+                (kernel.texture_operands && i < 2).then(|| {
+                    upload_operand(&gpu.device, &gpu.queue, self.binding(role), vectors, f32::NAN)
+                })
             })
             .collect();
         let buffers: Vec<wgpu::Buffer> = kernel
@@ -378,40 +380,6 @@ fn tilings(op: ConvOp, g: &ConvGeometry) -> Vec<Tiling> {
         None => list.push(gemm::choose_tiling(op, g, &profile)),
     }
     list
-}
-
-/// Uploads `values` as a texture operand: `lanes` values a texel, `gemm::TEXTURE_WIDTH`
-/// texels a row, the last row padded with NaN so that a read past the end shows.
-fn texture_operand(gpu: &Gpu, values: &[f32], lanes: usize) -> wgpu::TextureView {
-    let width = gemm::TEXTURE_WIDTH as usize;
-    let rows = values.len().div_ceil(lanes * width).max(1);
-    let mut data = values.to_vec();
-    data.resize(rows * width * lanes, f32::NAN);
-    let format =
-        if lanes == 4 { wgpu::TextureFormat::Rgba32Float } else { wgpu::TextureFormat::R32Float };
-    let size =
-        wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: 1 };
-    let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("operand"),
-        size,
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    gpu.queue.write_texture(
-        texture.as_image_copy(),
-        bytemuck::cast_slice(&data),
-        wgpu::TexelCopyBufferLayout {
-            offset: 0,
-            bytes_per_row: Some((width * lanes * 4) as u32),
-            rows_per_image: None,
-        },
-        size,
-    );
-    texture.create_view(&Default::default())
 }
 
 /// Builds a tiling without subgroup operations.

@@ -118,13 +118,17 @@ pub(super) fn channel_lanes(dims: &[usize]) -> usize {
 }
 
 /// Returns the WGSL that defines the value type `T` of `lanes` elements and
-/// `lanes_sum`, the sum of a value's elements.
-pub(super) fn channel_values(lanes: usize) -> &'static str {
-    if lanes == 4 {
-        "alias T = vec4<f32>;\n\nfn lanes_sum(v: T) -> f32 {\n    return v.x + v.y + v.z + v.w;\n}\n"
-    } else {
-        "alias T = f32;\n\nfn lanes_sum(v: T) -> f32 {\n    return v;\n}\n"
-    }
+/// `lanes_sum`, the sum of a value's elements, and `element`, the index of value `j` of
+/// channel `c` of `[N, C, S]` read as values of `T`.
+pub(super) fn channel_values(lanes: usize) -> String {
+    let (alias, sum) =
+        if lanes == 4 { ("vec4<f32>", "v.x + v.y + v.z + v.w") } else { ("f32", "v") };
+    format!(
+        "alias T = {alias};\n\nfn lanes_sum(v: T) -> f32 {{\n    return {sum};\n}}\n\n\
+         // element(c, j) is the index of value j of channel c, with VS values of type T per\n\
+         // channel and image.\n\
+         fn element(c: u32, j: u32) -> u32 {{\n    return ((j / VS) * C + c) * VS + j % VS;\n}}\n"
+    )
 }
 
 /// Declares `binding` as `vec4<f32>` values when `lanes` is 4.

@@ -163,43 +163,21 @@ pub fn lower_update(
                 SGD
             }
         };
-        let body = match *optimizer {
-            Optimizer::Adam { .. } if textures => {
-                for (source, texture) in [
-                    (bindings.param, "param_in"),
-                    (bindings.state[0], "exp_avg_in"),
-                    (bindings.state[1], "exp_avg_sq_in"),
-                ] {
-                    list.push(tensor(Binding::read(texture, source, bindings.count)).texture());
-                }
-                let load = |name: &str, texture: &str| {
-                    format!(
-                        "fn {name}_at(i: u32) -> vec4<f32> {{\n    \
-                         return textureLoad({texture}, vec2<u32>(i & {}u, i >> {}u), 0);\n}}\n",
-                        TEXTURE_WIDTH - 1,
-                        TEXTURE_WIDTH.trailing_zeros()
-                    )
-                };
-                let loads = [
-                    load("grad", "grad"),
-                    load("param", "param_in"),
-                    load("exp_avg", "exp_avg_in"),
-                    load("exp_avg_sq", "exp_avg_sq_in"),
-                ];
-                format!("{}\n{template}", loads.join("\n"))
+        // `assemble` writes each `NAME_at` from the binding of that name. With textures,
+        // the updated tensors are read from the texture copies `NAME_in` instead.
+        let mut body = template.to_string();
+        if textures {
+            for (source, name, texture) in [
+                (bindings.param, "param", "param_in"),
+                (bindings.state[0], "exp_avg", "exp_avg_in"),
+                (bindings.state[1], "exp_avg_sq", "exp_avg_sq_in"),
+            ] {
+                list.push(tensor(Binding::read(texture, source, bindings.count)).texture());
+                body = format!(
+                    "fn {name}_at(i: u32) -> vec4<f32> {{\n    return {texture}_at(i);\n}}\n\n{body}"
+                );
             }
-            Optimizer::Adam { .. } => {
-                let element = if bindings.vec4 { "vec4<f32>" } else { "f32" };
-                let loads: Vec<String> = ["grad", "param", "exp_avg", "exp_avg_sq"]
-                    .iter()
-                    .map(|name| {
-                        format!("fn {name}_at(i: u32) -> {element} {{\n    return {name}[i];\n}}\n")
-                    })
-                    .collect();
-                format!("{}\n{template}", loads.join("\n"))
-            }
-            Optimizer::Sgd { .. } => template.to_string(),
-        };
+        }
         let wgsl = assemble(&name, &body, &constants, &list, &grid);
         let kernel = Kernel {
             name,
@@ -219,6 +197,7 @@ pub fn lower_update(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codegen::{validate_wgsl, Access};
 
     #[test]
     fn arena_slots_are_aligned() {
@@ -226,6 +205,36 @@ mod tests {
         let arena = Arena::pack("a".into(), vec![None; 3], vec![1, 64, 65], &target);
         assert_eq!(arena.offsets, [0, 64, 128]);
         assert_eq!(arena.len, 256);
+    }
+
+    #[test]
+    fn adam_update_validates_on_cpu_and_gpu() {
+        // A CPU target reads the inputs from textures, and more than TEXTURE_CHUNK
+        // elements split the update into parts.
+        let adam = Optimizer::Adam { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8 };
+        for (cpu, vec4, count, parts) in
+            [(false, true, 64, 1), (false, false, 63, 1), (true, true, TEXTURE_CHUNK + 64, 2)]
+        {
+            let target = Target { cpu, ..Target::default() };
+            let bindings = UpdateBindings {
+                param: Resource::Arena(0),
+                grad: Resource::Arena(1),
+                node: NodeId::new(0),
+                state: vec![Resource::Arena(2), Resource::Arena(3)],
+                values: 0,
+                count,
+                vec4,
+            };
+            let kernels = lower_update("optimizer", &adam, &bindings, &target).expect("lowers");
+            assert_eq!(kernels.len(), parts);
+            for kernel in &kernels {
+                let textures = kernel.bindings.iter().filter(|b| b.access == Access::Texture);
+                assert_eq!(textures.count(), if cpu { 4 } else { 0 }, "{}", kernel.name);
+                if let Err(message) = validate_wgsl(&kernel.wgsl) {
+                    panic!("{} is invalid WGSL:\n{message}\n{}", kernel.name, kernel.wgsl);
+                }
+            }
+        }
     }
 
     #[test]

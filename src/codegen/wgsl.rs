@@ -129,13 +129,13 @@ pub fn mentions(body: &str, token: &str) -> bool {
     })
 }
 
-/// Returns the WGSL of `fn NAME_at(i: u32)`, which loads element `i` of a read binding from its storage
-/// buffer or its texture, when the body calls it and does not define it itself.
+/// Returns the WGSL of `fn NAME_at(i: u32)`, which loads element `i` of a storage binding
+/// or a texture, when the body calls it and does not define it itself.
 fn load_helper(binding: &Binding, body: &str) -> Option<String> {
     let name = binding.name;
     let called = mentions(body, &format!("{name}_at("));
     let defined = body.contains(&format!("fn {name}_at("));
-    if !matches!(binding.access, Access::Read | Access::Texture) || !called || defined {
+    if binding.access == Access::Uniform || !called || defined {
         return None;
     }
     let (element, part) = if binding.vec4 { ("vec4<f32>", "") } else { ("f32", ".x") };

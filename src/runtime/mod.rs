@@ -13,7 +13,7 @@ mod program;
 pub use cache::{kernel_key, CacheCounts, CachedPipeline, KernelCache};
 pub use device::{list_adapters, AdapterSummary, Gpu, LAVAPIPE_HINT};
 pub use params::{initial_values, ParamStore};
-pub use program::{MemoryReport, Program};
+pub use program::{operand_texture, upload_operand, MemoryReport, Program};
 
 use crate::codegen::CodegenError;
 

@@ -41,7 +41,7 @@ struct TextureCopy {
     /// Values per texel: 4 for `Rgba32Float`, 1 for `R32Float`.
     lanes: u64,
     texture: wgpu::Texture,
-    /// The pool texture's key: binding index and whether it holds vec4 texels.
+    /// The pool texture's key: binding index and whether its texels are vec4.
     slot: (usize, bool),
 }
 
@@ -92,20 +92,65 @@ impl TextureCopy {
 /// into each texture in a run is always kept, because the host writes inputs and
 /// parameters between runs.
 fn skip_held_copies(kernels: &mut [CompiledKernel], writes: &[Vec<(wgpu::Buffer, u64, u64)>]) {
-    let mut held: HashMap<(usize, bool), (wgpu::Buffer, u64, u64)> = HashMap::new();
+    let mut contents: HashMap<(usize, bool), (wgpu::Buffer, u64, u64)> = HashMap::new();
     for (kernel, written) in kernels.iter_mut().zip(writes) {
         kernel.copies.retain(|copy| {
             let range = (copy.buffer.clone(), copy.offset, copy.offset + copy.elements * 4);
-            held.get(&copy.slot) != Some(&range)
+            contents.get(&copy.slot) != Some(&range)
         });
         for copy in &kernel.copies {
             let range = (copy.buffer.clone(), copy.offset, copy.offset + copy.elements * 4);
-            held.insert(copy.slot, range);
+            contents.insert(copy.slot, range);
         }
-        held.retain(|_, (buffer, start, end)| {
+        contents.retain(|_, (buffer, start, end)| {
             !written.iter().any(|(b, s, e)| b == buffer && *s < *end && *start < *e)
         });
     }
+}
+
+/// Creates an empty texture operand of `rows` rows of [`TEXTURE_WIDTH`] texels:
+/// `Rgba32Float` with `vec4`, else `R32Float`.
+pub fn operand_texture(device: &wgpu::Device, rows: u32, vec4: bool) -> wgpu::Texture {
+    let format =
+        if vec4 { wgpu::TextureFormat::Rgba32Float } else { wgpu::TextureFormat::R32Float };
+    device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("texture operand"),
+        size: wgpu::Extent3d { width: TEXTURE_WIDTH, height: rows, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    })
+}
+
+/// Uploads `values` as a texture operand laid out as the kernels read it: four values a
+/// texel with `vec4`, one otherwise, the last row filled up with `padding`.
+pub fn upload_operand(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    values: &[f32],
+    vec4: bool,
+    padding: f32,
+) -> wgpu::TextureView {
+    let lanes = if vec4 { 4 } else { 1 };
+    let width = TEXTURE_WIDTH as usize;
+    let rows = values.len().div_ceil(lanes * width).max(1);
+    let mut data = values.to_vec();
+    data.resize(rows * width * lanes, padding);
+    let texture = operand_texture(device, rows as u32, vec4);
+    queue.write_texture(
+        texture.as_image_copy(),
+        bytemuck::cast_slice(&data),
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some((width * lanes * 4) as u32),
+            rows_per_image: None,
+        },
+        texture.size(),
+    );
+    texture.create_view(&Default::default())
 }
 
 /// The textures that texture operands are copied into, one per binding index and texel
@@ -131,25 +176,7 @@ impl TexturePool {
         let textures = rows
             .into_iter()
             .map(|((index, vec4), height)| {
-                let format = if vec4 {
-                    wgpu::TextureFormat::Rgba32Float
-                } else {
-                    wgpu::TextureFormat::R32Float
-                };
-                let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
-                    label: Some("texture operand"),
-                    size: wgpu::Extent3d {
-                        width: TEXTURE_WIDTH,
-                        height: height as u32,
-                        depth_or_array_layers: 1,
-                    },
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format,
-                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                    view_formats: &[],
-                });
+                let texture = operand_texture(&gpu.device, height as u32, vec4);
                 bytes += height * u64::from(TEXTURE_WIDTH) * if vec4 { 16 } else { 4 };
                 let view = texture.create_view(&Default::default());
                 ((index, vec4), (texture, view))

@@ -35,10 +35,10 @@ pub(super) struct Problem {
     pub b_texels: bool,
 }
 
-/// Writes `let {name}_{t} = ...` for `count` consecutive B elements from `base` (an
-/// `i32` expression that may be negative), each zero unless `{name}_{t}_ok` holds. With
-/// `texels`, B has four elements a texel: the loads fetch the texels that cover the run
-/// and pick each element by the run's alignment, so they fetch about a quarter as often.
+/// Returns the statements `let {name}_{t} = ...` that load `count` consecutive B elements
+/// from `base`, an `i32` expression that may be negative. Each is zero unless
+/// `{name}_{t}_ok` is true. With `texels`, B has four elements a texel, so the loads
+/// fetch the texels that cover the run and pick each element by the run's alignment.
 pub(super) fn consecutive_loads(name: &str, base: &str, count: u32, texels: bool) -> String {
     let mut code = String::new();
     if !texels {

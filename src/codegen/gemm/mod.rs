@@ -208,15 +208,16 @@ fn min_workgroups(device: &DeviceProfile) -> u64 {
 
 /// Picks the tiling for one op on one device.
 ///
-/// On a CPU adapter with subgroups the tile is 64x8 outputs per invocation, staged 4
-/// steps at a time in blocks of 2 rows. On lavapipe (Mesa 22.3, LLVM 15, 8-wide AVX2
-/// subgroups, 2 cores) `examples/gemm_bench.rs` measured the pix2pix conv2d e3 at about 54
-/// GFLOP/s of CPU time with it, 38 with the same tile unstaged and 17 with 32x8 without
-/// subgroups. Loads run one lane at a time there, so the tile is as large as compile time
-/// allows: 64x16 was no faster and took about 3x longer to compile. The price is compile
-/// time: lavapipe took about 0.3 s to build a 64x8 pipeline, against 0.1 s for 32x8 at
-/// about 80% of the speed (wall time with other builds running). The tile shrinks for
-/// small outputs so that there are at least two workgroups per core.
+/// On a CPU adapter with subgroups the tile is 64x16 outputs per invocation, staged 4
+/// steps at a time. Loads run one lane at a time on lavapipe (Mesa 22.3, LLVM 15, 8-wide
+/// AVX2 subgroups), so the tile is as large as compile time allows. On a 2-core AMD EPYC
+/// (Zen 2) `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36
+/// GFLOP/s on l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
+/// conv_transpose2d. Its pipeline took 0.07 s to create, against 0.03 s for 64x8. That
+/// needed a shorter shader, with vec4 accumulators and one store test per column (see
+/// `emit.rs`), because the earlier one took 0.55 s against 0.15 s. 64x32 was faster on
+/// l4 (48 GFLOP/s) but slower on d4 (23). The tile shrinks for small outputs so that
+/// there are at least two workgroups per core.
 ///
 /// NOTE: the GPU choice (8x4 per invocation, 64 invocations) is a conventional register
 /// tile that has not been measured on a GPU.
@@ -225,7 +226,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
     let mut tiling = match (device.cpu, device.fixed_subgroup_size) {
         (true, Some(size)) => Tiling {
             tile_m: 64,
-            tile_n: 8,
+            tile_n: 16,
             workgroup_size: size,
             k_chunk: 4,
             block_m: 2,

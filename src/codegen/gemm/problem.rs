@@ -372,13 +372,14 @@ impl Problem {
         }
     }
 
-    /// Returns the offset of output element (`row`, column `j`) of a run.
-    pub fn run_output_offset(&self, row: &str, j: u32) -> String {
+    /// Returns the offset of column `j` of a run in `dst`, less the row's part
+    /// ([`Self::output_row_stride`] times the row).
+    pub fn run_output_offset(&self, j: u32) -> String {
         match self.op {
             ConvOp::ConvTranspose2d => {
-                format!("b * (CO * OH * OW) + {row} * (OH * OW) + oy * OW + (qx0 + {j}) * SX + rx")
+                format!("b * (CO * OH * OW) + oy * OW + (qx0 + {j}) * SX + rx")
             }
-            _ => format!("b * (CO * OH * OW) + {row} * (OH * OW) + oy * OW + ox0 + {j}"),
+            _ => format!("b * (CO * OH * OW) + oy * OW + ox0 + {j}"),
         }
     }
 
@@ -611,16 +612,21 @@ impl Problem {
         Access { offset, valid }
     }
 
-    /// Returns the offset of output element (`row`, column `j`).
-    pub fn output_offset(&self, row: &str, j: u32) -> String {
+    /// Returns the offset of column `j` in `dst`, less the row's part
+    /// ([`Self::output_row_stride`] times the row).
+    pub fn output_offset(&self, j: u32) -> String {
         match self.op {
-            ConvOp::Conv2d => format!("b{j} * (CO * OH * OW) + {row} * (OH * OW) + pix{j}"),
-            ConvOp::ConvTranspose2d => {
-                format!("b{j} * (CO * OH * OW) + {row} * (OH * OW) + oy{j} * OW + ox{j}")
-            }
-            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => {
-                format!("{row} * N + col{j}")
-            }
+            ConvOp::Conv2d => format!("b{j} * (CO * OH * OW) + pix{j}"),
+            ConvOp::ConvTranspose2d => format!("b{j} * (CO * OH * OW) + oy{j} * OW + ox{j}"),
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => format!("col{j}"),
+        }
+    }
+
+    /// Returns the distance in `dst` between two output rows of one column.
+    pub fn output_row_stride(&self) -> &'static str {
+        match self.op {
+            ConvOp::Conv2d | ConvOp::ConvTranspose2d => "OH * OW",
+            ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad => "N",
         }
     }
 }

@@ -41,7 +41,8 @@ struct TextureCopy {
     /// Values per texel: 4 for `Rgba32Float`, 1 for `R32Float`.
     lanes: u64,
     texture: wgpu::Texture,
-    /// The pool texture's key: binding index and whether its texels are vec4.
+    /// The pool texture's key: binding index and whether its texels are vec4. Copies at
+    /// the start of a run, into textures of their own, have `usize::MAX` as the index.
     slot: (usize, bool),
 }
 
@@ -108,6 +109,16 @@ fn skip_held_copies(kernels: &mut [CompiledKernel], writes: &[Vec<(wgpu::Buffer,
     }
 }
 
+/// Device memory that the texture operands copied once a run may take, beyond the pool:
+/// at full-size pix2pix the weights fit, and the Adam update's inputs (about 580 MiB
+/// more) keep using the pool.
+const MAX_FRONT_TEXTURE_BYTES: u64 = 256 << 20;
+
+/// Returns the size of a texture operand of `rows` rows.
+fn texture_bytes(rows: u64, vec4: bool) -> u64 {
+    rows * u64::from(TEXTURE_WIDTH) * if vec4 { 16 } else { 4 }
+}
+
 /// Creates an empty texture operand of `rows` rows of [`TEXTURE_WIDTH`] texels:
 /// `Rgba32Float` with `vec4`, else `R32Float`.
 pub fn operand_texture(device: &wgpu::Device, rows: u32, vec4: bool) -> wgpu::Texture {
@@ -162,11 +173,12 @@ struct TexturePool {
 }
 
 impl TexturePool {
-    fn new(gpu: &Gpu, kernels: &[Kernel]) -> Self {
+    /// Creates the pool for the texture bindings of `kernels` that `front` does not list.
+    fn new(gpu: &Gpu, kernels: &[Kernel], front: &HashSet<(usize, usize)>) -> Self {
         let mut rows: BTreeMap<(usize, bool), u64> = BTreeMap::new();
-        for kernel in kernels {
+        for (k, kernel) in kernels.iter().enumerate() {
             for (index, binding) in kernel.bindings.iter().enumerate() {
-                if binding.access == Access::Texture {
+                if binding.access == Access::Texture && !front.contains(&(k, index)) {
                     let tallest = rows.entry((index, binding.vec4)).or_default();
                     *tallest = (*tallest).max(binding.texture_rows().max(1));
                 }
@@ -177,7 +189,7 @@ impl TexturePool {
             .into_iter()
             .map(|((index, vec4), height)| {
                 let texture = operand_texture(&gpu.device, height as u32, vec4);
-                bytes += height * u64::from(TEXTURE_WIDTH) * if vec4 { 16 } else { 4 };
+                bytes += texture_bytes(height, vec4);
                 let view = texture.create_view(&Default::default());
                 ((index, vec4), (texture, view))
             })
@@ -197,6 +209,9 @@ struct Port {
 /// Pipelines, bind groups and buffers for one list of kernels, ready to run many times.
 pub struct Program {
     kernels: Vec<CompiledKernel>,
+    /// Copies into texture operands whose ranges no kernel writes before reading them,
+    /// encoded once at the start of each run.
+    front_copies: Vec<TextureCopy>,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
     run_values: wgpu::Buffer,
@@ -289,10 +304,77 @@ impl Program {
 
         let keys: Vec<[u8; 32]> = kernels.iter().map(kernel_key).collect();
         let (pipelines, shaders) = create_pipelines(gpu, kernels, &keys)?;
-        let pool = TexturePool::new(gpu, kernels);
+        // A texture operand whose range no kernel writes before it reads it is copied once,
+        // at the start of the run, into a texture of its own. Every kernel that reads the
+        // same range shares it. The weights are such ranges, because the forward and the
+        // input-gradient convolutions read them and only the optimizer updates them, at the
+        // end of the run. Long copies between dispatches also made steps slower (see
+        // BENCHMARKS.md), and these run before the first dispatch.
+        let range_of = |binding: &crate::codegen::Binding| {
+            let (buffer, base) = buffers.get(binding.resource, params, &run_values, None);
+            let offset = base + binding.offset * 4;
+            (buffer.clone(), offset, offset + binding.elements * 4)
+        };
+        let mut front = HashSet::new();
+        let mut hoisted = HashSet::new();
+        let mut front_bytes = 0;
+        let mut written: Vec<(wgpu::Buffer, u64, u64)> = Vec::new();
+        for (k, kernel) in kernels.iter().enumerate() {
+            for (index, binding) in kernel.bindings.iter().enumerate() {
+                if binding.access == Access::Texture && binding.resource != Resource::Shape {
+                    let (buffer, start, end) = range_of(binding);
+                    let overlaps = |(b, s, e): &(wgpu::Buffer, u64, u64)| {
+                        *b == buffer && *s < end && start < *e
+                    };
+                    let slot = (buffer.clone(), start, end, binding.vec4);
+                    let bytes = texture_bytes(binding.texture_rows().max(1), binding.vec4);
+                    if written.iter().any(overlaps) {
+                        continue;
+                    }
+                    if hoisted.contains(&slot) || front_bytes + bytes <= MAX_FRONT_TEXTURE_BYTES {
+                        if hoisted.insert(slot) {
+                            front_bytes += bytes;
+                        }
+                        front.insert((k, index));
+                    }
+                }
+            }
+            for binding in kernel.bindings.iter().filter(|b| b.access == Access::ReadWrite) {
+                if binding.resource != Resource::Shape {
+                    written.push(range_of(binding));
+                }
+            }
+        }
+        let pool = TexturePool::new(gpu, kernels, &front);
+        let mut front_textures: HashMap<(wgpu::Buffer, u64, u64, bool), wgpu::TextureView> =
+            HashMap::new();
+        let mut front_copies = Vec::new();
         let mut compiled = Vec::with_capacity(kernels.len());
         let mut writes = Vec::with_capacity(kernels.len());
-        for (kernel, key) in kernels.iter().zip(&keys) {
+        for (k, kernel) in kernels.iter().enumerate() {
+            for (index, binding) in kernel.bindings.iter().enumerate() {
+                if !front.contains(&(k, index)) {
+                    continue;
+                }
+                let (buffer, offset, end) = range_of(binding);
+                let slot = (buffer.clone(), offset, end, binding.vec4);
+                if front_textures.contains_key(&slot) {
+                    continue;
+                }
+                let rows = binding.texture_rows().max(1);
+                let texture = operand_texture(&gpu.device, rows as u32, binding.vec4);
+                front_textures.insert(slot, texture.create_view(&Default::default()));
+                front_copies.push(TextureCopy {
+                    buffer,
+                    offset,
+                    elements: binding.elements,
+                    lanes: if binding.vec4 { 4 } else { 1 },
+                    texture,
+                    slot: (usize::MAX, binding.vec4),
+                });
+            }
+        }
+        for (k, (kernel, key)) in kernels.iter().zip(&keys).enumerate() {
             let CachedPipeline { pipeline, layout } = &pipelines[key];
             let shape = shape_buffer(gpu, kernel)?;
             let mut copies = Vec::new();
@@ -307,6 +389,14 @@ impl Program {
                     let offset = base + binding.offset * 4;
                     if binding.access == Access::ReadWrite {
                         kernel_writes.push((buffer.clone(), offset, offset + binding.bytes()));
+                    }
+                    if front.contains(&(k, index)) {
+                        let (buffer, start, end) = range_of(binding);
+                        let slot = (buffer, start, end, binding.vec4);
+                        return wgpu::BindGroupEntry {
+                            binding: index as u32,
+                            resource: wgpu::BindingResource::TextureView(&front_textures[&slot]),
+                        };
                     }
                     if binding.access == Access::Texture {
                         let (texture, view) = &pool.textures[&(index, binding.vec4)];
@@ -375,7 +465,7 @@ impl Program {
         let memory = MemoryReport {
             intermediate_bytes: buffers.plan.peak_bytes,
             unshared_bytes: buffers.plan.unshared_bytes,
-            pinned_bytes: buffers.pinned_bytes + pool.bytes,
+            pinned_bytes: buffers.pinned_bytes + pool.bytes + front_bytes,
             buffers: buffers.plan.buffers.len(),
         };
         tracing::info!(
@@ -383,11 +473,12 @@ impl Program {
             shaders_compiled = shaders.compiled,
             shaders_reused = shaders.reused,
             texture_copies = compiled.iter().map(|k| k.copies.len()).sum::<usize>(),
+            front_texture_copies = front_copies.len(),
             intermediate_bytes = memory.intermediate_bytes,
             unshared_bytes = memory.unshared_bytes,
             "compiled program"
         );
-        Ok(Program { kernels: compiled, inputs, outputs, run_values, memory, shaders })
+        Ok(Program { kernels: compiled, front_copies, inputs, outputs, run_values, memory, shaders })
     }
 
     /// Creates the pinned buffers (inputs, constants, outputs, aux) and the planned ones.
@@ -524,6 +615,9 @@ impl Program {
         let mut encoder = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        for copy in &self.front_copies {
+            copy.encode(&mut encoder);
+        }
         // A kernel with texture copies starts a new pass after them. One whose textures
         // already contain its operands runs in the current pass.
         let mut start = 0;
@@ -564,6 +658,11 @@ impl Program {
         values: &RunValues,
     ) -> Result<Vec<(String, f64)>, RuntimeError> {
         gpu.queue.write_buffer(&self.run_values, 0, bytemuck::bytes_of(values));
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        for copy in &self.front_copies {
+            copy.encode(&mut encoder);
+        }
+        gpu.queue.submit([encoder.finish()]);
         let mut times = Vec::with_capacity(self.kernels.len());
         for kernel in &self.kernels {
             let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {

@@ -253,10 +253,12 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
         },
     };
 
-    // No taller than the output, no wider than it needs, and small enough to give every
-    // thread some work.
+    // No taller than the output, even below the subgroup width (the lanes past M then load
+    // no row of A), no wider than it needs, and small enough to give every thread some
+    // work. The 3-row output layer d1 went from 6.9 to 9.0 GFLOP/s with a 3-row tile, and
+    // the 1-row logits from 2.7 to 8.0.
     let lanes = tiling.subgroup_size.unwrap_or(1);
-    tiling.tile_m = tiling.tile_m.min(problem.m.next_multiple_of(lanes)).max(1);
+    tiling.tile_m = tiling.tile_m.min(problem.m).max(1);
     while tiling.tile_n > 1 && tiling.workgroup_size * (tiling.tile_n / 2) >= problem.n {
         tiling.tile_n /= 2;
     }

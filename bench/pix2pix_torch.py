@@ -190,6 +190,7 @@ def time_steps(args):
                 "size": args.size,
                 "generator_params": sum(p.numel() for p in gen.parameters()),
                 "discriminator_params": sum(p.numel() for p in disc.parameters()),
+                "step_seconds": times,
                 "step_seconds_median": statistics.median(times),
                 "step_seconds_min": min(times),
                 "step_seconds_max": max(times),

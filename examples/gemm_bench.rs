@@ -313,6 +313,10 @@ fn prepare(gpu: &Gpu, op: ConvOp, g: &ConvGeometry, variant: &Variant) -> Prepar
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     });
+    // Lavapipe compiles a pipeline's machine code at its first dispatch, so one workgroup
+    // runs here and counts as compile time.
+    let (first, _) = time_kernel(gpu, &pipeline, &group, [1, 1, 1], 1);
+    let compile_seconds = compile_seconds + first;
     let (once, _) = time_kernel(gpu, &pipeline, &group, kernel.grid.workgroups, 1);
     let reps = (0.25 / once.max(1e-6)).clamp(1.0, 200.0) as u32;
     Prepared {

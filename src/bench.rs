@@ -4,16 +4,17 @@
 //! Needs a model that checks, and a `train` section for training iterations. Reports the
 //! compile time (parse to pipelines ready, not counting opening the device), the median and
 //! spread of the timed runs after a warm-up, the dispatch count, the planned device memory
-//! and a per-kernel table. The per-kernel times come from a separate mode that submits
-//! each dispatch on its own and waits for it, because netc does not use timestamp queries
-//! yet. Those times include a submit's overhead, so their sum exceeds one run's time.
+//! and a per-kernel table. The per-kernel times come from a separate run with timestamp
+//! queries around each kernel where the adapter has them. Without them each dispatch is
+//! submitted on its own and waited for, so each time includes a submit's overhead and
+//! their sum exceeds one run's time.
 
 use crate::codegen::wgsl::RunValues;
 use crate::codegen::{lower_graph, Kernel, Mode};
 use crate::frontend;
 use crate::infer::{generator, Generator};
 use crate::ir::Module;
-use crate::runtime::{Gpu, MemoryReport, ParamStore, Program};
+use crate::runtime::{Gpu, KernelTime, MemoryReport, ParamStore, Program, TimingMethod};
 use crate::train::Trainer;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -42,6 +43,8 @@ pub struct KernelRow {
     /// The kernel's role within the layer (`conv2d`, `batch_norm_stats`, `adam`).
     pub kernel: String,
     pub seconds: f64,
+    /// Seconds of the texture copies before the kernel (see [`KernelTime::copy_seconds`]).
+    pub copy_seconds: f64,
     /// Counted floating-point operations per run (a multiply-add counts as two).
     pub flops: u64,
     pub gflops_per_second: f64,
@@ -57,10 +60,16 @@ pub struct BenchReport {
     pub settings: Vec<(String, serde_json::Value)>,
     pub adapter: String,
     pub backend: String,
+    /// Whether kernels read their large operands from texture copies.
+    pub texture_operands: bool,
+    /// The load speeds behind that choice on a CPU adapter, in GB/s: storage `vec4`
+    /// loads and `Rgba32Float` texel fetches. Absent when the choice was not measured.
+    pub load_rates_gbps: Option<(f64, f64)>,
     /// `train` for training iterations, `infer` for generator forward passes.
     pub mode: String,
     pub compile_seconds: f64,
     pub steps: usize,
+    /// Each timed run's seconds, in the order they ran.
     pub step_seconds: Vec<f64>,
     pub step_seconds_median: f64,
     pub step_seconds_min: f64,
@@ -114,13 +123,13 @@ pub fn bench(
     }
     let started = Instant::now();
     let module = frontend::compile_file(path, overrides)?;
-    let mut measured = if options.infer {
+    let measured = if options.infer {
         bench_infer(gpu, &module, options, started)?
     } else {
         bench_train(gpu, &module, options, started)?
     };
-    measured.times.sort_by(f64::total_cmp);
-    let times = measured.times;
+    let mut times = measured.times.clone();
+    times.sort_by(f64::total_cmp);
     let median = if times.len() % 2 == 1 {
         times[times.len() / 2]
     } else {
@@ -133,13 +142,15 @@ pub fn bench(
         settings: module.settings.clone(),
         adapter: gpu.info.name.clone(),
         backend: format!("{:?}", gpu.info.backend),
+        texture_operands: gpu.texture_operands,
+        load_rates_gbps: gpu.load_rates.map(|r| (r.storage, r.texture)),
         mode: if options.infer { "infer" } else { "train" }.to_string(),
         compile_seconds: measured.compile_seconds,
         steps: times.len(),
         step_seconds_median: median,
         step_seconds_min: times[0],
         step_seconds_max: times[times.len() - 1],
-        step_seconds: times,
+        step_seconds: measured.times,
         flops_per_step: flops,
         gflops_per_second: flops as f64 / median / 1e9,
         dispatches_per_step: measured.dispatches,
@@ -149,7 +160,7 @@ pub fn bench(
         peak_device_bytes: measured.parameter_bytes
             + memory.intermediate_bytes
             + memory.pinned_bytes,
-        kernel_timing: "one submit per kernel, waited for (no timestamp queries)".to_string(),
+        kernel_timing: measured.kernel_timing.describe().to_string(),
         kernels: measured.kernels,
     })
 }
@@ -159,6 +170,7 @@ struct Measured {
     compile_seconds: f64,
     times: Vec<f64>,
     kernels: Vec<KernelRow>,
+    kernel_timing: TimingMethod,
     dispatches: usize,
     memory: MemoryReport,
     parameter_bytes: u64,
@@ -189,13 +201,14 @@ fn bench_train(
 
     let program = trainer.device_program();
     let values = RunValues { seed: 1, step: 1, ..RunValues::default() };
-    let timings = program.time_kernels(gpu, &values)?;
+    let (method, timings) = program.time_kernels(gpu, &values)?;
     let kernels = kernel_rows(&trainer.program().kernels, &timings);
     let parameter_bytes = trainer.parameter_store_bytes();
     Ok(Measured {
         compile_seconds,
         times,
         kernels,
+        kernel_timing: method,
         dispatches: program.dispatch_count(),
         memory: program.memory().clone(),
         parameter_bytes,
@@ -236,11 +249,12 @@ fn bench_infer(
     // The generator lowers the same way each time, so this gives the compiled kernels'
     // FLOP counts and bindings.
     let lowered = lower_graph(&net.graph, &gpu.target(), Mode::Infer)?;
-    let timings = program.time_kernels(gpu, &values)?;
+    let (method, timings) = program.time_kernels(gpu, &values)?;
     Ok(Measured {
         compile_seconds,
         times,
         kernels: kernel_rows(&lowered, &timings),
+        kernel_timing: method,
         dispatches: program.dispatch_count(),
         memory: program.memory().clone(),
         parameter_bytes: module_param_bytes(module),
@@ -257,11 +271,12 @@ fn module_param_bytes(module: &Module) -> u64 {
 }
 
 /// Joins the measured per-kernel times with each kernel's FLOP count and bindings.
-fn kernel_rows(kernels: &[Kernel], timings: &[(String, f64)]) -> Vec<KernelRow> {
+fn kernel_rows(kernels: &[Kernel], timings: &[KernelTime]) -> Vec<KernelRow> {
     let by_name: HashMap<&str, &Kernel> = kernels.iter().map(|k| (k.name.as_str(), k)).collect();
     timings
         .iter()
-        .map(|(name, seconds)| {
+        .map(|timing| {
+            let (name, seconds) = (&timing.name, &timing.seconds);
             let (layer, kernel) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
             let (flops, bytes_bound) = by_name
                 .get(name.as_str())
@@ -271,6 +286,7 @@ fn kernel_rows(kernels: &[Kernel], timings: &[(String, f64)]) -> Vec<KernelRow> 
                 layer: layer.to_string(),
                 kernel: kernel.to_string(),
                 seconds: *seconds,
+                copy_seconds: timing.copy_seconds,
                 flops,
                 gflops_per_second: if *seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 },
                 bytes_bound,

@@ -614,24 +614,28 @@ mod pix2pix {
                 fixed_subgroup_size: Some(8),
                 max_invocations: 1024,
                 cpu: true,
+                texture_operands: true,
                 max_texture_rows: 8192,
             },
             DeviceProfile {
                 fixed_subgroup_size: None,
                 max_invocations: 1024,
                 cpu: true,
+                texture_operands: true,
                 max_texture_rows: 8192,
             },
             DeviceProfile {
                 fixed_subgroup_size: Some(32),
                 max_invocations: 1024,
                 cpu: false,
+                texture_operands: false,
                 max_texture_rows: 8192,
             },
             DeviceProfile {
                 fixed_subgroup_size: None,
                 max_invocations: 256,
                 cpu: false,
+                texture_operands: false,
                 max_texture_rows: 8192,
             },
         ];

@@ -145,11 +145,19 @@ mod support {
             Outcome { device, reference, device_params, reference_params, kernels }
         }
 
-        /// Runs the graph and asserts the device output matches the reference.
+        /// Runs the graph and asserts the device output matches the reference, once with
+        /// the operands in storage buffers and once with the texture operands that CPU
+        /// adapters with slow storage loads use, whichever this adapter would choose.
         pub fn check(&self, output: NodeId, mode: Mode) -> Outcome {
-            let outcome =
-                self.run(output, mode, RunValues { seed: 7, step: 3, ..Default::default() }, None);
+            let run = RunValues { seed: 7, step: 3, ..Default::default() };
+            let mut target = gpu().lock().unwrap_or_else(|e| e.into_inner()).target();
+            target.tuning.texture_operands = false;
+            let outcome = self.run(output, mode, run, Some(target.clone()));
             assert_close("output", &outcome.device, &outcome.reference.data, 1e-4);
+            target.tuning.texture_operands = true;
+            let outcome = self.run(output, mode, run, Some(target));
+            let what = "output with texture operands";
+            assert_close(what, &outcome.device, &outcome.reference.data, 1e-4);
             outcome
         }
     }

@@ -191,10 +191,13 @@ fn every_op_kind_validates_with_naga() {
     }
 }
 
-/// Returns the target of a CPU adapter with 8-wide subgroups, as lavapipe is. Its
-/// convolutions read their operands as textures.
+/// Returns the target of a CPU adapter with 8-wide subgroups, as lavapipe is, whose
+/// storage loads are slow enough that its convolutions read their operands as textures.
 fn cpu_target() -> Target {
-    Target { cpu: true, subgroups: true, subgroup_size: Some(8), ..Target::default() }
+    let mut target =
+        Target { cpu: true, subgroups: true, subgroup_size: Some(8), ..Target::default() };
+    target.tuning.texture_operands = true;
+    target
 }
 
 #[test]

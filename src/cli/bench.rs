@@ -55,6 +55,15 @@ fn render(report: &BenchReport) -> String {
     out += &format!("{} on {} ({})\n", report.model, report.adapter, report.backend);
     let settings: Vec<String> = report.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     out += &format!("  settings: {}\n", settings.join(" "));
+    let operands = match (report.texture_operands, report.load_rates_gbps) {
+        (on, Some((storage, texture))) => format!(
+            "{} (measured loads: storage {storage:.1} GB/s, texture {texture:.1} GB/s)",
+            if on { "textures" } else { "storage buffers" }
+        ),
+        (true, None) => "textures (set by NETC_TEXTURE_OPERANDS)".to_string(),
+        (false, None) => "storage buffers".to_string(),
+    };
+    out += &format!("  operands: {operands}\n");
     out += &format!("  compile (parse to pipelines ready): {:.3} s\n", report.compile_seconds);
     out += &format!(
         "  {what}: median {:.4} s, min {:.4} s, max {:.4} s over {} runs\n",
@@ -77,23 +86,23 @@ fn render(report: &BenchReport) -> String {
     let mut rows: Vec<_> = report.kernels.iter().collect();
     rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let copies: f64 = rows.iter().map(|r| r.copy_seconds).sum();
     out += &format!(
-        "\n  per kernel ({}; {:.3} s summed), slowest {} of {}:\n",
-        report.kernel_timing,
-        total,
-        KERNEL_ROWS.min(rows.len()),
-        rows.len()
+        "\n  per kernel ({}): kernels {:.4} s, texture copies and pass changes {:.4} s\n",
+        report.kernel_timing, total, copies
     );
+    out += &format!("  slowest {} of {}:\n", KERNEL_ROWS.min(rows.len()), rows.len());
     out += &format!(
-        "  {:<44} {:<26} {:>9} {:>9} {:>8} {:>10}\n",
-        "layer", "kernel", "ms", "MFLOP", "GFLOP/s", "MiB bound"
+        "  {:<44} {:<26} {:>9} {:>9} {:>9} {:>8} {:>10}\n",
+        "layer", "kernel", "ms", "copy ms", "MFLOP", "GFLOP/s", "MiB bound"
     );
     for row in rows.iter().take(KERNEL_ROWS) {
         out += &format!(
-            "  {:<44} {:<26} {:>9.3} {:>9.1} {:>8.2} {:>10.2}\n",
+            "  {:<44} {:<26} {:>9.3} {:>9.3} {:>9.1} {:>8.2} {:>10.2}\n",
             row.layer,
             row.kernel,
             row.seconds * 1e3,
+            row.copy_seconds * 1e3,
             row.flops as f64 / 1e6,
             row.gflops_per_second,
             mib(row.bytes_bound)

@@ -19,6 +19,7 @@ fn device_profile(target: &Target) -> DeviceProfile {
         fixed_subgroup_size: if target.subgroups { target.subgroup_size } else { None },
         max_invocations: 256,
         cpu: target.cpu,
+        texture_operands: target.tuning.texture_operands,
         max_texture_rows: target.max_texture_dimension_2d,
     }
 }

@@ -334,15 +334,19 @@ impl LowerContext<'_> {
         Kernel { name, node: self.node, wgsl, bindings, grid, flops, shape: Vec::new() }
     }
 
-    /// Turns a read binding into a texture on a CPU adapter, where lavapipe loads storage
-    /// values one lane at a time, when the template reads it only through `NAME_at` and
-    /// the range fits in a texture.
+    /// Turns a read binding into a texture when the target has texture operands (CPU
+    /// adapters whose storage loads are slow), the template reads it only through
+    /// `NAME_at` and the range fits in a texture.
     fn texture_if_faster(&self, binding: Binding, template: &str) -> Binding {
         let name = binding.name;
         let only_helper = wgsl::mentions(template, &format!("{name}_at("))
             && !wgsl::mentions(template, &format!("{name}["));
         let fits = binding.texture_rows() <= u64::from(self.target.max_texture_dimension_2d);
-        if self.target.cpu && binding.access == Access::Read && only_helper && fits {
+        if self.target.tuning.texture_operands
+            && binding.access == Access::Read
+            && only_helper
+            && fits
+        {
             binding.texture()
         } else {
             binding

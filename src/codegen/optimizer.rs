@@ -3,9 +3,9 @@
 //!
 //! The fused update binds four arenas with one layout ([`Arena`]): the step's parameters,
 //! their gradients and each optimizer state. It reads them as `vec4`s, so one dispatch
-//! updates every parameter of the step. On a CPU adapter the fused Adam update reads the
-//! gradients, parameters and moments from texture copies of them, because lavapipe loads
-//! storage values one lane at a time. An update larger than one binding is split into
+//! updates every parameter of the step. With texture operands (CPU adapters whose storage
+//! loads are slow) the fused Adam update reads the gradients, parameters and moments from
+//! texture copies of them. An update larger than one binding is split into
 //! one kernel per chunk. The per-parameter update remains for a parameter whose gradient
 //! cannot be placed in an arena, such as one that two steps update.
 //!
@@ -103,10 +103,12 @@ pub fn lower_update(
     let tuning = &target.tuning;
     let lanes = if bindings.vec4 { 4 } else { 1 };
     let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.elementwise_items);
-    // On a CPU adapter Adam reads its four inputs from textures, because lavapipe loads
-    // storage values one lane at a time. Each of the four is copied into a texture of its
-    // own, so chunks of TEXTURE_CHUNK elements keep those textures at 16 MiB each.
-    let textures = target.cpu && bindings.vec4 && matches!(optimizer, Optimizer::Adam { .. });
+    // With texture operands Adam reads its four inputs from textures. Each of the four is
+    // copied into a texture of its own, so chunks of TEXTURE_CHUNK elements keep those
+    // textures at 16 MiB each.
+    let textures = target.tuning.texture_operands
+        && bindings.vec4
+        && matches!(optimizer, Optimizer::Adam { .. });
     let mut limit = target.chunk_elements();
     if textures {
         limit = limit.min(TEXTURE_CHUNK);
@@ -215,7 +217,8 @@ mod tests {
         for (cpu, vec4, count, parts) in
             [(false, true, 64, 1), (false, false, 63, 1), (true, true, TEXTURE_CHUNK + 64, 2)]
         {
-            let target = Target { cpu, ..Target::default() };
+            let mut target = Target { cpu, ..Target::default() };
+            target.tuning.texture_operands = cpu;
             let bindings = UpdateBindings {
                 param: Resource::Arena(0),
                 grad: Resource::Arena(1),

@@ -26,6 +26,11 @@ pub struct Tuning {
     /// stages of a full reduction). When it equals the adapter's fixed subgroup size,
     /// they sum with `subgroupAdd` and no workgroup barrier.
     pub reduction_workgroup_size: u32,
+    /// Read the large read-only operands (the convolutions' A and B, the fused Adam
+    /// update's inputs, elementwise and batch-norm inputs) from textures that the runtime
+    /// copies them into, instead of from storage buffers. Set on CPU adapters whose
+    /// storage loads are much slower than texel fetches (see `runtime::probe`).
+    pub texture_operands: bool,
 }
 
 impl Default for Tuning {
@@ -37,6 +42,7 @@ impl Default for Tuning {
             conv_pixel_tile: 8,
             reduce_max_groups: 256,
             reduction_workgroup_size: 256,
+            texture_operands: false,
         }
     }
 }

@@ -3,10 +3,14 @@
 //! Needs: a Vulkan, Metal, DX12 or GL driver that wgpu can load (lavapipe counts).
 //! Guarantees: the device is created with the adapter's own limits rather than the WebGPU
 //! defaults, so large bindings and grids work wherever the hardware allows them, and
-//! with `SUBGROUP` when the adapter has it.
+//! with `SUBGROUP` and `TIMESTAMP_QUERY` when the adapter has them.
 
+use super::probe::LoadRates;
 use super::RuntimeError;
 use wgpu::DeviceType;
+
+/// The environment variable that overrides the texture-operand choice.
+const TEXTURE_OPERANDS_VAR: &str = "NETC_TEXTURE_OPERANDS";
 
 /// How to install a software adapter, for the error raised when none is found.
 pub const LAVAPIPE_HINT: &str = "install Mesa's software Vulkan driver (lavapipe) with \
@@ -33,6 +37,12 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Whether kernels read their large operands from textures
+    /// ([`crate::codegen::Tuning::texture_operands`]).
+    pub texture_operands: bool,
+    /// The load speeds measured on a CPU adapter, which chose `texture_operands` unless
+    /// `NETC_TEXTURE_OPERANDS` set it.
+    pub load_rates: Option<LoadRates>,
     /// Pipelines of every program compiled on this device, reused across compiles.
     pub kernels: super::KernelCache,
 }
@@ -120,7 +130,9 @@ impl Gpu {
         let adapter = choose_adapter(request)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        // Timestamp queries serve only `netc bench`'s per-kernel table.
+        let wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted;
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("netc"),
             required_features: features,
@@ -132,7 +144,32 @@ impl Gpu {
                 RuntimeError::RequestDevice { adapter: info.name.clone(), message: e.to_string() }
             })?;
         tracing::info!(adapter = %info.name, backend = ?info.backend, "opened device");
-        Ok(Gpu { adapter, device, queue, info, limits, features, kernels: Default::default() })
+        let cpu = info.device_type == DeviceType::Cpu;
+        let (texture_operands, load_rates) = match texture_setting()? {
+            Some(on) => (on, None),
+            None if cpu => {
+                let rates = LoadRates::measure(&device, &queue);
+                tracing::info!(
+                    storage_gbps = rates.storage,
+                    texture_gbps = rates.texture,
+                    texture_operands = rates.favour_textures(),
+                    "measured load speeds"
+                );
+                (rates.favour_textures(), Some(rates))
+            }
+            None => (false, None),
+        };
+        Ok(Gpu {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            texture_operands,
+            load_rates,
+            kernels: Default::default(),
+        })
     }
 
     /// Returns the compile target that this device's limits and features allow.
@@ -141,6 +178,7 @@ impl Gpu {
         let fixed = self.info.subgroup_min_size == self.info.subgroup_max_size;
         target.subgroup_size = (target.subgroups && fixed).then_some(self.info.subgroup_min_size);
         target.cpu = self.info.device_type == wgpu::DeviceType::Cpu;
+        target.tuning.texture_operands = self.texture_operands;
         // On lavapipe a per-channel sum over 256 invocations with barriers took 1-2 ms
         // even for a 2x2 channel, and one-subgroup workgroups without barriers cut the
         // ngf=16, 128x128 training step from 0.165 to 0.130 s (measured).
@@ -148,5 +186,23 @@ impl Gpu {
             target.tuning.reduction_workgroup_size = size;
         }
         target
+    }
+}
+
+/// Reads `NETC_TEXTURE_OPERANDS`: `on` or `off` force the choice, and `auto` or no value
+/// leave it to the load-speed probe on CPU adapters (GPUs keep storage buffers).
+fn texture_setting() -> Result<Option<bool>, RuntimeError> {
+    let Ok(value) = std::env::var(TEXTURE_OPERANDS_VAR) else {
+        return Ok(None);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(None),
+        "on" | "1" | "true" => Ok(Some(true)),
+        "off" | "0" | "false" => Ok(Some(false)),
+        _ => Err(RuntimeError::InvalidSetting {
+            name: TEXTURE_OPERANDS_VAR,
+            value,
+            expected: "auto, on or off",
+        }),
     }
 }

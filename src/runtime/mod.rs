@@ -8,12 +8,15 @@
 mod cache;
 mod device;
 mod params;
+pub mod probe;
 mod program;
+mod timing;
 
 pub use cache::{kernel_key, CacheCounts, CachedPipeline, KernelCache};
 pub use device::{list_adapters, AdapterSummary, Gpu, LAVAPIPE_HINT};
 pub use params::{initial_values, ParamStore};
 pub use program::{operand_texture, upload_operand, MemoryReport, Program};
+pub use timing::{KernelTime, TimingMethod};
 
 use crate::codegen::CodegenError;
 
@@ -50,6 +53,9 @@ pub enum RuntimeError {
     ParamLength { name: String, expected: usize, got: usize },
     #[error("invalid initializer for parameter {param}: {message}")]
     InvalidInit { param: String, message: String },
+    #[error("invalid {name}={value:?}")]
+    #[diagnostic(help("{name} takes {expected}"))]
+    InvalidSetting { name: &'static str, value: String, expected: &'static str },
     #[error("failed to read results back from the device: {message}")]
     Readback { message: String },
     /// A compiler bug: the training program's arena layout does not fit its module.

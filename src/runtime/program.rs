@@ -23,17 +23,27 @@ pub struct MemoryReport {
     pub buffers: usize,
 }
 
-struct CompiledKernel {
-    name: String,
+pub(super) struct CompiledKernel {
+    pub(super) name: String,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
     /// The copies that fill the kernel's texture operands, encoded before its pass.
-    copies: Vec<TextureCopy>,
+    pub(super) copies: Vec<TextureCopy>,
+}
+
+impl CompiledKernel {
+    /// Records the kernel's dispatch into `pass`.
+    pub(super) fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
 }
 
 /// A copy of a bound buffer range into a texture operand, [`TEXTURE_WIDTH`] texels a row.
-struct TextureCopy {
+pub(super) struct TextureCopy {
     buffer: wgpu::Buffer,
     /// Byte offset of the first element in `buffer`.
     offset: u64,
@@ -48,7 +58,7 @@ struct TextureCopy {
 
 impl TextureCopy {
     /// Encodes the whole rows with one copy and the last, partial row with another.
-    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+    pub(super) fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let width = u64::from(TEXTURE_WIDTH);
         let row_bytes = width * self.lanes * 4;
         let texels = self.elements / self.lanes;
@@ -208,13 +218,13 @@ struct Port {
 
 /// Pipelines, bind groups and buffers for one list of kernels, ready to run many times.
 pub struct Program {
-    kernels: Vec<CompiledKernel>,
+    pub(super) kernels: Vec<CompiledKernel>,
     /// Copies into texture operands whose ranges no kernel writes before reading them,
     /// encoded once at the start of each run.
-    front_copies: Vec<TextureCopy>,
+    pub(super) front_copies: Vec<TextureCopy>,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
-    run_values: wgpu::Buffer,
+    pub(super) run_values: wgpu::Buffer,
     memory: MemoryReport,
     shaders: CacheCounts,
 }
@@ -478,7 +488,15 @@ impl Program {
             unshared_bytes = memory.unshared_bytes,
             "compiled program"
         );
-        Ok(Program { kernels: compiled, front_copies, inputs, outputs, run_values, memory, shaders })
+        Ok(Program {
+            kernels: compiled,
+            front_copies,
+            inputs,
+            outputs,
+            run_values,
+            memory,
+            shaders,
+        })
     }
 
     /// Creates the pinned buffers (inputs, constants, outputs, aux) and the planned ones.
@@ -634,10 +652,7 @@ impl Program {
                 timestamp_writes: None,
             });
             for kernel in &self.kernels[start..end] {
-                pass.set_pipeline(&kernel.pipeline);
-                pass.set_bind_group(0, &kernel.bind_group, &[]);
-                let [x, y, z] = kernel.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+                kernel.dispatch(&mut pass);
             }
             drop(pass);
             start = end;
@@ -645,47 +660,6 @@ impl Program {
         let list: Vec<(&wgpu::Buffer, u64, usize)> =
             ports.iter().map(|p| (&p.buffer, p.offset, p.elements)).collect();
         read_with(gpu, encoder, &list)
-    }
-}
-
-impl Program {
-    /// Times each kernel on its own: one submit per dispatch, each waited for, so the
-    /// figures include a submit's overhead and a run done this way is slower than
-    /// [`Program::run`]. For adapters without timestamp queries.
-    pub fn time_kernels(
-        &self,
-        gpu: &Gpu,
-        values: &RunValues,
-    ) -> Result<Vec<(String, f64)>, RuntimeError> {
-        gpu.queue.write_buffer(&self.run_values, 0, bytemuck::bytes_of(values));
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        for copy in &self.front_copies {
-            copy.encode(&mut encoder);
-        }
-        gpu.queue.submit([encoder.finish()]);
-        let mut times = Vec::with_capacity(self.kernels.len());
-        for kernel in &self.kernels {
-            let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some(&kernel.name),
-            });
-            for copy in &kernel.copies {
-                copy.encode(&mut encoder);
-            }
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                pass.set_pipeline(&kernel.pipeline);
-                pass.set_bind_group(0, &kernel.bind_group, &[]);
-                let [x, y, z] = kernel.workgroups;
-                pass.dispatch_workgroups(x, y, z);
-            }
-            let start = std::time::Instant::now();
-            gpu.queue.submit([encoder.finish()]);
-            gpu.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
-            times.push((kernel.name.clone(), start.elapsed().as_secs_f64()));
-        }
-        Ok(times)
     }
 }
 
@@ -850,7 +824,7 @@ pub(super) fn read_buffers(
 }
 
 /// Appends staging copies of `list` to `encoder`, submits it and maps the copies.
-fn read_with(
+pub(super) fn read_with(
     gpu: &Gpu,
     mut encoder: wgpu::CommandEncoder,
     list: &[(&wgpu::Buffer, u64, usize)],

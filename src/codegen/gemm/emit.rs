@@ -501,7 +501,8 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
             }
         }
     }
-    let b_value = |kk: u32, q: u32| if width == 4 { format!("bv{kk}_{q}") } else { format!("b{kk}_{q}") };
+    let b_value =
+        |kk: u32, q: u32| if width == 4 { format!("bv{kk}_{q}") } else { format!("b{kk}_{q}") };
     let block = t.block_m.clamp(1, tm);
     for first in (0..tm).step_by(block as usize) {
         for kk in 0..chunk {

@@ -169,6 +169,8 @@ pub struct DeviceProfile {
     pub max_invocations: u32,
     /// Whether the adapter is a CPU (`DeviceType::Cpu`, as lavapipe reports).
     pub cpu: bool,
+    /// Whether A and B may be read from textures ([`Tiling::texture_operands`]).
+    pub texture_operands: bool,
     /// `max_texture_dimension_2d`: operands of more than this many rows of
     /// [`TEXTURE_WIDTH`] values stay in storage buffers.
     pub max_texture_rows: u32,
@@ -184,6 +186,9 @@ impl DeviceProfile {
             fixed_subgroup_size: subgroups.then_some(info.subgroup_min_size),
             max_invocations: adapter.limits().max_compute_invocations_per_workgroup,
             cpu: info.device_type == wgpu::DeviceType::Cpu,
+            // NOTE: as on a CPU adapter whose storage loads are slow. `runtime::Gpu` decides
+            // from a measurement instead.
+            texture_operands: info.device_type == wgpu::DeviceType::Cpu,
             max_texture_rows: adapter.limits().max_texture_dimension_2d,
         }
     }
@@ -280,7 +285,8 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
 
     // Lavapipe on a 2-core AMD EPYC (Zen 2) took e3's conv2d from 11.6 to 22.2 GFLOP/s
     // with texture operands (`examples/gemm_bench.rs`), because its storage loads run one
-    // lane at a time. Operands too tall for a texture stay in storage buffers.
+    // lane at a time. The device profile says whether this adapter's loads are that slow.
+    // Operands too tall for a texture stay in storage buffers.
     let g = geometry;
     let largest = [
         g.batch * g.in_channels * g.in_size[0] * g.in_size[1],
@@ -291,7 +297,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
     .max()
     .unwrap_or(0);
     let rows = largest.div_ceil(TEXTURE_WIDTH as usize);
-    tiling.texture_operands = device.cpu && rows <= device.max_texture_rows as usize;
+    tiling.texture_operands = device.texture_operands && rows <= device.max_texture_rows as usize;
     // With texture operands one row per block was faster than two on all 12 pix2pix
     // kernels timed there (e2 to d5, forward and weight gradient), by 1 to 11%.
     if tiling.texture_operands {

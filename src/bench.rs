@@ -68,6 +68,9 @@ pub struct BenchReport {
     /// `train` for training iterations, `infer` for generator forward passes.
     pub mode: String,
     pub compile_seconds: f64,
+    /// Each untimed warm-up run's seconds. The first includes the shader compilation that
+    /// a driver defers to a pipeline's first dispatch, as lavapipe does.
+    pub warmup_seconds: Vec<f64>,
     pub steps: usize,
     /// Each timed run's seconds, in the order they ran.
     pub step_seconds: Vec<f64>,
@@ -146,6 +149,7 @@ pub fn bench(
         load_rates_gbps: gpu.load_rates.map(|r| (r.storage, r.texture)),
         mode: if options.infer { "infer" } else { "train" }.to_string(),
         compile_seconds: measured.compile_seconds,
+        warmup_seconds: measured.warmup,
         steps: times.len(),
         step_seconds_median: median,
         step_seconds_min: times[0],
@@ -168,6 +172,7 @@ pub fn bench(
 /// The measurements of one benchmark mode.
 struct Measured {
     compile_seconds: f64,
+    warmup: Vec<f64>,
     times: Vec<f64>,
     kernels: Vec<KernelRow>,
     kernel_timing: TimingMethod,
@@ -189,8 +194,11 @@ fn bench_train(
     let input = synthetic(&mut rng, sizes.get("input").copied().unwrap_or(0));
     let target = synthetic(&mut rng, sizes.get("target").copied().unwrap_or(0));
 
+    let mut warmup = Vec::with_capacity(options.warmup);
     for _ in 0..options.warmup {
+        let start = Instant::now();
         trainer.step_unread(&input, &target)?;
+        warmup.push(start.elapsed().as_secs_f64());
     }
     let mut times = Vec::with_capacity(options.steps);
     for _ in 0..options.steps {
@@ -206,6 +214,7 @@ fn bench_train(
     let parameter_bytes = trainer.parameter_store_bytes();
     Ok(Measured {
         compile_seconds,
+        warmup,
         times,
         kernels,
         kernel_timing: method,
@@ -236,8 +245,11 @@ fn bench_infer(
     }
 
     let values = RunValues::default();
+    let mut warmup = Vec::with_capacity(options.warmup);
     for _ in 0..options.warmup {
+        let start = Instant::now();
         program.run(gpu, &values, &["output"])?;
+        warmup.push(start.elapsed().as_secs_f64());
     }
     let mut times = Vec::with_capacity(options.steps);
     for _ in 0..options.steps {
@@ -252,6 +264,7 @@ fn bench_infer(
     let (method, timings) = program.time_kernels(gpu, &values)?;
     Ok(Measured {
         compile_seconds,
+        warmup,
         times,
         kernels: kernel_rows(&lowered, &timings),
         kernel_timing: method,

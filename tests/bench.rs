@@ -54,7 +54,8 @@ fn training_report_covers_every_kernel() {
         number(&report, "step_seconds_median"),
         number(&report, "step_seconds_max"),
     );
-    assert!(min <= median && median <= max, "min {min}, median {median}, max {max}");
+    assert!(min <= median, "min {min} over median {median}");
+    assert!(median <= max, "median {median} over max {max}");
     assert!(number(&report, "compile_seconds") > 0.0);
 
     // One row per dispatch, and the step's FLOPs are the rows' sum.
@@ -121,4 +122,39 @@ fn zero_steps_are_rejected() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--steps must be at least 1"), "{stderr}");
+}
+
+#[test]
+fn pipeline_cache_file_is_checked() {
+    let gpu = netc::runtime::Gpu::open(None).expect("the bench tests need a wgpu adapter");
+    if !gpu.device.features().contains(wgpu::Features::PIPELINE_CACHE) {
+        return;
+    }
+    drop(gpu);
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let dir = folder.path().to_str().expect("a UTF-8 temporary path");
+    let files = || -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(folder.path()).expect("cache folder");
+        entries.map(|e| e.expect("folder entry").path()).collect()
+    };
+    let verified = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).expect("cache file");
+        netc::runtime::pipeline_cache::verified_data(&bytes).is_some()
+    };
+
+    bench_json(&["--steps", "1"], &[("NETC_CACHE_DIR", dir)]);
+    let written = files();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(verified(&written[0]), "the file's digest does not match its data");
+
+    // A corrupt file is ignored with a warning and replaced by a valid one.
+    std::fs::write(&written[0], b"netcpc01 not a digest").expect("overwrite the cache");
+    let mut args = vec!["bench", "models/pix2pix.net", "--steps", "1"];
+    args.extend(SMALL);
+    let output = netc(&args, &[("NETC_CACHE_DIR", dir)]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ignored an invalid pipeline cache file"), "{stderr}");
+    assert!(verified(&written[0]), "the corrupt file was not replaced");
+    assert_eq!(files().len(), 1, "a temporary file was left behind");
 }

@@ -65,6 +65,11 @@ fn render(report: &BenchReport) -> String {
     };
     out += &format!("  operands: {operands}\n");
     out += &format!("  compile (parse to pipelines ready): {:.3} s\n", report.compile_seconds);
+    if let Some(first) = report.warmup_seconds.first() {
+        out += &format!(
+            "  first {what} (with the driver's deferred shader compilation, if any): {first:.3} s\n"
+        );
+    }
     out += &format!(
         "  {what}: median {:.4} s, min {:.4} s, max {:.4} s over {} runs\n",
         report.step_seconds_median, report.step_seconds_min, report.step_seconds_max, report.steps

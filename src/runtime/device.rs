@@ -3,8 +3,9 @@
 //! Needs: a Vulkan, Metal, DX12 or GL driver that wgpu can load (lavapipe counts).
 //! Guarantees: the device is created with the adapter's own limits rather than the WebGPU
 //! defaults, so large bindings and grids work wherever the hardware allows them, and
-//! with `SUBGROUP` and `TIMESTAMP_QUERY` when the adapter has them.
+//! with `SUBGROUP`, `TIMESTAMP_QUERY` and `PIPELINE_CACHE` when the adapter has them.
 
+use super::pipeline_cache::DiskPipelineCache;
 use super::probe::LoadRates;
 use super::RuntimeError;
 use wgpu::DeviceType;
@@ -43,6 +44,8 @@ pub struct Gpu {
     /// The load speeds measured on a CPU adapter, which chose `texture_operands` unless
     /// `NETC_TEXTURE_OPERANDS` set it.
     pub load_rates: Option<LoadRates>,
+    /// wgpu's pipeline cache and its file, where the adapter supports one.
+    pub pipeline_cache: Option<DiskPipelineCache>,
     /// Pipelines of every program compiled on this device, reused across compiles.
     pub kernels: super::KernelCache,
 }
@@ -131,7 +134,9 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Timestamp queries serve only `netc bench`'s per-kernel table.
-        let wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & wanted;
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("netc"),
@@ -159,6 +164,7 @@ impl Gpu {
             }
             None => (false, None),
         };
+        let pipeline_cache = DiskPipelineCache::open(&device, &info);
         Ok(Gpu {
             adapter,
             device,
@@ -168,6 +174,7 @@ impl Gpu {
             features,
             texture_operands,
             load_rates,
+            pipeline_cache,
             kernels: Default::default(),
         })
     }

@@ -8,6 +8,7 @@
 mod cache;
 mod device;
 mod params;
+pub mod pipeline_cache;
 pub mod probe;
 mod program;
 mod timing;

@@ -314,6 +314,12 @@ impl Program {
 
         let keys: Vec<[u8; 32]> = kernels.iter().map(kernel_key).collect();
         let (pipelines, shaders) = create_pipelines(gpu, kernels, &keys)?;
+        if let (Some(cache), true) = (&gpu.pipeline_cache, shaders.compiled > 0) {
+            if let Err(error) = cache.save() {
+                let path = cache.path().display();
+                tracing::warn!(%path, %error, "failed to save the pipeline cache");
+            }
+        }
         // A texture operand whose range no kernel writes before it reads it is copied once,
         // at the start of the run, into a texture of its own. Every kernel that reads the
         // same range shares it. The weights are such ranges, because the forward and the
@@ -801,7 +807,7 @@ fn create_pipeline(gpu: &Gpu, kernel: &Kernel) -> Result<CachedPipeline, Runtime
         module: &module,
         entry_point: Some("main"),
         compilation_options: Default::default(),
-        cache: None,
+        cache: gpu.pipeline_cache.as_ref().map(|c| c.cache()),
     });
     if let Some(error) = pollster::block_on(scope.pop()) {
         return Err(RuntimeError::Pipeline {

@@ -211,10 +211,28 @@ fn min_workgroups(device: &DeviceProfile) -> u64 {
     }
 }
 
+/// Work (in FLOPs) from which a CPU adapter gets the 64x16 tile rather than 32x8.
+///
+/// Lavapipe compiles a pipeline's machine code at its first dispatch, and a 64x16 GEMM
+/// shader took 8 to 10 s there against 0.7 to 0.9 s for 32x8 (2-core AMD EPYC Zen 4,
+/// Mesa 22.3, `examples/gemm_bench.rs`, Mesa's shader cache off). 64x16 ran the 1 to 4
+/// GFLOP full-size pix2pix layers about 10% faster, and the ngf=16, 128x128 layers (60
+/// MFLOP at most) no faster. With this threshold that training step's first run took 11 s
+/// instead of 71 s, and the full-size step kept its speed (2.11 s against 2.03 s, in noise).
+const LARGE_TILE_FLOPS: u64 = 1 << 28;
+
+/// Returns the multiply-adds of `problem` counted as two operations each.
+fn problem_flops(problem: &Problem) -> u64 {
+    2 * u64::from(problem.classes)
+        * u64::from(problem.m)
+        * u64::from(problem.n)
+        * u64::from(problem.k)
+}
+
 /// Picks the tiling for one op on one device.
 ///
-/// On a CPU adapter with subgroups the tile is 64x16 outputs per invocation, staged 4
-/// steps at a time. Loads run one lane at a time on lavapipe (Mesa 22.3, LLVM 15, 8-wide
+/// On a CPU adapter with subgroups the tile is 64x16 outputs per invocation for problems
+/// of [`LARGE_TILE_FLOPS`] and more (32x8 below), staged 4 steps at a time. Loads run one lane at a time on lavapipe (Mesa 22.3, LLVM 15, 8-wide
 /// AVX2 subgroups), so the tile is as large as compile time allows. On a 2-core AMD EPYC
 /// (Zen 2) `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36
 /// GFLOP/s on l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
@@ -228,10 +246,11 @@ fn min_workgroups(device: &DeviceProfile) -> u64 {
 /// tile that has not been measured on a GPU.
 pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile) -> Tiling {
     let problem = Problem::new(op, geometry);
+    let large = problem_flops(&problem) >= LARGE_TILE_FLOPS;
     let mut tiling = match (device.cpu, device.fixed_subgroup_size) {
         (true, Some(size)) => Tiling {
-            tile_m: 64,
-            tile_n: 16,
+            tile_m: if large { 64 } else { 32 },
+            tile_n: if large { 16 } else { 8 },
             workgroup_size: size,
             k_chunk: 4,
             block_m: 2,
@@ -285,7 +304,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
 
     // Lavapipe on a 2-core AMD EPYC (Zen 2) took e3's conv2d from 11.6 to 22.2 GFLOP/s
     // with texture operands (`examples/gemm_bench.rs`), because its storage loads run one
-    // lane at a time. The device profile says whether this adapter's loads are that slow.
+    // lane at a time. The device profile records whether this adapter's loads are that slow.
     // Operands too tall for a texture stay in storage buffers.
     let g = geometry;
     let largest = [

@@ -14,6 +14,7 @@ use crate::codegen::{lower_graph, Kernel, Mode};
 use crate::frontend;
 use crate::infer::{generator, Generator};
 use crate::ir::Module;
+use crate::runtime::probe::LoadRates;
 use crate::runtime::{Gpu, KernelTime, MemoryReport, ParamStore, Program, TimingMethod};
 use crate::train::Trainer;
 use rand::{Rng, SeedableRng};
@@ -62,9 +63,9 @@ pub struct BenchReport {
     pub backend: String,
     /// Whether kernels read their large operands from texture copies.
     pub texture_operands: bool,
-    /// The load speeds behind that choice on a CPU adapter, in GB/s: storage `vec4`
-    /// loads and `Rgba32Float` texel fetches. Absent when the choice was not measured.
-    pub load_rates_gbps: Option<(f64, f64)>,
+    /// The load speeds behind that choice on a CPU adapter, in GB/s. Absent when the
+    /// choice was not measured.
+    pub load_rates: Option<LoadRates>,
     /// `train` for training iterations, `infer` for generator forward passes.
     pub mode: String,
     pub compile_seconds: f64,
@@ -146,7 +147,7 @@ pub fn bench(
         adapter: gpu.info.name.clone(),
         backend: format!("{:?}", gpu.info.backend),
         texture_operands: gpu.texture_operands,
-        load_rates_gbps: gpu.load_rates.map(|r| (r.storage, r.texture)),
+        load_rates: gpu.load_rates,
         mode: if options.infer { "infer" } else { "train" }.to_string(),
         compile_seconds: measured.compile_seconds,
         warmup_seconds: measured.warmup,

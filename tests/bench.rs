@@ -96,7 +96,7 @@ fn infer_report_times_forward_passes() {
 fn texture_operands_follow_the_environment() {
     let forced = bench_json(&["--steps", "1"], &[("NETC_TEXTURE_OPERANDS", "on")]);
     assert_eq!(forced["texture_operands"], true);
-    assert!(forced["load_rates_gbps"].is_null(), "a forced choice measures nothing");
+    assert!(forced["load_rates"].is_null(), "a forced choice measures nothing");
 
     let off = bench_json(&["--steps", "1"], &[("NETC_TEXTURE_OPERANDS", "off")]);
     assert_eq!(off["texture_operands"], false);

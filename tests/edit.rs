@@ -480,7 +480,9 @@ mod cache {
             kernels.iter().filter(|k| k.name.ends_with(".conv.conv2d")).collect();
         let distinct: HashSet<[u8; 32]> = convs.iter().map(|k| kernel_key(k)).collect();
         assert_eq!(convs.len(), 8, "e1..e8");
-        assert!(distinct.len() <= 4, "{} pipelines for 8 encoder layers", distinct.len());
+        // e1 reads the image, the others fuse a leaky ReLU into their loads, and on a CPU
+        // adapter the larger layers get larger tiles, so several groups remain.
+        assert!(distinct.len() <= 5, "{} pipelines for 8 encoder layers", distinct.len());
         for kernel in &convs {
             assert!(!kernel.shape.is_empty(), "{} has a shape block", kernel.name);
         }

@@ -214,7 +214,9 @@ impl Case {
             Operand::Weight => &self.w,
             Operand::OutputGrad => &self.dy,
             Operand::Bias => &self.bias,
-            Operand::Output | Operand::Shape => unreachable!("{role:?} is not a tensor input"),
+            Operand::Output | Operand::Mask | Operand::Shape => {
+                unreachable!("{role:?} is not an input of an unfused kernel")
+            }
         }
     }
 

@@ -362,7 +362,7 @@ mod conv {
 mod norm {
     use super::support::{assert_close, Case};
     use netc::codegen::wgsl::RunValues;
-    use netc::codegen::Mode;
+    use netc::codegen::{Access, Mode};
     use netc::ir::Op;
     use netc::reference::Tensor;
 
@@ -390,7 +390,7 @@ mod norm {
                 let want = outcome.reference_params[id].as_ref().expect("running statistics");
                 assert_close("running statistics", &outcome.device_params[id], &want.data, 1e-4);
             }
-            assert_eq!(outcome.kernels.len(), 2, "stats with the update, normalize");
+            assert_eq!(outcome.kernels.len(), 1, "statistics, update and normalization fused");
         }
     }
 
@@ -413,7 +413,10 @@ mod norm {
         for dims in [&[4, 3, 5, 7][..], &[1, 5, 1, 1], &[2, 13, 9, 9], &[3, 6]] {
             let (case, y) = batch_norm_case(dims, 23);
             let outcome = case.check(y, Mode::Infer);
-            assert_eq!(outcome.kernels.len(), 2, "stats and normalize, no update");
+            assert_eq!(outcome.kernels.len(), 1, "statistics and normalization fused");
+            let writes =
+                outcome.kernels[0].bindings.iter().filter(|b| b.access == Access::ReadWrite);
+            assert_eq!(writes.count(), 2, "the statistics and y, no running statistics");
             for id in 2..4 {
                 assert_eq!(
                     outcome.device_params[id], case.params[id].data,
@@ -793,8 +796,11 @@ mod generator {
         let outputs = vec![("output".to_string(), output)];
         let program =
             Program::compile(&gpu, &net.graph, mode, &kernels, &params, &outputs).unwrap();
+        // Most short-lived values are gone (activations fused into the convolutions,
+        // skips written into their concats), and the long-lived skips share nothing, so
+        // the plan can only share what is left.
         assert!(
-            program.memory().intermediate_bytes < program.memory().unshared_bytes * 3 / 4,
+            program.memory().intermediate_bytes < program.memory().unshared_bytes,
             "memory plan shares too little: {:?}",
             program.memory()
         );

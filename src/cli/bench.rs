@@ -55,10 +55,14 @@ fn render(report: &BenchReport) -> String {
     out += &format!("{} on {} ({})\n", report.model, report.adapter, report.backend);
     let settings: Vec<String> = report.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     out += &format!("  settings: {}\n", settings.join(" "));
-    let operands = match (report.texture_operands, report.load_rates_gbps) {
-        (on, Some((storage, texture))) => format!(
-            "{} (measured loads: storage {storage:.1} GB/s, texture {texture:.1} GB/s)",
-            if on { "textures" } else { "storage buffers" }
+    let operands = match (report.texture_operands, report.load_rates) {
+        (on, Some(rates)) => format!(
+            "{} (measured loads: storage {:.1} GB/s, texture {:.1} GB/s, texture {:.2}x \
+             faster in pairs)",
+            if on { "textures" } else { "storage buffers" },
+            rates.storage,
+            rates.texture,
+            rates.texture_speedup
         ),
         (true, None) => "textures (set by NETC_TEXTURE_OPERANDS)".to_string(),
         (false, None) => "storage buffers".to_string(),

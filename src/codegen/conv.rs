@@ -5,9 +5,11 @@
 //! `conv_pixel_tile` output pixels by `conv_out_channel_tile` output channels, and the
 //! transposed convolution visits only the kernel taps that reach each output pixel.
 
-use super::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, GemmError, Operand};
+use super::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Fused, GemmError, Operand};
+use super::value_resource;
 use super::wgsl::{fill, i, u};
 use super::{Binding, CodegenError, Grid, Kernel, LowerContext, Target};
+use crate::ir::{Graph, NodeId, Op};
 
 const CONV2D: &str = include_str!("../../shaders/conv2d.wgsl");
 const CONV_TRANSPOSE2D: &str = include_str!("../../shaders/conv_transpose2d.wgsl");
@@ -36,7 +38,17 @@ fn lower_gemm(
     let tiling = gemm::choose_tiling(op, geometry, &device_profile(ctx.target));
     let has_bias = ctx.operand_count() == 3;
     let max = ctx.target.max_workgroups_per_dimension;
-    let generated = match gemm::generate(op, geometry, &tiling, has_bias, max) {
+    // Binding 0 reads A and binding 1 B, each from the operand slot of its role.
+    let slot_of = |role: Operand| usize::from(role != Operand::Input);
+    let [lhs_role, rhs_role] = gemm::operand_roles(op);
+    let mask = ctx.fusion.output_mask(ctx.node);
+    let fused = Fused {
+        lhs_activation: ctx.fused_activation(slot_of(lhs_role)),
+        rhs_activation: ctx.fused_activation(slot_of(rhs_role)),
+        output_mask: mask.map(|(_, slope)| slope),
+    };
+    let sizes = gemm::Sizes::Uniform;
+    let generated = match gemm::generate_fused(op, geometry, &tiling, has_bias, fused, sizes, max) {
         Ok(generated) => generated,
         Err(GemmError::GridTooLarge { workgroups, limit, .. }) => {
             return Err(CodegenError::GridTooLarge { kernel: name, workgroups, limit });
@@ -59,6 +71,11 @@ fn lower_gemm(
             Operand::Weight | Operand::OutputGrad => ctx.read(["lhs", "rhs"][index], 1),
             Operand::Bias => ctx.read("bias", 2),
             Operand::Output => ctx.output("dst"),
+            Operand::Mask => {
+                let (input, _) = mask.expect("a GEMM binds a mask only when the output is masked");
+                let elements = ctx.graph.shape(input).numel();
+                Binding::read("mask", value_resource(ctx.graph, input, ctx.mode), elements)
+            }
             Operand::Shape => Binding::shape("shape", generated.shape.len()),
         })
         .enumerate()
@@ -85,42 +102,57 @@ fn lower_gemm(
     }))
 }
 
-/// Builds the GEMM geometry of the node: input operand 0, output the node itself.
-fn geometry(ctx: &LowerContext<'_>, stride: [usize; 2], padding: [usize; 2]) -> ConvGeometry {
-    let x = ctx.operand_dims(0);
-    let weight = ctx.operand_dims(1);
-    let out = ctx.dims();
-    ConvGeometry {
-        batch: x[0],
-        in_channels: x[1],
-        in_size: [x[2], x[3]],
-        out_channels: out[1],
-        out_size: [out[2], out[3]],
-        kernel: [weight[2], weight[3]],
-        stride,
-        padding,
+/// Returns the implicit GEMM that lowers `node` (a conv2d, a conv_transpose2d or the IR's
+/// conv2d_weight_grad, whose operands are x and dy) and its geometry, or `None` for other
+/// ops and for geometries the generator rejects.
+pub fn gemm_problem(graph: &Graph, node: NodeId) -> Option<(ConvOp, ConvGeometry)> {
+    let operands = graph.operands(node);
+    let dims = |id: NodeId| graph.shape(id).dims().to_vec();
+    let out = graph.shape(node).dims().to_vec();
+    let (op, stride, padding) = match graph.node(node).op {
+        Op::Conv2d { stride, padding } => (ConvOp::Conv2d, stride, padding),
+        Op::ConvTranspose2d { stride, padding, .. } => (ConvOp::ConvTranspose2d, stride, padding),
+        Op::Conv2dWeightGrad { stride, padding, .. } => (ConvOp::Conv2dWeightGrad, stride, padding),
+        _ => return None,
+    };
+    let (x, second) = (dims(*operands.first()?), dims(*operands.get(1)?));
+    if x.len() != 4 || second.len() != 4 || out.len() != 4 {
+        return None;
     }
+    let geometry = if op == ConvOp::Conv2dWeightGrad {
+        // Operands x and dy; the output has the weight's shape.
+        ConvGeometry {
+            batch: x[0],
+            in_channels: x[1],
+            in_size: [x[2], x[3]],
+            out_channels: second[1],
+            out_size: [second[2], second[3]],
+            kernel: [out[2], out[3]],
+            stride,
+            padding,
+        }
+    } else {
+        ConvGeometry {
+            batch: x[0],
+            in_channels: x[1],
+            in_size: [x[2], x[3]],
+            out_channels: out[1],
+            out_size: [out[2], out[3]],
+            kernel: [second[2], second[3]],
+            stride,
+            padding,
+        }
+    };
+    gemm::check_geometry(op, &geometry).ok()?;
+    Some((op, geometry))
 }
 
 /// Lowers the IR's conv2d_weight_grad (operands x and dy, output the weight's shape) as an
 /// implicit GEMM, or returns `None` when the generator rejects it.
 pub(super) fn lower_conv2d_weight_grad_gemm(
     ctx: &LowerContext<'_>,
-    stride: [usize; 2],
-    padding: [usize; 2],
 ) -> Result<Option<Kernel>, CodegenError> {
-    let (x, dy, dw) = (ctx.operand_dims(0), ctx.operand_dims(1), ctx.dims());
-    let geometry = ConvGeometry {
-        batch: x[0],
-        in_channels: x[1],
-        in_size: [x[2], x[3]],
-        out_channels: dy[1],
-        out_size: [dy[2], dy[3]],
-        kernel: [dw[2], dw[3]],
-        stride,
-        padding,
-    };
-    lower_gemm(ctx, "conv2d_weight_grad", ConvOp::Conv2dWeightGrad, &geometry)
+    lower_node_gemm(ctx, "conv2d_weight_grad")
 }
 
 /// Lowers either convolution directly; the two share constants and differ in the
@@ -276,8 +308,7 @@ pub(super) fn lower_conv2d(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    let geometry = geometry(ctx, stride, padding);
-    match lower_gemm(ctx, "conv2d", ConvOp::Conv2d, &geometry)? {
+    match lower_node_gemm(ctx, "conv2d")? {
         Some(kernel) => Ok(kernel),
         None => lower_direct(ctx, "conv2d", CONV2D, stride, padding),
     }
@@ -288,9 +319,29 @@ pub(super) fn lower_conv_transpose2d(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    let geometry = geometry(ctx, stride, padding);
-    match lower_gemm(ctx, "conv_transpose2d", ConvOp::ConvTranspose2d, &geometry)? {
+    match lower_node_gemm(ctx, "conv_transpose2d")? {
         Some(kernel) => Ok(kernel),
         None => lower_direct(ctx, "conv_transpose2d", CONV_TRANSPOSE2D, stride, padding),
     }
+}
+
+/// Lowers the node as the implicit GEMM of [`gemm_problem`], or returns `None` when there
+/// is none. Work fused into the GEMM has no other lowering, so a rejected GEMM with fused
+/// work is an error.
+fn lower_node_gemm(ctx: &LowerContext<'_>, role: &str) -> Result<Option<Kernel>, CodegenError> {
+    let kernel = match gemm_problem(ctx.graph, ctx.node) {
+        Some((op, geometry)) => lower_gemm(ctx, role, op, &geometry)?,
+        None => None,
+    };
+    let fused = (0..ctx.operand_count()).any(|slot| ctx.fused_activation(slot).is_some())
+        || ctx.fusion.output_mask(ctx.node).is_some();
+    if kernel.is_none() && fused {
+        return Err(CodegenError::FusionRejected {
+            kernel: ctx.kernel_name(role),
+            reason: "the implicit GEMM that would carry the fused elementwise work is \
+                     unavailable for this geometry"
+                .to_string(),
+        });
+    }
+    Ok(kernel)
 }

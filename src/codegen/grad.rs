@@ -24,6 +24,7 @@ const BATCH_NORM_GRAD_STATS: &str = include_str!("../../shaders/batch_norm_grad_
 const BATCH_NORM_SAVED_STATS: &str = include_str!("../../shaders/batch_norm_saved_stats.wgsl");
 const BATCH_NORM_SCALE_GRAD: &str = include_str!("../../shaders/batch_norm_scale_grad.wgsl");
 const BATCH_NORM_INPUT_GRAD: &str = include_str!("../../shaders/batch_norm_input_grad.wgsl");
+const BATCH_NORM_BACKWARD: &str = include_str!("../../shaders/batch_norm_backward.wgsl");
 const LOSS_GRAD: &str = include_str!("../../shaders/loss_grad.wgsl");
 const CROSS_ENTROPY_GRAD: &str = include_str!("../../shaders/cross_entropy_grad.wgsl");
 const MAX_POOL2D_GRAD: &str = include_str!("../../shaders/max_pool2d_grad.wgsl");
@@ -50,7 +51,7 @@ pub(super) fn lower_conv2d_weight_grad(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Kernel, CodegenError> {
-    if let Some(kernel) = super::conv::lower_conv2d_weight_grad_gemm(ctx, stride, padding)? {
+    if let Some(kernel) = super::conv::lower_conv2d_weight_grad_gemm(ctx)? {
         return Ok(kernel);
     }
     let role = "conv2d_weight_grad";
@@ -227,6 +228,39 @@ pub(super) fn lower_batch_norm_input_grad(
     ];
     bindings.extend(saved);
     let flops = 12 * ctx.numel() as u64;
+    Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
+}
+
+/// Lowers batch norm's whole backward pass at its input-gradient node: one kernel that
+/// writes the `offset_grad` and `scale_grad` nodes' values and this node's dx.
+pub(super) fn lower_batch_norm_backward(
+    ctx: &LowerContext<'_>,
+    eps: f32,
+    scale_grad: NodeId,
+    offset_grad: NodeId,
+) -> Result<Kernel, CodegenError> {
+    let role = "batch_norm_backward";
+    let dims = ctx.dims().to_vec();
+    let channels = dims[1];
+    let grid = channel_grid(ctx, role, channels)?;
+    let lanes = channel_lanes(&dims);
+    let constants = batch_norm_constants(ctx, &dims, eps, lanes);
+    let (statistics, saved) = statistics_source(ctx, eps, channels);
+    let body = format!(
+        "{}\n{}\n{statistics}\n{BATCH_NORM_BACKWARD}",
+        channel_values(lanes),
+        ctx.target.workgroup_sum().1
+    );
+    let mut bindings = vec![
+        with_lanes(ctx.read("x", 0), lanes),
+        ctx.read("scale", 1),
+        with_lanes(ctx.read("dy", 2), lanes),
+        Binding::write("scale_grad", Resource::Node(scale_grad), channels),
+        Binding::write("offset_grad", Resource::Node(offset_grad), channels),
+        with_lanes(ctx.output("dx"), lanes),
+    ];
+    bindings.extend(saved);
+    let flops = 16 * ctx.numel() as u64;
     Ok(ctx.kernel(role, &body, &constants, bindings, grid, flops))
 }
 

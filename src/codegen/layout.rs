@@ -20,6 +20,11 @@ pub(super) fn lower_concat(
     for slot in 0..ctx.operand_count() {
         let dims = ctx.operand_dims(slot);
         let count: usize = dims.iter().product();
+        // An operand that its producer writes into this concat's buffer needs no copy.
+        if ctx.fusion.views.placed_in(ctx.operands()[slot], ctx.node) {
+            offset += dims[axis];
+            continue;
+        }
         let role = format!("concat{slot}");
         // NOTE: one chunk: a copy whose operand exceeds the binding limit is rejected by
         // the limit check rather than split, because its output slices interleave.

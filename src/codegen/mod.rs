@@ -16,7 +16,7 @@
 //! chooses its constants, bindings and element count. A template that reads a binding
 //! `x` only through `x_at(i)` gets it as a texture on a CPU adapter ([`Access::Texture`]).
 
-mod conv;
+pub mod conv;
 mod dense;
 pub mod dump;
 mod elementwise;
@@ -35,6 +35,9 @@ pub use grid::Grid;
 pub use target::{Target, Tuning};
 
 use crate::ir::{Graph, NodeId, Op, ParamId};
+use crate::passes::fusion::{FusedGroup, FusionPlan};
+use crate::passes::views::ViewPlan;
+use std::collections::HashSet;
 
 /// What a kernel binding refers to. The runtime maps each to a device buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,6 +239,9 @@ pub enum CodegenError {
     GridTooLarge { kernel: String, workgroups: u64, limit: u32 },
     #[error("node {node} ({op}) has no WGSL lowering")]
     Unsupported { node: String, op: &'static str },
+    /// A compiler bug: the fusion pass fused work into a kernel that cannot carry it.
+    #[error("kernel {kernel} cannot carry its fused work: {reason}")]
+    FusionRejected { kernel: String, reason: String },
 }
 
 /// Follows ops that need no kernel (`flatten`, `stop_gradient`, dropout in evaluation
@@ -263,12 +269,14 @@ pub fn value_resource(graph: &Graph, id: NodeId, mode: Mode) -> Resource {
     }
 }
 
-/// Everything a lowering function reads: the graph, the node, the target and the mode.
+/// Everything a lowering function reads: the graph, the node, the target, the mode and
+/// the graph's fused groups.
 pub struct LowerContext<'a> {
     pub graph: &'a Graph,
     pub node: NodeId,
     pub target: &'a Target,
     pub mode: Mode,
+    pub fusion: &'a FusionPlan,
 }
 
 impl LowerContext<'_> {
@@ -285,17 +293,30 @@ impl LowerContext<'_> {
         self.operands().len()
     }
 
-    /// A read binding of operand `slot`.
+    /// A read binding of operand `slot`. An operand that is an activation fused into this
+    /// kernel's loads ([`LowerContext::fused_activation`]) is read from its input.
     pub fn read(&self, name: &'static str, slot: usize) -> Binding {
-        let operand = self.operands()[slot];
+        let mut operand = self.operands()[slot];
+        if let Some((input, _)) = self.fusion.fused_activation(operand) {
+            operand = input;
+        }
         let elements = self.graph.shape(operand).numel();
         Binding::read(name, value_resource(self.graph, operand, self.mode), elements)
     }
 
-    /// The binding of this node's own output.
+    /// Returns the slope of the leaky ReLU (0 for ReLU) fused into this kernel's loads of
+    /// operand `slot`, whose value no kernel stores.
+    pub fn fused_activation(&self, slot: usize) -> Option<f32> {
+        let operand = *self.operands().get(slot)?;
+        self.fusion.fused_activation(operand).map(|(_, slope)| slope)
+    }
+
+    /// The binding of this node's own output, or of the node that stores it when a
+    /// consumer's elementwise work is fused into this kernel's stores.
     pub fn output(&self, name: &'static str) -> Binding {
-        let elements = self.graph.shape(self.node).numel();
-        Binding::write(name, Resource::Node(self.node), elements)
+        let node = self.fusion.stored_in(self.node).unwrap_or(self.node);
+        let elements = self.graph.shape(node).numel();
+        Binding::write(name, Resource::Node(node), elements)
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -356,6 +377,29 @@ impl LowerContext<'_> {
 
 /// Lowers one node to its kernels; ops that need none (leaves, `flatten`, ...) give none.
 pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
+    if let Some((group, lead)) = ctx.fusion.group(ctx.node) {
+        return if lead { lower_group(ctx, group) } else { Ok(Vec::new()) };
+    }
+    // A fused activation or a producer whose consumer stores its value has no kernel;
+    // the consumer that carries the producer's work lowers the producer in its place.
+    if ctx.fusion.fused_activation(ctx.node).is_some() || ctx.fusion.stored_in(ctx.node).is_some() {
+        return Ok(Vec::new());
+    }
+    if matches!(node_op(ctx), Op::Slice { .. }) && ctx.fusion.views.view(ctx.node).is_some() {
+        return Ok(Vec::new());
+    }
+    if let Some(producer) = ctx.fusion.masked_producer(ctx.node) {
+        return lower_op(&LowerContext { node: producer, ..*ctx });
+    }
+    lower_op(ctx)
+}
+
+fn node_op<'a>(ctx: &LowerContext<'a>) -> &'a Op {
+    &ctx.graph.node(ctx.node).op
+}
+
+/// Lowers the node's own op, the match over [`Op`].
+fn lower_op(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
     let node = ctx.graph.node(ctx.node);
     let kernels = match &node.op {
         Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } => Vec::new(),
@@ -406,19 +450,52 @@ pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
     Ok(kernels)
 }
 
+/// Lowers the kernel of a fused group at its lead node.
+fn lower_group(ctx: &LowerContext<'_>, group: FusedGroup) -> Result<Vec<Kernel>, CodegenError> {
+    let kernel = match group {
+        FusedGroup::BatchNormBackward { offset_grad, scale_grad, input_grad } => {
+            let Op::BatchNormInputGrad { eps } = ctx.graph.node(input_grad).op else {
+                unreachable!("the fusion pass groups batch-norm input gradients only")
+            };
+            let at_input_grad = LowerContext { node: input_grad, ..*ctx };
+            grad::lower_batch_norm_backward(&at_input_grad, eps, scale_grad, offset_grad)?
+        }
+    };
+    ctx.target.check(&kernel)?;
+    Ok(vec![kernel])
+}
+
 /// Lowers every node of `graph` in its topological order (which runs the phases in
-/// order) to the program's kernel list.
+/// order) to the program's kernel list, with the fused groups of [`FusionPlan`].
 pub fn lower_graph(
     graph: &Graph,
     target: &Target,
     mode: Mode,
 ) -> Result<Vec<Kernel>, CodegenError> {
+    let order = graph.topo_order();
+    let fusion = plan_fusion(graph, &order, target, mode, &HashSet::new());
     let mut kernels = Vec::new();
-    for node in graph.topo_order() {
-        let ctx = LowerContext { graph, node, target, mode };
+    for &node in &order {
+        let ctx = LowerContext { graph, node, target, mode, fusion: &fusion };
         kernels.extend(lower_node(&ctx)?);
     }
+    fusion.views.rebind(&mut kernels);
     Ok(kernels)
+}
+
+/// Plans the fused work and the views of `graph`, lowered in `order`. `exclude` lists
+/// nodes that must keep a buffer of their own.
+pub fn plan_fusion(
+    graph: &Graph,
+    order: &[NodeId],
+    target: &Target,
+    mode: Mode,
+    exclude: &HashSet<NodeId>,
+) -> FusionPlan {
+    let mut fusion = FusionPlan::new(graph, order);
+    let alignment = u64::from(target.storage_offset_alignment) / 4;
+    fusion.views = ViewPlan::new(graph, order, mode, &fusion, alignment, exclude);
+    fusion
 }
 
 /// Parses and validates `source` with naga, returning naga's message on failure.

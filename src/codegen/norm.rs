@@ -1,11 +1,11 @@
 //! Batch normalization.
 //!
-//! Training mode runs two kernels: the batch statistics (into the node's aux buffer 0,
-//! `[mean; C]` then `[variance; C]`, which stays alive for the backward pass), which
-//! also update the running statistics in the parameter store, and the normalization.
-//! Inference mode runs the same two without the update, so it reads no running
-//! statistics and writes none. Evaluation mode runs the normalization alone, with the
-//! running statistics.
+//! Training mode runs one kernel, one workgroup per channel, that computes the batch
+//! statistics (into the node's aux buffer 0, `[mean; C]` then `[variance; C]`, which
+//! stays alive for the backward pass), updates the running statistics in the parameter
+//! store and normalizes. Inference mode runs the same kernel without the update, so it
+//! reads no running statistics and writes none. Evaluation mode runs an elementwise
+//! normalization with the running statistics.
 
 use super::elementwise::vector_chunks;
 use super::wgsl::{f32_literal, fill, u};
@@ -35,7 +35,7 @@ pub(super) fn lower_batch_norm(
 
     if ctx.mode.uses_batch_statistics() {
         let grid = Grid::fold(
-            &ctx.kernel_name("batch_norm_stats"),
+            &ctx.kernel_name("batch_norm"),
             c as u64,
             ctx.target.max_workgroups_per_dimension,
         )?;
@@ -47,10 +47,14 @@ pub(super) fn lower_batch_norm(
             ("M", u(per_channel as u64)),
             ("VS", u((spatial / lanes) as u64)),
             ("VM", u((per_channel / lanes) as u64)),
+            ("EPS", f32_literal(eps)),
         ];
         let mut bindings = vec![
             super::grad::with_lanes(ctx.read("x", 0), lanes),
+            ctx.read("scale", 1),
+            ctx.read("offset", 2),
             Binding::write("stats", stats, 2 * c),
+            super::grad::with_lanes(ctx.output("y"), lanes),
         ];
         // The running statistics move by MOMENTUM towards the batch's, with the variance
         // made unbiased by UNBIAS = M / (M - 1), as PyTorch does.
@@ -72,16 +76,15 @@ pub(super) fn lower_batch_norm(
             super::grad::channel_values(lanes),
             fill(STATS, &[("UPDATE", update.to_string())])
         );
-        let flops = 4 * ctx.numel() as u64;
-        kernels.push(ctx.kernel("batch_norm_stats", &body, &constants, bindings, grid, flops));
+        let flops = 9 * ctx.numel() as u64;
+        kernels.push(ctx.kernel("batch_norm", &body, &constants, bindings, grid, flops));
+        return Ok(kernels);
     }
 
-    let (mean, variance) = if ctx.mode.uses_batch_statistics() {
-        ("stats[c]", "stats[C + c]")
-    } else {
-        ("running_mean[c]", "running_var[c]")
-    };
-    let body = fill(APPLY, &[("MEAN", mean.to_string()), ("VAR", variance.to_string())]);
+    let body = fill(
+        APPLY,
+        &[("MEAN", "running_mean[c]".to_string()), ("VAR", "running_var[c]".to_string())],
+    );
     // Four neighbouring elements share a channel when the channels are a multiple of 4
     // long, so they are one vec4.
     let vectors = spatial % 4 == 0;
@@ -92,18 +95,14 @@ pub(super) fn lower_batch_norm(
             ("EPS", f32_literal(eps)),
         ]);
         let (start, len) = (chunk.start, chunk.len);
-        let mut bindings = vec![
+        let bindings = vec![
             chunk.values(ctx.read("x", 0).range(start, len)),
             ctx.read("scale", 1),
             ctx.read("offset", 2),
+            Binding::read("running_mean", Resource::Param(running_mean), c),
+            Binding::read("running_var", Resource::Param(running_var), c),
+            chunk.values(ctx.output("y").range(start, len)),
         ];
-        if ctx.mode.uses_batch_statistics() {
-            bindings.push(Binding::read("stats", stats, 2 * c));
-        } else {
-            bindings.push(Binding::read("running_mean", Resource::Param(running_mean), c));
-            bindings.push(Binding::read("running_var", Resource::Param(running_var), c));
-        }
-        bindings.push(chunk.values(ctx.output("y").range(start, len)));
         let flops = 5 * len as u64;
         let body = format!("{}{body}", chunk.alias());
         kernels.push(ctx.kernel(&chunk.role, &body, &chunk.constants, bindings, chunk.grid, flops));

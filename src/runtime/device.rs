@@ -157,6 +157,7 @@ impl Gpu {
                 tracing::info!(
                     storage_gbps = rates.storage,
                     texture_gbps = rates.texture,
+                    texture_speedup = rates.texture_speedup,
                     texture_operands = rates.favour_textures(),
                     "measured load speeds"
                 );

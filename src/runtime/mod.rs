@@ -54,6 +54,9 @@ pub enum RuntimeError {
     ParamLength { name: String, expected: usize, got: usize },
     #[error("invalid initializer for parameter {param}: {message}")]
     InvalidInit { param: String, message: String },
+    /// A compiler bug, or a request for a value that fusion left unstored.
+    #[error("output {name} (node {node}) is never computed by the program's kernels")]
+    OutputNotComputed { name: String, node: String },
     #[error("invalid {name}={value:?}")]
     #[diagnostic(help("{name} takes {expected}"))]
     InvalidSetting { name: &'static str, value: String, expected: &'static str },

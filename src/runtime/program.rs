@@ -304,6 +304,7 @@ impl Program {
         for kernel in kernels {
             target.check(kernel)?;
         }
+        check_outputs_written(graph, mode, kernels, outputs)?;
         let buffers = Self::allocate(gpu, graph, mode, kernels, outputs)?;
         let run_values = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("run values"),
@@ -667,6 +668,34 @@ impl Program {
             ports.iter().map(|p| (&p.buffer, p.offset, p.elements)).collect();
         read_with(gpu, encoder, &list)
     }
+}
+
+/// Rejects a requested output that no kernel writes, such as an activation that the
+/// fusion pass folded into its consumers' loads.
+fn check_outputs_written(
+    graph: &Graph,
+    mode: Mode,
+    kernels: &[Kernel],
+    outputs: &[(String, NodeId)],
+) -> Result<(), RuntimeError> {
+    let written: HashSet<Resource> = kernels
+        .iter()
+        .flat_map(|k| &k.bindings)
+        .filter(|b| b.access == Access::ReadWrite)
+        .map(|b| b.resource)
+        .collect();
+    for (name, node) in outputs {
+        let resource = value_resource(graph, *node, mode);
+        let Resource::Node(root) = resource else { continue };
+        let leaf = matches!(graph.node(root).op, Op::Input { .. } | Op::Constant { .. });
+        if !leaf && !written.contains(&resource) {
+            return Err(RuntimeError::OutputNotComputed {
+                name: name.clone(),
+                node: graph.node(root).name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Names a program after the network its nodes come from, for the shader dump.

@@ -21,11 +21,13 @@ use super::optimizer::state_names;
 use super::TrainError;
 use crate::autodiff::{self, StepGradients};
 use crate::codegen::optimizer::{lower_update, Arena, UpdateBindings};
-use crate::codegen::{lower_node, value_resource, Kernel, LowerContext, Mode, Resource, Target};
+use crate::codegen::{
+    lower_node, plan_fusion, value_resource, Kernel, LowerContext, Mode, Resource, Target,
+};
 use crate::ir::{
     Graph, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind, Schedule, Shape,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tracing::{info, warn};
 
 /// One parameter update of a step.
@@ -110,8 +112,9 @@ impl TrainProgram {
 
         let outputs = output_list(&steps);
         let arenas = plan_arenas(&graph, &training, &mut steps, target);
-        let mut kernels = lower_iteration(&graph, &training, &steps, &arenas, target)?;
-        place_gradients(&mut kernels, &graph, &steps, &arenas);
+        let slots = gradient_slots(&graph, &steps, &arenas);
+        let mut kernels = lower_iteration(&graph, &training, &steps, &arenas, target, &slots)?;
+        place_gradients(&mut kernels, &slots);
         info!(kernels = kernels.len(), nodes = graph.node_count(), "built the training program");
         Ok(TrainProgram {
             module: training,
@@ -236,9 +239,13 @@ fn plan_arenas(
     arenas
 }
 
-/// Rebinds each fused gradient from its own buffer to its slot of the step's gradient
-/// arena, in every kernel that writes or reads it.
-fn place_gradients(kernels: &mut [Kernel], graph: &Graph, steps: &[StepPlan], arenas: &[Arena]) {
+/// Returns the arena and element offset of each fused gradient's slot, by the node that
+/// stores the gradient.
+fn gradient_slots(
+    graph: &Graph,
+    steps: &[StepPlan],
+    arenas: &[Arena],
+) -> HashMap<NodeId, (u32, usize)> {
     let mut slots: HashMap<NodeId, (u32, usize)> = HashMap::new();
     for step in steps {
         let Some(fused) = &step.fused else { continue };
@@ -249,6 +256,12 @@ fn place_gradients(kernels: &mut [Kernel], graph: &Graph, steps: &[StepPlan], ar
             }
         }
     }
+    slots
+}
+
+/// Rebinds each fused gradient from its own buffer to its slot of the step's gradient
+/// arena, in every kernel that writes or reads it.
+fn place_gradients(kernels: &mut [Kernel], slots: &HashMap<NodeId, (u32, usize)>) {
     for binding in kernels.iter_mut().flat_map(|k| &mut k.bindings) {
         if let Resource::Node(node) = binding.resource {
             if let Some(&(arena, offset)) = slots.get(&node) {
@@ -284,21 +297,27 @@ fn lower_iteration(
     steps: &[StepPlan],
     arenas: &[Arena],
     target: &Target,
+    gradient_slots: &HashMap<NodeId, (u32, usize)>,
 ) -> Result<Vec<Kernel>, TrainError> {
     let mut kernels = Vec::new();
     let mut next_step = 0;
-    for node in graph.topo_order() {
+    let order = graph.topo_order();
+    // Gradients that live in an arena slot keep out of views.
+    let exclude: HashSet<NodeId> = gradient_slots.keys().copied().collect();
+    let fusion = plan_fusion(graph, &order, target, Mode::Train, &exclude);
+    for node in order {
         let phase = graph.node(node).phase;
         while next_step < steps.len() && steps[next_step].phase < phase {
             kernels.extend(lower_updates(graph, training, &steps[next_step], arenas, target)?);
             next_step += 1;
         }
-        let ctx = LowerContext { graph, node, target, mode: Mode::Train };
+        let ctx = LowerContext { graph, node, target, mode: Mode::Train, fusion: &fusion };
         kernels.extend(lower_node(&ctx)?);
     }
     for step in &steps[next_step..] {
         kernels.extend(lower_updates(graph, training, step, arenas, target)?);
     }
+    fusion.views.rebind(&mut kernels);
     Ok(kernels)
 }
 

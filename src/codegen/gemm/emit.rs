@@ -8,7 +8,8 @@
 //! own A values.
 
 use super::problem::Problem;
-use super::{ConvOp, GemmError, GemmKernel, Operand, Sizes, Tiling, TEXTURE_WIDTH};
+use super::{ConvOp, Fused, GemmError, GemmKernel, Operand, Sizes, Tiling, TEXTURE_WIDTH};
+use crate::codegen::wgsl::f32_literal;
 use crate::codegen::Grid;
 use std::fmt::Write;
 
@@ -16,6 +17,7 @@ pub(super) fn kernel(
     p: &Problem,
     t: &Tiling,
     with_bias: bool,
+    fused: &Fused,
     sizes: Sizes,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
@@ -36,12 +38,20 @@ pub(super) fn kernel(
 
     let mut s = String::new();
     let uniforms = header(&mut s, p, t, [tiles_m, tiles_n], &grid, sizes);
-    bindings(&mut s, p.op, with_bias, vector_a(p, t), t.texture_operands, p.b_texels);
+    fused_header(&mut s, fused);
+    let operands = Operands {
+        op: p.op,
+        with_bias,
+        lhs_vectors: vector_a(p, t),
+        textures: t.texture_operands,
+        rhs_texels: p.b_texels,
+    };
+    bindings(&mut s, &operands, fused);
+    let mut roles = binding_roles(p.op, with_bias, fused);
     if !uniforms.is_empty() {
-        shape_block(&mut s, &uniforms, binding_roles(p.op, with_bias).len());
+        shape_block(&mut s, &uniforms, roles.len());
     }
-    entry(&mut s, p, t, with_bias, &uniforms);
-    let mut roles = binding_roles(p.op, with_bias);
+    entry(&mut s, p, t, with_bias, fused, &uniforms);
     if !uniforms.is_empty() {
         roles.push(Operand::Shape);
     }
@@ -157,14 +167,49 @@ fn header(
     uniforms
 }
 
-fn bindings(
-    s: &mut String,
+/// Notes the fused elementwise work in the header comment.
+fn fused_header(s: &mut String, fused: &Fused) {
+    let activation = |slope: Option<f32>| match slope {
+        Some(0.0) => "relu",
+        Some(_) => "leaky_relu",
+        None => "",
+    };
+    for (operand, slope) in [("A", fused.lhs_activation), ("B", fused.rhs_activation)] {
+        if slope.is_some() {
+            let _ = writeln!(
+                s,
+                "// Fused: {} of each {operand} value as it is loaded.",
+                activation(slope)
+            );
+        }
+    }
+    if fused.output_mask.is_some() {
+        s.push_str("// Fused: the leaky_relu_grad of each output, masked by the sign of `mask`.\n");
+    }
+}
+
+/// The operand bindings' declarations that [`bindings`] writes.
+struct Operands {
     op: ConvOp,
     with_bias: bool,
     lhs_vectors: bool,
     textures: bool,
     rhs_texels: bool,
-) {
+}
+
+/// Returns the WGSL function `name` that applies a leaky ReLU of `slope` (ReLU at 0) to a
+/// value of type `ty`, written as the elementwise kernels write them.
+fn activation_fn(name: &str, ty: &str, slope: f32) -> String {
+    let body = if slope == 0.0 {
+        format!("max(v, {ty}(0.0))")
+    } else {
+        format!("select(v * {}, v, v > {ty}(0.0))", f32_literal(slope))
+    };
+    format!("fn {name}(v: {ty}) -> {ty} {{\n    return {body};\n}}\n\n")
+}
+
+fn bindings(s: &mut String, operands: &Operands, fused: &Fused) {
+    let Operands { op, with_bias, lhs_vectors, textures, rhs_texels } = *operands;
     let (a, b) = match op {
         ConvOp::Conv2d | ConvOp::ConvTranspose2d => ("weight", "input"),
         ConvOp::Conv2dWeightGrad => ("output gradient", "input"),
@@ -176,6 +221,24 @@ fn bindings(
         ("", "f32")
     };
     let b_layout = if rhs_texels { ", B four consecutive elements a texel" } else { "" };
+    // A fused activation wraps each raw load in its function.
+    let mut activations = String::new();
+    if let Some(slope) = fused.lhs_activation {
+        activations += &activation_fn("activate_lhs", a_type, slope);
+    }
+    if let Some(slope) = fused.rhs_activation {
+        let ty = if rhs_texels && textures { "vec4<f32>" } else { "f32" };
+        activations += &activation_fn("activate_rhs", ty, slope);
+    }
+    let wrap = |function: &str, on: bool, load: &str| {
+        if on {
+            format!("{function}({load})")
+        } else {
+            load.to_string()
+        }
+    };
+    let lhs_load = |load: &str| wrap("activate_lhs", fused.lhs_activation.is_some(), load);
+    let rhs_load = |load: &str| wrap("activate_rhs", fused.rhs_activation.is_some(), load);
     let (helpers, declarations) = if textures {
         let a_part = if lhs_vectors { "" } else { ".x" };
         let coordinates = format!(
@@ -185,16 +248,19 @@ fn bindings(
         );
         (
             format!(
-                "fn lhs_at(i: i32) -> {a_type} {{\n    return textureLoad(lhs, {coordinates}, 0){a_part};\n}}\n\n{}",
+                "fn lhs_at(i: i32) -> {a_type} {{\n    return {};\n}}\n\n{}",
+                lhs_load(&format!("textureLoad(lhs, {coordinates}, 0){a_part}")),
                 if rhs_texels {
                     format!(
                         "fn rhs_texel(i: i32) -> vec4<f32> {{\n    \
-                         return textureLoad(rhs, {coordinates}, 0);\n}}\n\n\
-                         fn rhs_at(i: i32) -> f32 {{\n    return rhs_texel(i >> 2u)[i & 3];\n}}"
+                         return {};\n}}\n\n\
+                         fn rhs_at(i: i32) -> f32 {{\n    return rhs_texel(i >> 2u)[i & 3];\n}}",
+                        rhs_load(&format!("textureLoad(rhs, {coordinates}, 0)"))
                     )
                 } else {
                     format!(
-                        "fn rhs_at(i: i32) -> f32 {{\n    return textureLoad(rhs, {coordinates}, 0).x;\n}}"
+                        "fn rhs_at(i: i32) -> f32 {{\n    return {};\n}}",
+                        rhs_load(&format!("textureLoad(rhs, {coordinates}, 0).x"))
                     )
                 }
             ),
@@ -208,8 +274,10 @@ fn bindings(
     } else {
         (
             format!(
-                "fn lhs_at(i: i32) -> {a_type} {{\n    return lhs[i];\n}}\n\n\
-                 fn rhs_at(i: i32) -> f32 {{\n    return rhs[i];\n}}"
+                "fn lhs_at(i: i32) -> {a_type} {{\n    return {};\n}}\n\n\
+                 fn rhs_at(i: i32) -> f32 {{\n    return {};\n}}",
+                lhs_load("lhs[i]"),
+                rhs_load("rhs[i]")
             ),
             format!(
                 "// A: the {a}{a_note}.\n@group(0) @binding(0) var<storage, read> lhs: array<{a_type}>;\n\
@@ -224,23 +292,40 @@ fn bindings(
     if with_bias {
         let _ = writeln!(s, "@group(0) @binding(3) var<storage, read> bias: array<f32>;");
     }
-    let _ = writeln!(s, "\n{helpers}\n");
+    if let Some(slope) = fused.output_mask {
+        let index = 3 + usize::from(with_bias);
+        let _ = writeln!(
+            s,
+            "// The activation input whose sign masks each output.\n\
+             @group(0) @binding({index}) var<storage, read> mask: array<f32>;\n\n\
+             fn masked(v: f32, i: i32) -> f32 {{\n    \
+                 return select(v * {}, v, mask[i] > 0.0);\n}}",
+            f32_literal(slope)
+        );
+    }
+    let _ = writeln!(s, "\n{activations}{helpers}\n");
 }
 
-fn binding_roles(op: ConvOp, with_bias: bool) -> Vec<Operand> {
-    let mut roles = match op {
-        ConvOp::Conv2d | ConvOp::ConvTranspose2d => vec![Operand::Weight, Operand::Input],
-        ConvOp::Conv2dWeightGrad => vec![Operand::OutputGrad, Operand::Input],
-        ConvOp::ConvTranspose2dWeightGrad => vec![Operand::Input, Operand::OutputGrad],
-    };
+fn binding_roles(op: ConvOp, with_bias: bool, fused: &Fused) -> Vec<Operand> {
+    let mut roles = super::operand_roles(op).to_vec();
     roles.push(Operand::Output);
     if with_bias {
         roles.push(Operand::Bias);
     }
+    if fused.output_mask.is_some() {
+        roles.push(Operand::Mask);
+    }
     roles
 }
 
-fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool, uniforms: &[Uniform]) {
+fn entry(
+    s: &mut String,
+    p: &Problem,
+    t: &Tiling,
+    with_bias: bool,
+    fused: &Fused,
+    uniforms: &[Uniform],
+) {
     let (tm, tn) = (t.tile_m, t.tile_n);
     let lane_builtins = if t.subgroup_size.is_some() {
         ",\n    @builtin(subgroup_invocation_id) lane_id: u32,\n    @builtin(subgroup_id) subgroup_id: u32"
@@ -337,10 +422,11 @@ fn entry(s: &mut String, p: &Problem, t: &Tiling, with_bias: bool, uniforms: &[U
     }
     let value = |i: u32, j: u32| {
         let element = accumulator_element(i, j, width);
-        if with_bias {
-            format!("{element} + bias{i}")
+        let value = if with_bias { format!("{element} + bias{i}") } else { element };
+        if fused.output_mask.is_some() {
+            format!("masked({value}, row{i}_out + out{j})")
         } else {
-            element
+            value
         }
     };
     // When M is a multiple of the tile height every row is live, and one test per column

@@ -334,8 +334,39 @@ pub enum Operand {
     OutputGrad,
     /// The tensor the kernel writes: `y` for the forward ops, `dw` for the weight gradients.
     Output,
+    /// The activation input whose sign masks the output ([`Fused::output_mask`]).
+    Mask,
     /// The uniform block of sizes, [`GemmKernel::shape`].
     Shape,
+}
+
+/// Elementwise work fused into a GEMM kernel's loads and stores, so that it needs no
+/// kernel of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fused {
+    /// A leaky ReLU with this negative slope (0 for ReLU) applied to each A value as it is
+    /// loaded.
+    pub lhs_activation: Option<f32>,
+    /// The same for B.
+    pub rhs_activation: Option<f32>,
+    /// A leaky ReLU gradient with this slope applied to each output before it is stored:
+    /// the output is multiplied by the slope where the same element of the
+    /// [`Operand::Mask`] binding (the activation's input) is not positive.
+    pub output_mask: Option<f32>,
+}
+
+/// Returns the operand roles of A and B (bindings 0 and 1) of `op`.
+pub fn operand_roles(op: ConvOp) -> [Operand; 2] {
+    match op {
+        ConvOp::Conv2d | ConvOp::ConvTranspose2d => [Operand::Weight, Operand::Input],
+        ConvOp::Conv2dWeightGrad => [Operand::OutputGrad, Operand::Input],
+        ConvOp::ConvTranspose2dWeightGrad => [Operand::Input, Operand::OutputGrad],
+    }
+}
+
+/// Checks that the generator accepts `geometry` for `op`.
+pub fn check_geometry(op: ConvOp, geometry: &ConvGeometry) -> Result<(), GemmError> {
+    problem::check_geometry(op, geometry)
 }
 
 /// The placement of a kernel's sizes: WGSL constants or a uniform block.
@@ -396,7 +427,9 @@ pub fn generate(
     with_bias: bool,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
-    generate_with(op, geometry, tiling, with_bias, Sizes::Uniform, max_workgroups_per_dimension)
+    let fused = Fused::default();
+    let sizes = Sizes::Uniform;
+    generate_fused(op, geometry, tiling, with_bias, fused, sizes, max_workgroups_per_dimension)
 }
 
 /// Generates the kernel as [`generate`] does, with the sizes where `sizes` puts them.
@@ -405,6 +438,20 @@ pub fn generate_with(
     geometry: &ConvGeometry,
     tiling: &Tiling,
     with_bias: bool,
+    sizes: Sizes,
+    max_workgroups_per_dimension: u32,
+) -> Result<GemmKernel, GemmError> {
+    let fused = Fused::default();
+    generate_fused(op, geometry, tiling, with_bias, fused, sizes, max_workgroups_per_dimension)
+}
+
+/// Generates the kernel as [`generate_with`] does, with the elementwise work of `fused`.
+pub fn generate_fused(
+    op: ConvOp,
+    geometry: &ConvGeometry,
+    tiling: &Tiling,
+    with_bias: bool,
+    fused: Fused,
     sizes: Sizes,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
@@ -430,7 +477,7 @@ pub fn generate_with(
     problem.b_texels = tiling.texture_operands && runs && b_len % 4 == 0;
     let with_bias = with_bias && matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
     let mut kernel =
-        emit::kernel(&problem, tiling, with_bias, sizes, max_workgroups_per_dimension)?;
+        emit::kernel(&problem, tiling, with_bias, &fused, sizes, max_workgroups_per_dimension)?;
     kernel.flops = geometry.flops(op);
     Ok(kernel)
 }

@@ -971,6 +971,15 @@ mod gan {
                 panic!("kernel {} is invalid WGSL:\n{message}\n{}", kernel.name, kernel.wgsl);
             }
         }
+        // The discriminator's leaky ReLU is applied as its logits convolution loads it, its
+        // gradient as the logits' input-gradient GEMM stores its output, and the first
+        // operand of the generator's skip concat is written straight into the concat.
+        assert!(!names.contains(&"d.real.c1.act.leaky_relu"), "{names:?}");
+        assert!(!names.iter().any(|n| n.ends_with("d.real.c1.act.dx.leaky_relu_grad")));
+        let dx = "grad.discriminator.d.real.logits.dx.conv_transpose2d";
+        let masked = program.kernels.iter().find(|k| k.name == dx).expect("the logits' dx");
+        assert!(masked.bindings.iter().any(|b| b.name == "mask"), "{dx} has no mask");
+        assert!(!names.contains(&"g.d2.skip.concat0"), "{names:?}");
         for role in ["conv2d_weight_grad", "batch_norm_backward", "dropout_grad", "slice"] {
             assert!(names.iter().any(|n| n.ends_with(role)), "no {role} kernel in {names:?}");
         }

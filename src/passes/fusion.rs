@@ -10,15 +10,16 @@
 //!   dy. One kernel, at the first of them in lowering order, computes all three.
 //! - An activation (ReLU, leaky ReLU) whose every consumer is a convolution's implicit
 //!   GEMM is applied as the GEMM loads its input, so its output is never stored.
-//! - A leaky ReLU gradient whose incoming gradient is a convolution's GEMM output that
-//!   nothing else reads is applied as the GEMM stores its output. The GEMM then runs at
-//!   the gradient node and writes the gradient node's value.
+//! - A leaky ReLU gradient whose incoming gradient is a small convolution GEMM's output
+//!   that nothing else reads is applied as the GEMM stores its output. The GEMM then runs
+//!   at the gradient node and writes the gradient node's value.
 //!
 //! Values that are read back from the device must not be fused away: the runtime rejects
 //! a requested output that no kernel writes.
 
 use super::views::ViewPlan;
 use crate::codegen::conv::gemm_problem;
+use crate::codegen::gemm::is_large;
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashMap;
 
@@ -168,14 +169,20 @@ fn fused_activation(graph: &Graph, node: NodeId) -> Option<(NodeId, f32)> {
 }
 
 /// Returns the producer, the activation input and the slope of a leaky ReLU gradient whose
-/// incoming gradient is a convolution's GEMM output that nothing else reads.
+/// incoming gradient is a small convolution GEMM's output that nothing else reads.
 fn masked_gradient(graph: &Graph, node: NodeId) -> Option<(NodeId, NodeId, f32)> {
     let Op::LeakyReluGrad { slope } = graph.node(node).op else { return None };
     let operands = graph.operands(node);
     let [input, gradient] = operands[..] else { return None };
-    let gemm = matches!(graph.node(gradient).op, Op::Conv2d { .. } | Op::ConvTranspose2d { .. })
-        && gemm_problem(graph, gradient).is_some();
+    // NOTE: on lavapipe the 64x16-tile GEMMs of the full-size pix2pix ran about 10%
+    // slower with the mask in their stores (l4's input gradient 65-68 ms against 72-75),
+    // more than the separate gradient kernel costs, so only small GEMMs take it. This
+    // was not measured on a GPU.
+    let small_gemm =
+        matches!(graph.node(gradient).op, Op::Conv2d { .. } | Op::ConvTranspose2d { .. })
+            && gemm_problem(graph, gradient).is_some_and(|(op, g)| !is_large(op, &g));
     let only_consumer = graph.users(gradient) == [(node, 1)];
     let same_shape = graph.shape(input) == graph.shape(gradient);
-    (gemm && only_consumer && same_shape && input != gradient).then_some((gradient, input, slope))
+    let fused = small_gemm && only_consumer && same_shape && input != gradient;
+    fused.then_some((gradient, input, slope))
 }

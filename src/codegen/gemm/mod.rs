@@ -221,6 +221,12 @@ fn min_workgroups(device: &DeviceProfile) -> u64 {
 /// instead of 71 s, and the full-size step kept its speed (2.11 s against 2.03 s, in noise).
 const LARGE_TILE_FLOPS: u64 = 1 << 28;
 
+/// Returns whether `op` on `geometry` is a problem of [`LARGE_TILE_FLOPS`] or more, which
+/// a CPU adapter runs with its largest tile.
+pub fn is_large(op: ConvOp, geometry: &ConvGeometry) -> bool {
+    problem_flops(&Problem::new(op, geometry)) >= LARGE_TILE_FLOPS
+}
+
 /// Returns the multiply-adds of `problem` counted as two operations each.
 fn problem_flops(problem: &Problem) -> u64 {
     2 * u64::from(problem.classes)

@@ -158,7 +158,9 @@ fn operand_len(op: ConvOp, g: &ConvGeometry, role: gemm::Operand) -> usize {
             image(g.out_channels, g.out_size)
         }
         (gemm::Operand::Output, _) => weight,
-        (gemm::Operand::Mask, _) => unreachable!("the benchmark fuses no elementwise work"),
+        (gemm::Operand::Mask | gemm::Operand::Addend, _) => {
+            unreachable!("the benchmark fuses no elementwise work")
+        }
         (gemm::Operand::Shape, _) => unreachable!("the shape block is not a tensor"),
     }
 }

@@ -980,6 +980,11 @@ mod gan {
         let masked = program.kernels.iter().find(|k| k.name == dx).expect("the logits' dx");
         assert!(masked.bindings.iter().any(|b| b.name == "mask"), "{dx} has no mask");
         assert!(!names.contains(&"g.d2.skip.concat0"), "{names:?}");
+        // The sum of the discriminator weight's gradients from its two calls runs in the
+        // stores of the second weight-gradient GEMM.
+        assert!(!names.contains(&"grad.discriminator.p1.discriminator.c1.weight.acc.add"));
+        let sums = program.kernels.iter().filter(|k| k.bindings.iter().any(|b| b.name == "addend"));
+        assert!(sums.count() >= 2, "fewer than two GEMMs add to their output: {names:?}");
         for role in ["conv2d_weight_grad", "batch_norm_backward", "dropout_grad", "slice"] {
             assert!(names.iter().any(|n| n.ends_with(role)), "no {role} kernel in {names:?}");
         }

@@ -214,7 +214,7 @@ impl Case {
             Operand::Weight => &self.w,
             Operand::OutputGrad => &self.dy,
             Operand::Bias => &self.bias,
-            Operand::Output | Operand::Mask | Operand::Shape => {
+            Operand::Output | Operand::Mask | Operand::Addend | Operand::Shape => {
                 unreachable!("{role:?} is not an input of an unfused kernel")
             }
         }

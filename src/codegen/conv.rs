@@ -41,11 +41,14 @@ fn lower_gemm(
     // Binding 0 reads A and binding 1 B, each from the operand slot of its role.
     let slot_of = |role: Operand| usize::from(role != Operand::Input);
     let [lhs_role, rhs_role] = gemm::operand_roles(op);
-    let mask = ctx.fusion.output_mask(ctx.node);
+    let epilogue = ctx.fusion.epilogue(ctx.node);
+    let mask = epilogue.and_then(|e| e.mask);
+    let addend = epilogue.and_then(|e| e.addend);
     let fused = Fused {
         lhs_activation: ctx.fused_activation(slot_of(lhs_role)),
         rhs_activation: ctx.fused_activation(slot_of(rhs_role)),
         output_mask: mask.map(|(_, slope)| slope),
+        output_addend: addend.is_some(),
     };
     let sizes = gemm::Sizes::Uniform;
     let generated = match gemm::generate_fused(op, geometry, &tiling, has_bias, fused, sizes, max) {
@@ -75,6 +78,11 @@ fn lower_gemm(
                 let (input, _) = mask.expect("a GEMM binds a mask only when the output is masked");
                 let elements = ctx.graph.shape(input).numel();
                 Binding::read("mask", value_resource(ctx.graph, input, ctx.mode), elements)
+            }
+            Operand::Addend => {
+                let other = addend.expect("a GEMM binds an addend only when it has one");
+                let elements = ctx.graph.shape(other).numel();
+                Binding::read("addend", value_resource(ctx.graph, other, ctx.mode), elements)
             }
             Operand::Shape => Binding::shape("shape", generated.shape.len()),
         })
@@ -334,7 +342,7 @@ fn lower_node_gemm(ctx: &LowerContext<'_>, role: &str) -> Result<Option<Kernel>,
         None => None,
     };
     let fused = (0..ctx.operand_count()).any(|slot| ctx.fused_activation(slot).is_some())
-        || ctx.fusion.output_mask(ctx.node).is_some();
+        || ctx.fusion.epilogue(ctx.node).is_some();
     if kernel.is_none() && fused {
         return Err(CodegenError::FusionRejected {
             kernel: ctx.kernel_name(role),

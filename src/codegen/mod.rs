@@ -382,13 +382,13 @@ pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
     }
     // A fused activation or a producer whose consumer stores its value has no kernel;
     // the consumer that carries the producer's work lowers the producer in its place.
-    if ctx.fusion.fused_activation(ctx.node).is_some() || ctx.fusion.stored_in(ctx.node).is_some() {
+    if ctx.fusion.unstored(ctx.node) {
         return Ok(Vec::new());
     }
     if matches!(node_op(ctx), Op::Slice { .. }) && ctx.fusion.views.view(ctx.node).is_some() {
         return Ok(Vec::new());
     }
-    if let Some(producer) = ctx.fusion.masked_producer(ctx.node) {
+    if let Some(producer) = ctx.fusion.epilogue_producer(ctx.node) {
         return lower_op(&LowerContext { node: producer, ..*ctx });
     }
     lower_op(ctx)

@@ -11,8 +11,9 @@
 //! - An activation (ReLU, leaky ReLU) whose every consumer is a convolution's implicit
 //!   GEMM is applied as the GEMM loads its input, so its output is never stored.
 //! - A leaky ReLU gradient whose incoming gradient is a small convolution GEMM's output
-//!   that nothing else reads is applied as the GEMM stores its output. The GEMM then runs
-//!   at the gradient node and writes the gradient node's value.
+//!   that nothing else reads, and then a sum with another tensor, are applied as the GEMM
+//!   stores its output. The GEMM then runs at the last of these nodes and writes its
+//!   value.
 //!
 //! Values that are read back from the device must not be fused away: the runtime rejects
 //! a requested output that no kernel writes.
@@ -21,7 +22,7 @@ use super::views::ViewPlan;
 use crate::codegen::conv::gemm_problem;
 use crate::codegen::gemm::is_large;
 use crate::ir::{Graph, NodeId, Op};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One group of nodes computed by one kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,11 +49,12 @@ pub struct FusionPlan {
     members: HashMap<NodeId, (FusedGroup, bool)>,
     /// Activations applied in their consumers' loads: their input and slope.
     activations: HashMap<NodeId, (NodeId, f32)>,
-    /// GEMM producers whose output a leaky ReLU gradient masks as it is stored: the
-    /// gradient node, the activation input and the slope.
-    masked: HashMap<NodeId, (NodeId, NodeId, f32)>,
-    /// The producer of each masked gradient node.
+    /// GEMM producers whose consumers' elementwise work runs in their stores.
+    epilogues: HashMap<NodeId, Epilogue>,
+    /// The producer that computes each epilogue's stored node.
     producers: HashMap<NodeId, NodeId>,
+    /// Nodes between a producer and its stored node, which no kernel stores.
+    skipped: HashSet<NodeId>,
     /// Values stored inside another value's buffer ([`ViewPlan`]), set by the caller
     /// after the fusion groups are known.
     pub views: ViewPlan,
@@ -80,11 +82,13 @@ impl FusionPlan {
             if let Some(fused) = fused_activation(graph, node) {
                 plan.activations.insert(node, fused);
             }
-            if let Some((producer, input, slope)) = masked_gradient(graph, node) {
-                let free = |n: &NodeId| !plan.members.contains_key(n);
-                if free(&producer) && free(&node) && !plan.masked.contains_key(&producer) {
-                    plan.masked.insert(producer, (node, input, slope));
-                    plan.producers.insert(node, producer);
+            if let Some((epilogue, skipped)) = epilogue(graph, node) {
+                let free = |n: &NodeId| !plan.members.contains_key(n) && !plan.skipped.contains(n);
+                let all_free = skipped.iter().chain([&node, &epilogue.store]).all(free);
+                if all_free && !plan.producers.contains_key(&epilogue.store) {
+                    plan.producers.insert(epilogue.store, node);
+                    plan.skipped.extend(skipped);
+                    plan.epilogues.insert(node, epilogue);
                 }
             }
         }
@@ -97,20 +101,28 @@ impl FusionPlan {
         self.activations.get(&node).copied()
     }
 
-    /// Returns the node whose buffer stores `node`'s value, masked, when `node` is a GEMM
-    /// producer that a leaky ReLU gradient consumes.
+    /// Returns the node whose buffer stores the result of `node`'s epilogue, when `node` is
+    /// a GEMM producer whose consumers' work runs in its stores.
     pub fn stored_in(&self, node: NodeId) -> Option<NodeId> {
-        self.masked.get(&node).map(|&(gradient, _, _)| gradient)
+        self.epilogues.get(&node).map(|e| e.store)
     }
 
-    /// Returns the activation input and slope that mask `node`'s output as it is stored.
-    pub fn output_mask(&self, node: NodeId) -> Option<(NodeId, f32)> {
-        self.masked.get(&node).map(|&(_, input, slope)| (input, slope))
+    /// Returns the elementwise work in `node`'s stores, when it is a GEMM producer.
+    pub fn epilogue(&self, node: NodeId) -> Option<Epilogue> {
+        self.epilogues.get(&node).copied()
     }
 
-    /// Returns the GEMM producer that computes the leaky ReLU gradient `node`.
-    pub fn masked_producer(&self, node: NodeId) -> Option<NodeId> {
+    /// Returns the GEMM producer whose epilogue computes `node`.
+    pub fn epilogue_producer(&self, node: NodeId) -> Option<NodeId> {
         self.producers.get(&node).copied()
+    }
+
+    /// Returns whether `node` is computed inside another kernel and never stored: a fused
+    /// activation, or a GEMM producer or an intermediate node of an epilogue.
+    pub fn unstored(&self, node: NodeId) -> bool {
+        self.activations.contains_key(&node)
+            || self.epilogues.contains_key(&node)
+            || self.skipped.contains(&node)
     }
 
     /// Returns the group of `node` and whether its kernel runs at `node`.
@@ -168,21 +180,62 @@ fn fused_activation(graph: &Graph, node: NodeId) -> Option<(NodeId, f32)> {
     Some((graph.operands(node)[0], slope))
 }
 
-/// Returns the producer, the activation input and the slope of a leaky ReLU gradient whose
-/// incoming gradient is a small convolution GEMM's output that nothing else reads.
-fn masked_gradient(graph: &Graph, node: NodeId) -> Option<(NodeId, NodeId, f32)> {
-    let Op::LeakyReluGrad { slope } = graph.node(node).op else { return None };
-    let operands = graph.operands(node);
-    let [input, gradient] = operands[..] else { return None };
+/// Elementwise work that a GEMM producer does as it stores its output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Epilogue {
+    /// The node whose value the GEMM stores.
+    pub store: NodeId,
+    /// A leaky ReLU gradient of the output: the activation input and the slope.
+    pub mask: Option<(NodeId, f32)>,
+    /// A tensor added to the output, after the mask.
+    pub addend: Option<NodeId>,
+}
+
+/// Returns the epilogue of a small convolution GEMM `node` and the nodes it skips: a
+/// leaky ReLU gradient of its output, then a sum with another tensor of the same shape,
+/// each the only consumer of what it reads.
+fn epilogue(graph: &Graph, node: NodeId) -> Option<(Epilogue, Vec<NodeId>)> {
     // NOTE: on lavapipe the 64x16-tile GEMMs of the full-size pix2pix ran about 10%
-    // slower with the mask in their stores (l4's input gradient 65-68 ms against 72-75),
-    // more than the separate gradient kernel costs, so only small GEMMs take it. This
-    // was not measured on a GPU.
-    let small_gemm =
-        matches!(graph.node(gradient).op, Op::Conv2d { .. } | Op::ConvTranspose2d { .. })
-            && gemm_problem(graph, gradient).is_some_and(|(op, g)| !is_large(op, &g));
-    let only_consumer = graph.users(gradient) == [(node, 1)];
-    let same_shape = graph.shape(input) == graph.shape(gradient);
-    let fused = small_gemm && only_consumer && same_shape && input != gradient;
-    fused.then_some((gradient, input, slope))
+    // slower with a mask in their stores (l4's input gradient 65-68 ms against 72-75),
+    // more than the separate gradient kernel costs, so only small GEMMs take an
+    // epilogue. This was not measured on a GPU.
+    let (op, geometry) = gemm_problem(graph, node)?;
+    if is_large(op, &geometry) {
+        return None;
+    }
+    let only_user = |n: NodeId| match graph.users(n)[..] {
+        [(user, slot)] => Some((user, slot)),
+        _ => None,
+    };
+    let shape = graph.shape(node);
+    let mut epilogue = Epilogue { store: node, mask: None, addend: None };
+    let mut path = Vec::new();
+
+    let masked = matches!(graph.node(node).op, Op::Conv2d { .. } | Op::ConvTranspose2d { .. });
+    if let (true, Some((user, 1))) = (masked, only_user(node)) {
+        if let Op::LeakyReluGrad { slope } = graph.node(user).op {
+            let input = graph.operands(user)[0];
+            if input != node && graph.shape(input) == shape {
+                epilogue.mask = Some((input, slope));
+                epilogue.store = user;
+            }
+        }
+    }
+    if let Some((user, slot)) = only_user(epilogue.store) {
+        let operands = graph.operands(user);
+        if matches!(graph.node(user).op, Op::Add) && operands.len() == 2 {
+            let other = operands[1 - slot as usize];
+            let same = graph.shape(other) == shape && graph.shape(user) == shape;
+            if same && other != epilogue.store && other != node {
+                path.push(epilogue.store);
+                epilogue.addend = Some(other);
+                epilogue.store = user;
+            }
+        }
+    }
+    if epilogue.store == node {
+        return None;
+    }
+    path.retain(|&n| n != node && n != epilogue.store);
+    Some((epilogue, path))
 }

@@ -48,8 +48,7 @@ impl ViewPlan {
             );
             !leaf
                 && value_resource(graph, node, mode) == Resource::Node(node)
-                && fusion.fused_activation(node).is_none()
-                && fusion.stored_in(node).is_none()
+                && !fusion.unstored(node)
                 && !plan.views.contains_key(&node)
                 && !exclude.contains(&node)
         };

@@ -186,6 +186,9 @@ fn fused_header(s: &mut String, fused: &Fused) {
     if fused.output_mask.is_some() {
         s.push_str("// Fused: the leaky_relu_grad of each output, masked by the sign of `mask`.\n");
     }
+    if fused.output_addend {
+        s.push_str("// Fused: the sum of each output and the same element of `addend`.\n");
+    }
 }
 
 /// The operand bindings' declarations that [`bindings`] writes.
@@ -303,6 +306,10 @@ fn bindings(s: &mut String, operands: &Operands, fused: &Fused) {
             f32_literal(slope)
         );
     }
+    if fused.output_addend {
+        let index = 3 + usize::from(with_bias) + usize::from(fused.output_mask.is_some());
+        let _ = writeln!(s, "@group(0) @binding({index}) var<storage, read> addend: array<f32>;");
+    }
     let _ = writeln!(s, "\n{activations}{helpers}\n");
 }
 
@@ -314,6 +321,9 @@ fn binding_roles(op: ConvOp, with_bias: bool, fused: &Fused) -> Vec<Operand> {
     }
     if fused.output_mask.is_some() {
         roles.push(Operand::Mask);
+    }
+    if fused.output_addend {
+        roles.push(Operand::Addend);
     }
     roles
 }
@@ -423,8 +433,11 @@ fn entry(
     let value = |i: u32, j: u32| {
         let element = accumulator_element(i, j, width);
         let value = if with_bias { format!("{element} + bias{i}") } else { element };
-        if fused.output_mask.is_some() {
-            format!("masked({value}, row{i}_out + out{j})")
+        let index = format!("row{i}_out + out{j}");
+        let value =
+            if fused.output_mask.is_some() { format!("masked({value}, {index})") } else { value };
+        if fused.output_addend {
+            format!("{value} + addend[{index}]")
         } else {
             value
         }

@@ -342,6 +342,8 @@ pub enum Operand {
     Output,
     /// The activation input whose sign masks the output ([`Fused::output_mask`]).
     Mask,
+    /// The tensor added to the output ([`Fused::output_addend`]).
+    Addend,
     /// The uniform block of sizes, [`GemmKernel::shape`].
     Shape,
 }
@@ -359,6 +361,9 @@ pub struct Fused {
     /// the output is multiplied by the slope where the same element of the
     /// [`Operand::Mask`] binding (the activation's input) is not positive.
     pub output_mask: Option<f32>,
+    /// Add the same element of the [`Operand::Addend`] binding to each output, after the
+    /// mask, before it is stored.
+    pub output_addend: bool,
 }
 
 /// Returns the operand roles of A and B (bindings 0 and 1) of `op`.

@@ -5,16 +5,18 @@
 // values holds lr, beta1^t and beta2^t of this update; the host writes it before each
 // submit, so a new step or learning rate needs no recompilation. The loads go through
 // grad_at, param_at, exp_avg_at and exp_avg_sq_at, which read either the storage
-// buffers or textures that the runtime copies them into.
+// buffers or textures that the runtime copies them into. Each invocation updates ITEMS
+// consecutive elements: on lavapipe that took the ngf=16, 128x128 generator's update from
+// 14.6-15.0 ms to 10.6-12.7 ms against items a workgroup apart (one loaded machine).
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let first = group_index(wid) * ITEMS * WG + lid;
+    let first = (group_index(wid) * WG + lid) * ITEMS;
     let lr = values[0];
     let correction1 = 1.0 - values[1];
     let correction2 = 1.0 - values[2];
     for (var k = 0u; k < ITEMS; k += 1u) {
-        let i = first + k * WG;
+        let i = first + k;
         if (i < COUNT) {
             let g = grad_at(i);
             let m = BETA1 * exp_avg_at(i) + (1.0 - BETA1) * g;

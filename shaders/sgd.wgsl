@@ -6,10 +6,10 @@
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let first = group_index(wid) * ITEMS * WG + lid;
+    let first = (group_index(wid) * WG + lid) * ITEMS;
     let lr = values[0];
     for (var k = 0u; k < ITEMS; k += 1u) {
-        let i = first + k * WG;
+        let i = first + k;
         if (i < COUNT) {
             let velocity = MOMENTUM * momentum_buffer[i] + grad[i];
             momentum_buffer[i] = velocity;

@@ -380,8 +380,8 @@ pub fn lower_node(ctx: &LowerContext<'_>) -> Result<Vec<Kernel>, CodegenError> {
     if let Some((group, lead)) = ctx.fusion.group(ctx.node) {
         return if lead { lower_group(ctx, group) } else { Ok(Vec::new()) };
     }
-    // A fused activation or a producer whose consumer stores its value has no kernel;
-    // the consumer that carries the producer's work lowers the producer in its place.
+    // A fused activation, a GEMM producer with an epilogue and the nodes the epilogue
+    // skips have no kernel. The epilogue's last node lowers the producer in their place.
     if ctx.fusion.unstored(ctx.node) {
         return Ok(Vec::new());
     }

@@ -110,6 +110,11 @@ pub enum BenchError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Codegen(#[from] crate::codegen::CodegenError),
+    #[error("model {model} has no train section, so there is no training step to time")]
+    #[diagnostic(help(
+        "pass --infer to time the generator's forward pass, or add a train section to the model"
+    ))]
+    NoTrainSection { model: String },
     #[error("--steps must be at least 1, got 0")]
     #[diagnostic(help("time at least one run, for example --steps 10"))]
     NoSteps,
@@ -127,6 +132,9 @@ pub fn bench(
     }
     let started = Instant::now();
     let module = frontend::compile_file(path, overrides)?;
+    if !options.infer && module.train.is_none() {
+        return Err(BenchError::NoTrainSection { model: module.name.clone() });
+    }
     let measured = if options.infer {
         bench_infer(gpu, &module, options, started)?
     } else {

@@ -5,7 +5,7 @@
 
 mod support {
     use netc::codegen::wgsl::RunValues;
-    use netc::codegen::{lower_graph, Kernel, Mode, Target};
+    use netc::codegen::{lower_graph_keeping, Kernel, Mode, Target};
     use netc::ir::{Graph, Init, Module, NodeId, Op, ParamDecl, ParamKind, Shape};
     use netc::reference::{self, Tensor};
     use netc::runtime::{Gpu, ParamStore, Program};
@@ -115,7 +115,9 @@ mod support {
             netc::ir::verify::verify_graph(&self.graph, &self.module).expect("test graph verifies");
             let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
             let target = target.unwrap_or_else(|| gpu.target());
-            let kernels = lower_graph(&self.graph, &target, mode).expect("lowering succeeds");
+            let keep = [output].into();
+            let kernels =
+                lower_graph_keeping(&self.graph, &target, mode, &keep).expect("lowering succeeds");
             for kernel in &kernels {
                 if let Err(message) = netc::codegen::validate_wgsl(&kernel.wgsl) {
                     panic!("kernel {} is invalid WGSL:\n{message}\n{}", kernel.name, kernel.wgsl);
@@ -833,5 +835,40 @@ mod generator {
     #[test]
     fn unet_forward_matches_reference_in_training() {
         compare(Mode::Train, 2);
+    }
+}
+
+mod device_errors {
+    use super::support::{gpu, Case};
+    use netc::codegen::wgsl::RunValues;
+    use netc::codegen::{lower_graph, Access, Mode, Resource};
+    use netc::ir::Op;
+    use netc::runtime::{ParamStore, Program, RuntimeError};
+
+    #[test]
+    fn aliased_bindings_give_an_error_not_a_panic() {
+        // A kernel that reads and writes one buffer is invalid WebGPU. The lowering does
+        // not emit one, so this test makes one by hand and expects the run to return the
+        // device's validation message.
+        let mut case = Case::new(70);
+        let x = case.input("x", &[1, 3, 8, 8]);
+        let y = case.op(Op::Tanh, &[x]);
+        let z = case.op(Op::Tanh, &[y]);
+        let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
+        let mut target = gpu.target();
+        target.tuning.texture_operands = false;
+        let mut kernels = lower_graph(&case.graph, &target, Mode::Eval).expect("lowers");
+        let last = kernels.last_mut().expect("a kernel");
+        let read = last.bindings.iter_mut().find(|b| b.access == Access::Read).expect("a read");
+        read.resource = Resource::Node(z);
+        let store = ParamStore::zeros(&gpu, &case.module).expect("parameter buffers");
+        let outputs = vec![("out".to_string(), z)];
+        let program = Program::compile(&gpu, &case.graph, Mode::Eval, &kernels, &store, &outputs)
+            .expect("the program compiles");
+        let result = program.run(&gpu, &RunValues::default(), &["out"]);
+        assert!(matches!(result, Err(RuntimeError::Device { .. })), "{result:?}");
+
+        // The device stays usable and the error is reported once.
+        assert!(gpu.take_device_error().is_ok());
     }
 }

@@ -57,12 +57,13 @@ fn render(report: &BenchReport) -> String {
     out += &format!("  settings: {}\n", settings.join(" "));
     let operands = match (report.texture_operands, report.load_rates) {
         (on, Some(rates)) => format!(
-            "{} (measured loads: storage {:.1} GB/s, texture {:.1} GB/s, texture {:.2}x \
-             faster in pairs)",
+            "{} (texel fetches ran {:.2}x as fast as storage loads in the median of \
+             back-to-back pairs, {:.0}x needed; best rates {:.1} and {:.1} GB/s)",
             if on { "textures" } else { "storage buffers" },
-            rates.storage,
+            rates.texture_speedup,
+            netc::runtime::probe::TEXTURE_ADVANTAGE,
             rates.texture,
-            rates.texture_speedup
+            rates.storage
         ),
         (true, None) => "textures (set by NETC_TEXTURE_OPERANDS)".to_string(),
         (false, None) => "storage buffers".to_string(),
@@ -101,13 +102,15 @@ fn render(report: &BenchReport) -> String {
         report.kernel_timing, total, copies
     );
     out += &format!("  slowest {} of {}:\n", KERNEL_ROWS.min(rows.len()), rows.len());
+    // The layer column is as wide as the longest name it shows.
+    let width = rows.iter().take(KERNEL_ROWS).map(|r| r.layer.len()).max().unwrap_or(0).max(5);
     out += &format!(
-        "  {:<44} {:<26} {:>9} {:>9} {:>9} {:>8} {:>10}\n",
+        "  {:<width$} {:<26} {:>9} {:>9} {:>9} {:>8} {:>10}\n",
         "layer", "kernel", "ms", "copy ms", "MFLOP", "GFLOP/s", "MiB bound"
     );
     for row in rows.iter().take(KERNEL_ROWS) {
         out += &format!(
-            "  {:<44} {:<26} {:>9.3} {:>9.3} {:>9.1} {:>8.2} {:>10.2}\n",
+            "  {:<width$} {:<26} {:>9.3} {:>9.3} {:>9.1} {:>8.2} {:>10.2}\n",
             row.layer,
             row.kernel,
             row.seconds * 1e3,

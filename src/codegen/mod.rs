@@ -466,36 +466,65 @@ fn lower_group(ctx: &LowerContext<'_>, group: FusedGroup) -> Result<Vec<Kernel>,
 }
 
 /// Lowers every node of `graph` in its topological order (which runs the phases in
-/// order) to the program's kernel list, with the fused groups of [`FusionPlan`].
+/// order) to the program's kernel list, with the fused work and views of [`lower_fused`].
+/// The graph's named outputs keep their buffers; another value that the caller reads back
+/// must be listed with [`lower_graph_keeping`].
 pub fn lower_graph(
     graph: &Graph,
     target: &Target,
     mode: Mode,
 ) -> Result<Vec<Kernel>, CodegenError> {
-    let order = graph.topo_order();
-    let fusion = plan_fusion(graph, &order, target, mode, &HashSet::new());
-    let mut kernels = Vec::new();
-    for &node in &order {
-        let ctx = LowerContext { graph, node, target, mode, fusion: &fusion };
-        kernels.extend(lower_node(&ctx)?);
-    }
-    fusion.views.rebind(&mut kernels);
-    Ok(kernels)
+    lower_graph_keeping(graph, target, mode, &HashSet::new())
 }
 
-/// Plans the fused work and the views of `graph`, lowered in `order`. `exclude` lists
-/// nodes that must keep a buffer of their own.
-pub fn plan_fusion(
+/// Lowers `graph` as [`lower_graph`] does, keeping a buffer for each node of `keep` too.
+pub fn lower_graph_keeping(
+    graph: &Graph,
+    target: &Target,
+    mode: Mode,
+    keep: &HashSet<NodeId>,
+) -> Result<Vec<Kernel>, CodegenError> {
+    let order = graph.topo_order();
+    let mut keep = keep.clone();
+    keep.extend(graph.outputs.iter().map(|&(_, node)| node));
+    lower_fused(graph, &order, target, mode, &keep, &HashSet::new(), |fusion| {
+        let mut kernels = Vec::new();
+        for &node in &order {
+            let ctx = LowerContext { graph, node, target, mode, fusion };
+            kernels.extend(lower_node(&ctx)?);
+        }
+        Ok(kernels)
+    })
+}
+
+/// Plans the fused work and the views of `graph`, lowered in `order`, and lowers it with
+/// `lower`. A node of `keep` is neither fused away nor a view, and a node of `no_views`
+/// is not a view. When a view would make a kernel bind one buffer both read-only and
+/// read-write, the plan drops it and lowers again, so the returned kernels bind each
+/// view's range of its base buffer and no such pair.
+pub fn lower_fused<E>(
     graph: &Graph,
     order: &[NodeId],
     target: &Target,
     mode: Mode,
-    exclude: &HashSet<NodeId>,
-) -> FusionPlan {
-    let mut fusion = FusionPlan::new(graph, order);
+    keep: &HashSet<NodeId>,
+    no_views: &HashSet<NodeId>,
+    lower: impl Fn(&FusionPlan) -> Result<Vec<Kernel>, E>,
+) -> Result<Vec<Kernel>, E> {
     let alignment = u64::from(target.storage_offset_alignment) / 4;
-    fusion.views = ViewPlan::new(graph, order, mode, &fusion, alignment, exclude);
-    fusion
+    let mut excluded: HashSet<NodeId> = keep.union(no_views).copied().collect();
+    loop {
+        let mut fusion = FusionPlan::new(graph, order, keep);
+        fusion.views = ViewPlan::new(graph, order, mode, &fusion, alignment, &excluded);
+        let mut kernels = lower(&fusion)?;
+        let conflicts = fusion.views.conflicts(&kernels);
+        if conflicts.is_empty() {
+            fusion.views.rebind(&mut kernels);
+            return Ok(kernels);
+        }
+        tracing::debug!(views = conflicts.len(), "dropped views that alias a kernel's operands");
+        excluded.extend(conflicts);
+    }
 }
 
 /// Parses and validates `source` with naga, returning naga's message on failure.

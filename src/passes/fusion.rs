@@ -61,8 +61,9 @@ pub struct FusionPlan {
 }
 
 impl FusionPlan {
-    /// Finds the groups of `graph`, whose nodes are lowered in `order`.
-    pub fn new(graph: &Graph, order: &[NodeId]) -> Self {
+    /// Finds the fused work of `graph`, whose nodes are lowered in `order`. No node of
+    /// `keep` (values the caller reads back) is left unstored.
+    pub fn new(graph: &Graph, order: &[NodeId], keep: &HashSet<NodeId>) -> Self {
         let position: HashMap<NodeId, usize> =
             order.iter().enumerate().map(|(i, &node)| (node, i)).collect();
         let mut members = HashMap::new();
@@ -79,10 +80,15 @@ impl FusionPlan {
         }
         let mut plan = FusionPlan { members, ..FusionPlan::default() };
         for &node in order {
+            if keep.contains(&node) {
+                continue;
+            }
             if let Some(fused) = fused_activation(graph, node) {
                 plan.activations.insert(node, fused);
             }
-            if let Some((epilogue, skipped)) = epilogue(graph, node) {
+            let epilogue = epilogue(graph, node)
+                .filter(|(_, skipped)| skipped.iter().all(|n| !keep.contains(n)));
+            if let Some((epilogue, skipped)) = epilogue {
                 let free = |n: &NodeId| !plan.members.contains_key(n) && !plan.skipped.contains(n);
                 let all_free = skipped.iter().chain([&node, &epilogue.store]).all(free);
                 if all_free && !plan.producers.contains_key(&epilogue.store) {

@@ -11,12 +11,13 @@
 //!   that a kernel computes is written straight into its range of the concat.
 //! - A slice of such a range is read straight from its operand.
 //!
-//! Values that the caller excludes (gradients that live in an optimizer arena) and
-//! values that are read back from the device are not made views: the runtime rejects a
-//! requested output that no kernel writes.
+//! Values that the caller excludes (gradients that live in an optimizer arena, values it
+//! reads back) are not made views, and the runtime rejects a requested output that no
+//! kernel writes. A view that would make a kernel bind one buffer both read-only and
+//! read-write is dropped ([`ViewPlan::conflicts`]).
 
 use super::fusion::FusionPlan;
-use crate::codegen::{value_resource, Kernel, Mode, Resource};
+use crate::codegen::{value_resource, Access, Kernel, Mode, Resource};
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::{HashMap, HashSet};
 
@@ -100,6 +101,39 @@ impl ViewPlan {
     /// Returns whether `node`'s value is stored in `base`'s buffer by its producer.
     pub fn placed_in(&self, node: NodeId, base: NodeId) -> bool {
         self.views.get(&node).is_some_and(|&(b, _)| b == base)
+    }
+
+    /// Returns the views to drop so that no kernel binds one buffer both read-only and
+    /// read-write, which WebGPU forbids even for disjoint ranges. Such a kernel reads one
+    /// operand of a concat and writes another one, as in `concat(a, conv(a))`. The views
+    /// it writes are dropped, or, when it writes the base itself, the views it reads.
+    pub fn conflicts(&self, kernels: &[Kernel]) -> HashSet<NodeId> {
+        let mut drop = HashSet::new();
+        for kernel in kernels {
+            // Per base buffer: the nodes bound read-only and the nodes bound read-write.
+            let mut bases: HashMap<NodeId, (Vec<NodeId>, Vec<NodeId>)> = HashMap::new();
+            for binding in &kernel.bindings {
+                let Resource::Node(node) = binding.resource else { continue };
+                let base = self.view(node).map_or(node, |(base, _)| base);
+                let (reads, writes) = bases.entry(base).or_default();
+                match binding.access {
+                    Access::Read => reads.push(node),
+                    Access::ReadWrite => writes.push(node),
+                    // A texture operand is copied before the kernel's pass starts.
+                    Access::Texture | Access::Uniform => {}
+                }
+            }
+            for (reads, writes) in bases.values() {
+                if reads.is_empty() || writes.is_empty() {
+                    continue;
+                }
+                let written: Vec<NodeId> =
+                    writes.iter().copied().filter(|n| self.views.contains_key(n)).collect();
+                let chosen = if written.is_empty() { reads } else { &written };
+                drop.extend(chosen.iter().copied().filter(|n| self.views.contains_key(n)));
+            }
+        }
+        drop
     }
 
     /// Moves every binding of a view onto its range of the base's buffer.

@@ -8,6 +8,7 @@
 use super::pipeline_cache::DiskPipelineCache;
 use super::probe::LoadRates;
 use super::RuntimeError;
+use std::sync::{Arc, Mutex};
 use wgpu::DeviceType;
 
 /// The environment variable that overrides the texture-operand choice.
@@ -46,6 +47,10 @@ pub struct Gpu {
     pub load_rates: Option<LoadRates>,
     /// wgpu's pipeline cache and its file, where the adapter supports one.
     pub pipeline_cache: Option<DiskPipelineCache>,
+    /// Device errors that no error scope caught, recorded by the device's handler and
+    /// reported by the next read-back ([`Gpu::take_device_error`]) instead of wgpu's
+    /// default panic.
+    device_errors: Arc<Mutex<Vec<String>>>,
     /// Pipelines of every program compiled on this device, reused across compiles.
     pub kernels: super::KernelCache,
 }
@@ -166,6 +171,12 @@ impl Gpu {
             None => (false, None),
         };
         let pipeline_cache = DiskPipelineCache::open(&device, &info);
+        let device_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let recorded = Arc::clone(&device_errors);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            tracing::error!(%error, "device error");
+            recorded.lock().unwrap_or_else(|e| e.into_inner()).push(error.to_string());
+        }));
         Ok(Gpu {
             adapter,
             device,
@@ -176,8 +187,20 @@ impl Gpu {
             texture_operands,
             load_rates,
             pipeline_cache,
+            device_errors,
             kernels: Default::default(),
         })
+    }
+
+    /// Returns the first device error recorded since the last call, if any, as an error.
+    pub fn take_device_error(&self) -> Result<(), RuntimeError> {
+        let mut errors = self.device_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.remove(0);
+        errors.clear();
+        Err(RuntimeError::Device { message })
     }
 
     /// Returns the compile target that this device's limits and features allow.

@@ -60,6 +60,10 @@ pub enum RuntimeError {
     #[error("invalid {name}={value:?}")]
     #[diagnostic(help("{name} takes {expected}"))]
     InvalidSetting { name: &'static str, value: String, expected: &'static str },
+    /// A compiler bug that wgpu's validation caught on the device.
+    #[error("the device rejected a command: {message}")]
+    #[diagnostic(help("this is a bug in netc; please report it with the model file and flags"))]
+    Device { message: String },
     #[error("failed to read results back from the device: {message}")]
     Readback { message: String },
     /// A compiler bug: the training program's arena layout does not fit its module.

@@ -84,6 +84,11 @@ impl DiskPipelineCache {
             return Ok(());
         };
         let folder = self.path.parent().unwrap_or(Path::new("."));
+        if folder.exists() && !folder.is_dir() {
+            let message =
+                format!("{} is not a folder; set NETC_CACHE_DIR to one", folder.display());
+            return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, message));
+        }
         std::fs::create_dir_all(folder)?;
         let mut contents = Vec::with_capacity(MAGIC.len() + 32 + data.len());
         contents.extend_from_slice(MAGIC);

@@ -891,6 +891,7 @@ pub(super) fn read_with(
     gpu.device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
+    gpu.take_device_error()?;
     for (_, result) in receiver.iter() {
         result.map_err(|e| RuntimeError::Readback { message: e.to_string() })?;
     }

@@ -18,13 +18,13 @@
 use super::TrainError;
 use crate::autodiff;
 use crate::codegen::wgsl::RunValues;
-use crate::codegen::{lower_graph, Mode};
+use crate::codegen::{lower_graph_keeping, Mode};
 use crate::ir::{Graph, Module, NodeId, ParamId};
 use crate::reference::random::fold_seed;
 use crate::runtime::{initial_values, Gpu, ParamStore, Program};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tracing::{debug, info};
 
 /// Settings of a gradient check.
@@ -122,7 +122,8 @@ pub fn run_gradients(gpu: &Gpu, module: &Module, seed: u64) -> Result<GradientRu
     }
 
     let target = gpu.target();
-    let kernels = lower_graph(&graph, &target, Mode::Train)?;
+    let keep: HashSet<NodeId> = outputs.iter().map(|&(_, node)| node).collect();
+    let kernels = lower_graph_keeping(&graph, &target, Mode::Train, &keep)?;
     let store = ParamStore::initialized(gpu, module, seed)?;
     let program = Program::compile(gpu, &graph, Mode::Train, &kernels, &store, &outputs)?;
     let inputs = random_inputs(&graph, seed);
@@ -227,10 +228,11 @@ pub fn check_gradients(
 
     // A forward-only program over the same parameter store, reading every step's loss.
     let target = gpu.target();
-    let kernels = lower_graph(&train.graph, &target, Mode::Train)?;
-    let store = ParamStore::initialized(gpu, module, options.seed)?;
     let outputs: Vec<(String, NodeId)> =
         train.steps.iter().map(|s| (format!("loss.{}", s.name), s.loss)).collect();
+    let keep: HashSet<NodeId> = outputs.iter().map(|&(_, node)| node).collect();
+    let kernels = lower_graph_keeping(&train.graph, &target, Mode::Train, &keep)?;
+    let store = ParamStore::initialized(gpu, module, options.seed)?;
     let forward = Program::compile(gpu, &train.graph, Mode::Train, &kernels, &store, &outputs)?;
     for (name, values) in &gradients.inputs {
         forward.write_input(gpu, name, values)?;

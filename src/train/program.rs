@@ -22,7 +22,7 @@ use super::TrainError;
 use crate::autodiff::{self, StepGradients};
 use crate::codegen::optimizer::{lower_update, Arena, UpdateBindings};
 use crate::codegen::{
-    lower_node, plan_fusion, value_resource, Kernel, LowerContext, Mode, Resource, Target,
+    lower_fused, lower_node, value_resource, Kernel, LowerContext, Mode, Resource, Target,
 };
 use crate::ir::{
     Graph, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind, Schedule, Shape,
@@ -299,26 +299,27 @@ fn lower_iteration(
     target: &Target,
     gradient_slots: &HashMap<NodeId, (u32, usize)>,
 ) -> Result<Vec<Kernel>, TrainError> {
-    let mut kernels = Vec::new();
-    let mut next_step = 0;
     let order = graph.topo_order();
     // Gradients that live in an arena slot keep out of views.
-    let exclude: HashSet<NodeId> = gradient_slots.keys().copied().collect();
-    let fusion = plan_fusion(graph, &order, target, Mode::Train, &exclude);
-    for node in order {
-        let phase = graph.node(node).phase;
-        while next_step < steps.len() && steps[next_step].phase < phase {
-            kernels.extend(lower_updates(graph, training, &steps[next_step], arenas, target)?);
-            next_step += 1;
+    let no_views: HashSet<NodeId> = gradient_slots.keys().copied().collect();
+    let keep: HashSet<NodeId> = graph.outputs.iter().map(|&(_, node)| node).collect();
+    lower_fused(graph, &order, target, Mode::Train, &keep, &no_views, |fusion| {
+        let mut kernels = Vec::new();
+        let mut next_step = 0;
+        for &node in &order {
+            let phase = graph.node(node).phase;
+            while next_step < steps.len() && steps[next_step].phase < phase {
+                kernels.extend(lower_updates(graph, training, &steps[next_step], arenas, target)?);
+                next_step += 1;
+            }
+            let ctx = LowerContext { graph, node, target, mode: Mode::Train, fusion };
+            kernels.extend(lower_node(&ctx)?);
         }
-        let ctx = LowerContext { graph, node, target, mode: Mode::Train, fusion: &fusion };
-        kernels.extend(lower_node(&ctx)?);
-    }
-    for step in &steps[next_step..] {
-        kernels.extend(lower_updates(graph, training, step, arenas, target)?);
-    }
-    fusion.views.rebind(&mut kernels);
-    Ok(kernels)
+        for step in &steps[next_step..] {
+            kernels.extend(lower_updates(graph, training, step, arenas, target)?);
+        }
+        Ok(kernels)
+    })
 }
 
 fn lower_updates(

@@ -4,8 +4,8 @@
 //! [`Tiling`] (usually from [`choose_tiling`]). Guarantees: a WGSL compute shader, the
 //! order of its bindings and a dispatch grid within 65,535 workgroups per dimension. The
 //! sizes the reduction loop divides by are constants, and by default the others come from
-//! a uniform block, so one pipeline serves every layer with the same kernel window. No im2col buffer is written: each load computes its
-//! source address from the GEMM indices.
+//! a uniform block, so one pipeline serves every layer with the same kernel window. No
+//! im2col buffer is written: each load computes its source address from the GEMM indices.
 //!
 //! Each op is `C[m, n] = sum_k A(m, k) * B(k, n)`. Rows `m` are output channels (for the
 //! weight gradients, the channels of the image read along rows). A is loaded once per
@@ -28,8 +28,7 @@
 //! conv_transpose2d of the output gradient with the same weight, and the other way round.
 //!
 //! Cannot do yet: split the reduction of a weight gradient over several workgroups, which
-//! a real GPU would need for the outer layers (few outputs, many pixels). Nor can it read
-//! operands through textures.
+//! a real GPU would need for the outer layers (few outputs, many pixels).
 
 mod emit;
 mod problem;
@@ -151,7 +150,8 @@ pub struct Tiling {
     pub subgroup_size: Option<u32>,
     /// Read A and B with `textureLoad` from 2D textures of [`TEXTURE_WIDTH`] texels a row
     /// rather than from storage buffers. Lavapipe (Mesa 22.3) loads storage values one lane
-    /// at a time, and its texel fetches ran 9 times faster (`examples/load_bench.rs`).
+    /// at a time, and its texel fetches ran 9 times faster on an AMD Zen 2 but only 1.2 to
+    /// 1.7 times on a Zen 4 and an Intel Xeon (`examples/load_bench.rs`, `runtime/probe.rs`).
     pub texture_operands: bool,
 }
 
@@ -238,8 +238,9 @@ fn problem_flops(problem: &Problem) -> u64 {
 /// Picks the tiling for one op on one device.
 ///
 /// On a CPU adapter with subgroups the tile is 64x16 outputs per invocation for problems
-/// of [`LARGE_TILE_FLOPS`] and more (32x8 below), staged 4 steps at a time. Loads run one lane at a time on lavapipe (Mesa 22.3, LLVM 15, 8-wide
-/// AVX2 subgroups), so the tile is as large as compile time allows. On a 2-core AMD EPYC
+/// of [`LARGE_TILE_FLOPS`] and more (32x8 below), staged 4 steps at a time. Loads run
+/// one lane at a time on lavapipe (Mesa 22.3, LLVM 15, 8-wide AVX2 subgroups), so the
+/// tile is as large as compile time allows. On a 2-core AMD EPYC
 /// (Zen 2) `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36
 /// GFLOP/s on l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
 /// conv_transpose2d. Its pipeline took 0.07 s to create, against 0.03 s for 64x8. That

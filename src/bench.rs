@@ -4,10 +4,10 @@
 //! Needs a model that checks, and a `train` section for training iterations. Reports the
 //! compile time (parse to pipelines ready, not counting opening the device), the median and
 //! spread of the timed runs after a warm-up, the dispatch count, the planned device memory
-//! and a per-kernel table. The per-kernel times come from a separate run with timestamp
-//! queries around each kernel where the adapter has them. Without them each dispatch is
-//! submitted on its own and waited for, so each time includes a submit's overhead and
-//! their sum exceeds one run's time.
+//! and a per-kernel table. The per-kernel times are each kernel's median over up to
+//! [`KERNEL_TIMING_RUNS`] separate runs with timestamp queries around each kernel where
+//! the adapter has them. Without them each dispatch is submitted on its own and waited
+//! for, so each time includes a submit's overhead and their sum exceeds one run's time.
 
 use crate::codegen::wgsl::RunValues;
 use crate::codegen::{lower_graph, Kernel, Mode};
@@ -22,6 +22,13 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
+
+/// Maximum timed or warm-up runs of one benchmark.
+pub const MAX_RUNS: usize = 100_000;
+
+/// Maximum runs whose per-kernel times are measured, fewer when fewer runs are timed.
+/// Each kernel's row shows its median over them.
+pub const KERNEL_TIMING_RUNS: usize = 5;
 
 /// Settings of one benchmark.
 #[derive(Clone, Debug)]
@@ -90,6 +97,8 @@ pub struct BenchReport {
     pub peak_device_bytes: u64,
     /// The method behind the per-kernel times.
     pub kernel_timing: String,
+    /// The runs each per-kernel time is the median of.
+    pub kernel_timing_runs: usize,
     pub kernels: Vec<KernelRow>,
 }
 
@@ -118,6 +127,24 @@ pub enum BenchError {
     #[error("--steps must be at least 1, got 0")]
     #[diagnostic(help("time at least one run, for example --steps 10"))]
     NoSteps,
+    #[error("--{flag} {value} is more than the {MAX_RUNS} runs one benchmark times")]
+    #[diagnostic(help("pass --{flag} {MAX_RUNS} or less; 10 to 20 runs give a stable median"))]
+    TooManyRuns { flag: &'static str, value: usize },
+}
+
+impl BenchOptions {
+    /// Checks the run counts, before anything is compiled or opened.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        if self.steps == 0 {
+            return Err(BenchError::NoSteps);
+        }
+        for (flag, value) in [("steps", self.steps), ("warmup", self.warmup)] {
+            if value > MAX_RUNS {
+                return Err(BenchError::TooManyRuns { flag, value });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Compiles the model at `path` on `gpu` and times it with `options`.
@@ -127,26 +154,49 @@ pub fn bench(
     overrides: &[String],
     options: &BenchOptions,
 ) -> Result<BenchReport, BenchError> {
-    if options.steps == 0 {
-        return Err(BenchError::NoSteps);
-    }
+    let parsed = parse(path, overrides, options)?;
+    bench_parsed(gpu, &parsed, options)
+}
+
+/// A model compiled to its IR, ready for [`bench_parsed`].
+pub struct Parsed {
+    module: Module,
+    /// Seconds from reading the file to the checked IR.
+    seconds: f64,
+}
+
+/// Checks `options` and compiles the model at `path` to its IR, without a device, so that
+/// a mistake in either is reported before the device is opened.
+pub fn parse(
+    path: &Path,
+    overrides: &[String],
+    options: &BenchOptions,
+) -> Result<Parsed, BenchError> {
+    options.validate()?;
     let started = Instant::now();
     let module = frontend::compile_file(path, overrides)?;
     if !options.infer && module.train.is_none() {
         return Err(BenchError::NoTrainSection { model: module.name.clone() });
     }
-    let measured = if options.infer {
-        bench_infer(gpu, &module, options, started)?
+    Ok(Parsed { module, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Times the model of `parsed` on `gpu` with `options`.
+pub fn bench_parsed(
+    gpu: &Gpu,
+    parsed: &Parsed,
+    options: &BenchOptions,
+) -> Result<BenchReport, BenchError> {
+    options.validate()?;
+    let module = &parsed.module;
+    let mut measured = if options.infer {
+        bench_infer(gpu, module, options)?
     } else {
-        bench_train(gpu, &module, options, started)?
+        bench_train(gpu, module, options)?
     };
+    measured.compile_seconds += parsed.seconds;
     let mut times = measured.times.clone();
-    times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
+    let median = median(&mut times);
     let flops: u64 = measured.kernels.iter().map(|k| k.flops).sum();
     let memory = measured.memory;
     Ok(BenchReport {
@@ -174,6 +224,7 @@ pub fn bench(
             + memory.intermediate_bytes
             + memory.pinned_bytes,
         kernel_timing: measured.kernel_timing.describe().to_string(),
+        kernel_timing_runs: measured.kernel_timing_runs,
         kernels: measured.kernels,
     })
 }
@@ -185,17 +236,14 @@ struct Measured {
     times: Vec<f64>,
     kernels: Vec<KernelRow>,
     kernel_timing: TimingMethod,
+    kernel_timing_runs: usize,
     dispatches: usize,
     memory: MemoryReport,
     parameter_bytes: u64,
 }
 
-fn bench_train(
-    gpu: &Gpu,
-    module: &Module,
-    options: &BenchOptions,
-    started: Instant,
-) -> Result<Measured, BenchError> {
+fn bench_train(gpu: &Gpu, module: &Module, options: &BenchOptions) -> Result<Measured, BenchError> {
+    let started = Instant::now();
     let mut trainer = Trainer::new(gpu, module, options.seed)?;
     let compile_seconds = started.elapsed().as_secs_f64();
     let sizes: HashMap<&str, usize> = trainer.device_program().inputs().collect();
@@ -203,13 +251,13 @@ fn bench_train(
     let input = synthetic(&mut rng, sizes.get("input").copied().unwrap_or(0));
     let target = synthetic(&mut rng, sizes.get("target").copied().unwrap_or(0));
 
-    let mut warmup = Vec::with_capacity(options.warmup);
+    let mut warmup = Vec::new();
     for _ in 0..options.warmup {
         let start = Instant::now();
         trainer.step_unread(&input, &target)?;
         warmup.push(start.elapsed().as_secs_f64());
     }
-    let mut times = Vec::with_capacity(options.steps);
+    let mut times = Vec::new();
     for _ in 0..options.steps {
         let start = Instant::now();
         trainer.step_unread(&input, &target)?;
@@ -218,7 +266,8 @@ fn bench_train(
 
     let program = trainer.device_program();
     let values = RunValues { seed: 1, step: 1, ..RunValues::default() };
-    let (method, timings) = program.time_kernels(gpu, &values)?;
+    let runs = options.steps.min(KERNEL_TIMING_RUNS);
+    let (method, timings) = median_kernel_times(program, gpu, &values, runs)?;
     let kernels = kernel_rows(&trainer.program().kernels, &timings);
     let parameter_bytes = trainer.parameter_store_bytes();
     Ok(Measured {
@@ -227,18 +276,15 @@ fn bench_train(
         times,
         kernels,
         kernel_timing: method,
+        kernel_timing_runs: runs,
         dispatches: program.dispatch_count(),
         memory: program.memory().clone(),
         parameter_bytes,
     })
 }
 
-fn bench_infer(
-    gpu: &Gpu,
-    module: &Module,
-    options: &BenchOptions,
-    started: Instant,
-) -> Result<Measured, BenchError> {
+fn bench_infer(gpu: &Gpu, module: &Module, options: &BenchOptions) -> Result<Measured, BenchError> {
+    let started = Instant::now();
     let store = ParamStore::initialized(gpu, module, options.seed)?;
     let net = generator(module)?;
     let generator = Generator::compile(gpu, module, &store, Mode::Infer)?;
@@ -254,13 +300,13 @@ fn bench_infer(
     }
 
     let values = RunValues::default();
-    let mut warmup = Vec::with_capacity(options.warmup);
+    let mut warmup = Vec::new();
     for _ in 0..options.warmup {
         let start = Instant::now();
         program.run(gpu, &values, &["output"])?;
         warmup.push(start.elapsed().as_secs_f64());
     }
-    let mut times = Vec::with_capacity(options.steps);
+    let mut times = Vec::new();
     for _ in 0..options.steps {
         let start = Instant::now();
         program.run(gpu, &values, &["output"])?;
@@ -270,17 +316,56 @@ fn bench_infer(
     // The generator lowers the same way each time, so this gives the compiled kernels'
     // FLOP counts and bindings.
     let lowered = lower_graph(&net.graph, &gpu.target(), Mode::Infer)?;
-    let (method, timings) = program.time_kernels(gpu, &values)?;
+    let runs = options.steps.min(KERNEL_TIMING_RUNS);
+    let (method, timings) = median_kernel_times(program, gpu, &values, runs)?;
     Ok(Measured {
         compile_seconds,
         warmup,
         times,
         kernels: kernel_rows(&lowered, &timings),
         kernel_timing: method,
+        kernel_timing_runs: runs,
         dispatches: program.dispatch_count(),
         memory: program.memory().clone(),
         parameter_bytes: module_param_bytes(module),
     })
+}
+
+/// Times every kernel of `program` in `runs` runs and returns each kernel's median time
+/// and median copy time, because one run's times vary by a factor of two on a busy CPU.
+fn median_kernel_times(
+    program: &Program,
+    gpu: &Gpu,
+    values: &RunValues,
+    runs: usize,
+) -> Result<(TimingMethod, Vec<KernelTime>), BenchError> {
+    let (method, mut first) = program.time_kernels(gpu, values)?;
+    let mut samples: Vec<Vec<(f64, f64)>> =
+        first.iter().map(|t| vec![(t.seconds, t.copy_seconds)]).collect();
+    for _ in 1..runs {
+        let (_, timings) = program.time_kernels(gpu, values)?;
+        for (kernel, timing) in samples.iter_mut().zip(&timings) {
+            kernel.push((timing.seconds, timing.copy_seconds));
+        }
+    }
+    for (timing, kernel) in first.iter_mut().zip(&samples) {
+        let mut seconds: Vec<f64> = kernel.iter().map(|s| s.0).collect();
+        let mut copies: Vec<f64> = kernel.iter().map(|s| s.1).collect();
+        timing.seconds = median(&mut seconds);
+        timing.copy_seconds = median(&mut copies);
+    }
+    Ok((method, first))
+}
+
+/// Returns the median of `values`, which it sorts; 0 for none.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Uniform values in [-1, 1], the range of netc's image inputs.

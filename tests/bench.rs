@@ -55,6 +55,7 @@ fn training_report_covers_every_kernel() {
         number(&report, "step_seconds_max"),
     );
     assert!(min <= median, "min {min} over median {median}");
+    assert_eq!(report["kernel_timing_runs"], 3, "each kernel's median of the 3 timed runs");
     assert!(median <= max, "median {median} over max {max}");
     assert!(number(&report, "compile_seconds") > 0.0);
 
@@ -122,6 +123,45 @@ fn zero_steps_are_rejected() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--steps must be at least 1"), "{stderr}");
+}
+
+#[test]
+fn huge_run_counts_rejected_early() {
+    for (flag, value) in [("--steps", "100001"), ("--warmup", "18446744073709551615")] {
+        let mut args = vec!["bench", "models/pix2pix.net", flag, value];
+        args.extend(SMALL);
+        let output = netc(&args, &[("RUST_LOG", "info")]);
+        assert_eq!(output.status.code(), Some(1), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("{flag} {value} is more than")), "{stderr}");
+        assert!(!stderr.contains("opened device"), "checked after opening the device: {stderr}");
+    }
+}
+
+#[test]
+fn infer_rejects_a_classifier() {
+    let args = ["bench", "models/classifier.net", "--infer", "--steps", "1"];
+    let output = netc(&args, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("classifier's output has shape"), "{stderr}");
+    assert!(stderr.contains("without --infer"), "{stderr}");
+}
+
+#[test]
+fn non_utf8_texture_setting_is_rejected() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut args = vec!["bench", "models/pix2pix.net", "--steps", "1"];
+    args.extend(SMALL);
+    let output = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(&args)
+        .env("NETC_TEXTURE_OPERANDS", std::ffi::OsStr::from_bytes(b"\xff"))
+        .output()
+        .expect("netc starts");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid NETC_TEXTURE_OPERANDS"), "{stderr}");
 }
 
 #[test]

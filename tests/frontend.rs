@@ -355,6 +355,17 @@ mod text {
     }
 
     #[test]
+    fn chain_in_argument_gets_help() {
+        let text = "net g(x: [3, 8, 8]) {\n    y = concat(x, x -> relu)\n}\n";
+        let diags = compile_errors("chain.net", text, &[]);
+        assert_eq!(diags.kinds(), [ErrorKind::Syntax]);
+        let rendered = diags.render_plain();
+        assert!(rendered.contains("chain.net:2:21"), "{rendered}");
+        let help = diags.errors[0].help.as_deref().unwrap_or_default();
+        assert!(help.contains("name the chain as a layer of its own"), "{help}");
+    }
+
+    #[test]
     fn missing_file_is_diagnostic() {
         let diags = compile_file(Path::new("tests/net/no_such_file.net"), &[]).unwrap_err();
         assert_eq!(diags.kinds(), [ErrorKind::Io]);

@@ -2,7 +2,7 @@
 
 use super::{DeviceArgs, ModelArgs};
 use clap::Args;
-use netc::bench::{bench, BenchOptions, BenchReport};
+use netc::bench::{bench_parsed, parse, BenchOptions, BenchReport};
 use netc::runtime::Gpu;
 use std::process::ExitCode;
 
@@ -33,11 +33,12 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> miette::Result<ExitCode> {
-    let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
     let options =
         BenchOptions { steps: args.steps, warmup: args.warmup, infer: args.infer, seed: args.seed };
-    let report =
-        bench(&gpu, &args.model.file, &args.model.set, &options).map_err(miette::Report::new)?;
+    // The options and the model are checked before the device is opened and probed.
+    let parsed = parse(&args.model.file, &args.model.set, &options).map_err(miette::Report::new)?;
+    let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
+    let report = bench_parsed(&gpu, &parsed, &options).map_err(miette::Report::new)?;
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| miette::miette!("failed to write the report as JSON: {e}"))?;
@@ -58,7 +59,8 @@ fn render(report: &BenchReport) -> String {
     let operands = match (report.texture_operands, report.load_rates) {
         (on, Some(rates)) => format!(
             "{} (texel fetches ran {:.2}x as fast as storage loads in the median of \
-             back-to-back pairs, {:.0}x needed; best rates {:.1} and {:.1} GB/s)",
+             back-to-back pairs, {:.0}x needed; fastest single runs: textures {:.1} GB/s, \
+             storage {:.1} GB/s)",
             if on { "textures" } else { "storage buffers" },
             rates.texture_speedup,
             netc::runtime::probe::TEXTURE_ADVANTAGE,
@@ -98,8 +100,9 @@ fn render(report: &BenchReport) -> String {
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     let copies: f64 = rows.iter().map(|r| r.copy_seconds).sum();
     out += &format!(
-        "\n  per kernel ({}): kernels {:.4} s, texture copies and pass changes {:.4} s\n",
-        report.kernel_timing, total, copies
+        "\n  per kernel ({}, median of {} runs): kernels {:.4} s, texture copies and pass \
+         changes {:.4} s\n",
+        report.kernel_timing, report.kernel_timing_runs, total, copies
     );
     out += &format!("  slowest {} of {}:\n", KERNEL_ROWS.min(rows.len()), rows.len());
     // The layer column is as wide as the longest name it shows.

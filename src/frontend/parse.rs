@@ -446,7 +446,16 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         }
         ErrorVariant::CustomError { message } => (message.clone(), "here".to_string()),
     };
-    Diagnostic::new(ErrorKind::Syntax, span, message).with_label(label)
+    let diagnostic = Diagnostic::new(ErrorKind::Syntax, span, message).with_label(label);
+    // An arrow that stops the parser sits where a chain is not allowed, such as inside an
+    // argument list or parentheses.
+    if text[span.start..].starts_with("->") {
+        return diagnostic.with_help(
+            "`->` chains only whole layers, not values inside arguments or parentheses: \
+             name the chain as a layer of its own (`ar = a -> relu`) and use that name",
+        );
+    }
+    diagnostic
 }
 
 /// Expected-token names that "an expression" already covers.

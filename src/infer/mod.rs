@@ -31,8 +31,12 @@ pub enum InferError {
     NoGenerator { name: String, available: String },
     #[error("network {net} takes {count} inputs; --infer needs a network with one image input")]
     Inputs { net: String, count: usize },
-    #[error("network {net} input {name} has shape {shape}; --infer needs [N, C, H, W]")]
-    InputShape { net: String, name: String, shape: String },
+    #[error("network {net}'s {what} has shape {shape}; --infer needs an image, [N, C, H, W]")]
+    #[diagnostic(help(
+        "--infer runs networks that map an image to an image; time a classifier's training \
+         step with `netc bench` without --infer"
+    ))]
+    ImageShape { net: String, what: String, shape: String },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Runtime(#[from] RuntimeError),
@@ -90,12 +94,13 @@ pub struct Generator {
     half: Option<Half>,
 }
 
-fn image_dims(net: &Net, name: &str, dims: &[usize]) -> Result<[usize; 4], InferError> {
+/// Returns `dims` as `[N, C, H, W]`, or an error naming `part` (the input or the output).
+fn image_dims(net: &Net, part: &str, dims: &[usize]) -> Result<[usize; 4], InferError> {
     match dims {
         &[n, c, h, w] => Ok([n, c, h, w]),
-        _ => Err(InferError::InputShape {
+        _ => Err(InferError::ImageShape {
             net: net.name.clone(),
-            name: name.to_string(),
+            what: part.to_string(),
             shape: format!("{dims:?}"),
         }),
     }
@@ -114,7 +119,7 @@ impl Generator {
         let [input] = net.inputs.as_slice() else {
             return Err(InferError::Inputs { net: net.name.clone(), count: net.inputs.len() });
         };
-        let input_dims = image_dims(net, &input.name, input.shape.dims())?;
+        let input_dims = image_dims(net, &format!("input {}", input.name), input.shape.dims())?;
         let output = net.graph.output("output").ok_or_else(|| InferError::NoGenerator {
             name: format!("{}.output", net.name),
             available: net

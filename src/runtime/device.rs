@@ -223,9 +223,11 @@ impl Gpu {
 /// Reads `NETC_TEXTURE_OPERANDS`: `on` or `off` force the choice, and `auto` or no value
 /// leave it to the load-speed probe on CPU adapters (GPUs keep storage buffers).
 fn texture_setting() -> Result<Option<bool>, RuntimeError> {
-    let Ok(value) = std::env::var(TEXTURE_OPERANDS_VAR) else {
+    let Some(raw) = std::env::var_os(TEXTURE_OPERANDS_VAR) else {
         return Ok(None);
     };
+    // A value that is not UTF-8 is reported as an invalid setting too, not ignored.
+    let value = raw.to_string_lossy().into_owned();
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "auto" => Ok(None),
         "on" | "1" | "true" => Ok(Some(true)),

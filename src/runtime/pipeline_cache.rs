@@ -20,6 +20,10 @@ pub const MAGIC: &[u8; 8] = b"netcpc01";
 /// The environment variable that sets the cache folder. An empty value turns the cache off.
 pub const CACHE_DIR_VAR: &str = "NETC_CACHE_DIR";
 
+/// The fix a cache warning suggests. Without the cache, netc compiles every pipeline again.
+pub const CACHE_HELP: &str =
+    "set NETC_CACHE_DIR to a writable folder, or to an empty value to turn the cache off";
+
 /// A pipeline cache and the file it is loaded from and saved to.
 pub struct DiskPipelineCache {
     cache: wgpu::PipelineCache,
@@ -39,7 +43,8 @@ impl DiskPipelineCache {
             Ok(bytes) => Some(bytes),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "failed to read the pipeline cache");
+                let path = path.display();
+                tracing::warn!(%path, %error, help = CACHE_HELP, "failed to read the pipeline cache");
                 None
             }
         };
@@ -85,8 +90,7 @@ impl DiskPipelineCache {
         };
         let folder = self.path.parent().unwrap_or(Path::new("."));
         if folder.exists() && !folder.is_dir() {
-            let message =
-                format!("{} is not a folder; set NETC_CACHE_DIR to one", folder.display());
+            let message = format!("{} is not a folder", folder.display());
             return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, message));
         }
         std::fs::create_dir_all(folder)?;

@@ -318,7 +318,8 @@ impl Program {
         if let (Some(cache), true) = (&gpu.pipeline_cache, shaders.compiled > 0) {
             if let Err(error) = cache.save() {
                 let path = cache.path().display();
-                tracing::warn!(%path, %error, "failed to save the pipeline cache");
+                let help = super::pipeline_cache::CACHE_HELP;
+                tracing::warn!(%path, %error, help, "failed to save the pipeline cache");
             }
         }
         // A texture operand whose range no kernel writes before it reads it is copied once,

@@ -97,7 +97,7 @@ pub struct BenchReport {
     pub peak_device_bytes: u64,
     /// The method behind the per-kernel times.
     pub kernel_timing: String,
-    /// The runs each per-kernel time is the median of.
+    /// Number of runs that each per-kernel time is the median of.
     pub kernel_timing_runs: usize,
     pub kernels: Vec<KernelRow>,
 }
@@ -357,7 +357,7 @@ fn median_kernel_times(
     Ok((method, first))
 }
 
-/// Returns the median of `values`, which it sorts; 0 for none.
+/// Returns the median of `values`, or 0 for none. It sorts `values` in place.
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();

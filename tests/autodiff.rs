@@ -473,11 +473,8 @@ mod structure {
 
 mod rules {
     use super::common::{gpu, Builder};
-    use netc::codegen::Mode;
     use netc::ir::{Init, NodeId, Op, ParamKind};
-    use netc::reference::{self, Tensor};
     use netc::train::gradcheck::{check_gradients, run_gradients, GradCheckOptions, Verdict};
-    use std::collections::HashMap;
 
     const UNIFORM: Init = Init::Uniform { low: -1.0, high: 1.0 };
 
@@ -515,21 +512,8 @@ mod rules {
         }
 
         let run = run_gradients(&gpu, &module, 7).expect("the gradient program runs");
-        let inputs: HashMap<String, Tensor> = run
-            .inputs
-            .iter()
-            .map(|(name, values)| {
-                let node = run.graph.find(name).expect("every input is a node");
-                (name.clone(), Tensor::new(run.graph.shape(node).0.clone(), values.clone()))
-            })
-            .collect();
-        let mut params: Vec<Option<Tensor>> = module
-            .params
-            .iter()
-            .zip(&run.params)
-            .map(|(decl, values)| Some(Tensor::new(decl.shape.0.clone(), values.clone())))
-            .collect();
-        let values = reference::evaluate(&run.graph, &inputs, &mut params, Mode::Train, &run.run)
+        let values = run
+            .reference_values(&module)
             .expect("the reference evaluates the differentiated graph");
         for (_, param, node, device) in &run.grads {
             let expected = values[node.index()].as_ref().expect("the gradient is evaluated");

@@ -6,10 +6,8 @@
 use netc::codegen::Mode;
 use netc::ir::{DataSpec, Half, Schedule, Shape, StepSpec, TrainSpec};
 use netc::ir::{Graph, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind};
-use netc::reference::{self, Tensor};
 use netc::runtime::Gpu;
 use netc::train::gradcheck::run_gradients;
-use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 const UNIFORM: Init = Init::Uniform { low: -1.0, high: 1.0 };
@@ -127,7 +125,7 @@ impl Builder {
             labeled: None,
         };
         Module {
-            name: "breaker".into(),
+            name: "fusion".into(),
             params: self.params.clone(),
             nets: Vec::new(),
             train: Some(TrainSpec {
@@ -158,22 +156,8 @@ fn compare(build: impl FnOnce(&mut Builder) -> NodeId) {
     let gpu = gpu().lock().unwrap_or_else(|e| e.into_inner());
 
     let run = run_gradients(&gpu, &module, 7).expect("the gradient program runs");
-    let inputs: HashMap<String, Tensor> = run
-        .inputs
-        .iter()
-        .map(|(name, values)| {
-            let node = run.graph.find(name).expect("every input is a node");
-            (name.clone(), Tensor::new(run.graph.shape(node).0.clone(), values.clone()))
-        })
-        .collect();
-    let mut params: Vec<Option<Tensor>> = module
-        .params
-        .iter()
-        .zip(&run.params)
-        .map(|(decl, values)| Some(Tensor::new(decl.shape.0.clone(), values.clone())))
-        .collect();
-    let values = reference::evaluate(&run.graph, &inputs, &mut params, Mode::Train, &run.run)
-        .expect("the reference evaluates the differentiated graph");
+    let values =
+        run.reference_values(&module).expect("the reference evaluates the differentiated graph");
 
     let expected_loss = values[loss.index()].as_ref().expect("the loss is evaluated").data[0];
     let device_loss = run.losses[0].1;

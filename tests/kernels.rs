@@ -846,7 +846,7 @@ mod device_errors {
     use netc::runtime::{ParamStore, Program, RuntimeError};
 
     #[test]
-    fn aliased_bindings_give_an_error_not_a_panic() {
+    fn aliased_bindings_return_device_error() {
         // A kernel that reads and writes one buffer is invalid WebGPU. The lowering does
         // not emit one, so this test makes one by hand and expects the run to return the
         // device's validation message.

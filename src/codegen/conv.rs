@@ -127,29 +127,21 @@ pub fn gemm_problem(graph: &Graph, node: NodeId) -> Option<(ConvOp, ConvGeometry
     if x.len() != 4 || second.len() != 4 || out.len() != 4 {
         return None;
     }
-    let geometry = if op == ConvOp::Conv2dWeightGrad {
-        // Operands x and dy; the output has the weight's shape.
-        ConvGeometry {
-            batch: x[0],
-            in_channels: x[1],
-            in_size: [x[2], x[3]],
-            out_channels: second[1],
-            out_size: [second[2], second[3]],
-            kernel: [out[2], out[3]],
-            stride,
-            padding,
-        }
+    // A weight gradient's operands are x and dy, and its output has the weight's shape.
+    let (out_channels, out_size, kernel) = if op == ConvOp::Conv2dWeightGrad {
+        (second[1], [second[2], second[3]], [out[2], out[3]])
     } else {
-        ConvGeometry {
-            batch: x[0],
-            in_channels: x[1],
-            in_size: [x[2], x[3]],
-            out_channels: out[1],
-            out_size: [out[2], out[3]],
-            kernel: [second[2], second[3]],
-            stride,
-            padding,
-        }
+        (out[1], [out[2], out[3]], [second[2], second[3]])
+    };
+    let geometry = ConvGeometry {
+        batch: x[0],
+        in_channels: x[1],
+        in_size: [x[2], x[3]],
+        out_channels,
+        out_size,
+        kernel,
+        stride,
+        padding,
     };
     gemm::check_geometry(op, &geometry).ok()?;
     Some((op, geometry))

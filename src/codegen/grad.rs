@@ -167,6 +167,17 @@ fn saved_statistics(ctx: &LowerContext<'_>, eps: f32) -> Option<Resource> {
 /// Returns the statistics snippet of a batch-norm gradient kernel and the binding it
 /// needs: the saved statistics when [`saved_statistics`] finds them, else a recomputation
 /// from x.
+/// Returns the WGSL of a per-channel batch-norm gradient kernel: the value helpers, the
+/// workgroup sum, the `statistics` source and the kernel `template`.
+fn batch_norm_grad_body(
+    ctx: &LowerContext<'_>,
+    lanes: usize,
+    statistics: &str,
+    template: &str,
+) -> String {
+    format!("{}\n{}\n{statistics}\n{template}", channel_values(lanes), ctx.target.workgroup_sum().1)
+}
+
 fn statistics_source(
     ctx: &LowerContext<'_>,
     eps: f32,
@@ -188,11 +199,7 @@ pub(super) fn lower_batch_norm_scale_grad(
     let lanes = channel_lanes(&dims);
     let constants = batch_norm_constants(ctx, &dims, eps, lanes);
     let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
-    let body = format!(
-        "{}\n{}\n{statistics}\n{BATCH_NORM_SCALE_GRAD}",
-        channel_values(lanes),
-        ctx.target.workgroup_sum().1
-    );
+    let body = batch_norm_grad_body(ctx, lanes, statistics, BATCH_NORM_SCALE_GRAD);
     let mut bindings = vec![
         with_lanes(ctx.read("x", 0), lanes),
         with_lanes(ctx.read("dy", 1), lanes),
@@ -213,11 +220,7 @@ pub(super) fn lower_batch_norm_input_grad(
     let lanes = channel_lanes(&dims);
     let constants = batch_norm_constants(ctx, &dims, eps, lanes);
     let (statistics, saved) = statistics_source(ctx, eps, dims[1]);
-    let body = format!(
-        "{}\n{}\n{statistics}\n{BATCH_NORM_INPUT_GRAD}",
-        channel_values(lanes),
-        ctx.target.workgroup_sum().1
-    );
+    let body = batch_norm_grad_body(ctx, lanes, statistics, BATCH_NORM_INPUT_GRAD);
     let mut bindings = vec![
         with_lanes(ctx.read("x", 0), lanes),
         ctx.read("scale", 1),
@@ -246,11 +249,7 @@ pub(super) fn lower_batch_norm_backward(
     let lanes = channel_lanes(&dims);
     let constants = batch_norm_constants(ctx, &dims, eps, lanes);
     let (statistics, saved) = statistics_source(ctx, eps, channels);
-    let body = format!(
-        "{}\n{}\n{statistics}\n{BATCH_NORM_BACKWARD}",
-        channel_values(lanes),
-        ctx.target.workgroup_sum().1
-    );
+    let body = batch_norm_grad_body(ctx, lanes, statistics, BATCH_NORM_BACKWARD);
     let mut bindings = vec![
         with_lanes(ctx.read("x", 0), lanes),
         ctx.read("scale", 1),

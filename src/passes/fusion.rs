@@ -167,8 +167,7 @@ fn fused_activation(graph: &Graph, node: NodeId) -> Option<(NodeId, f32)> {
         _ => return None,
     };
     let users = graph.users(node);
-    let mut consumers: Vec<NodeId> = users.iter().map(|&(user, _)| user).collect();
-    consumers.dedup();
+    let consumers: HashSet<NodeId> = users.iter().map(|&(user, _)| user).collect();
     if users.is_empty() || consumers.len() != users.len() {
         return None;
     }

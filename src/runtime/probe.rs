@@ -8,6 +8,8 @@
 //! (`examples/load_bench.rs`). Texture operands cost a copy of each operand before its
 //! kernel, so they pay only where storage loads are much slower.
 
+use super::upload_operand;
+use crate::codegen::gemm::TEXTURE_WIDTH;
 use std::time::Instant;
 use wgpu::util::DeviceExt;
 
@@ -22,6 +24,10 @@ pub const TEXTURE_ADVANTAGE: f64 = 3.0;
 const TABLE_VEC4S: u32 = 4096;
 /// Workgroups of 64 invocations per dispatch, each invocation loading 16 `vec4`s.
 const WORKGROUPS: u32 = 1024;
+
+// The texture tables' shaders below address 4096 texels a row, as `upload_operand` lays
+// them out.
+const _: () = assert!(TEXTURE_WIDTH == 4096);
 const LOADED_BYTES: f64 = WORKGROUPS as f64 * 64.0 * 16.0 * 16.0;
 
 const SUM: &str = "
@@ -89,7 +95,7 @@ impl LoadKind {
             LoadKind::TextureRgba32 => {
                 "@group(0) @binding(0) var table: texture_2d<f32>;
                  fn load(i: u32) -> vec4<f32> {
-                     return textureLoad(table, vec2(i & 1023u, i >> 10u), 0);
+                     return textureLoad(table, vec2(i & 4095u, i >> 12u), 0);
                  }"
             }
             LoadKind::TextureR32 => {
@@ -166,8 +172,13 @@ impl Probe {
     fn new(device: &wgpu::Device, queue: &wgpu::Queue, kind: LoadKind) -> Self {
         let values: Vec<f32> = (0..4 * TABLE_VEC4S).map(|i| (i % 97) as f32 * 0.01).collect();
         let table = match kind {
-            LoadKind::TextureRgba32 => Table::Texture(texture(device, queue, &values, 1024, true)),
-            LoadKind::TextureR32 => Table::Texture(texture(device, queue, &values, 4096, false)),
+            // Laid out as the kernels' texture operands, 4096 texels a row.
+            LoadKind::TextureRgba32 => {
+                Table::Texture(upload_operand(device, queue, &values, true, 0.0))
+            }
+            LoadKind::TextureR32 => {
+                Table::Texture(upload_operand(device, queue, &values, false, 0.0))
+            }
             _ => Table::Buffer(device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("load probe table"),
                 contents: bytemuck::cast_slice(&values),
@@ -231,43 +242,4 @@ impl Probe {
 enum Table {
     Buffer(wgpu::Buffer),
     Texture(wgpu::TextureView),
-}
-
-/// Uploads `values` into a texture `width` texels wide, four values a texel with `vec4`.
-fn texture(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    values: &[f32],
-    width: u32,
-    vec4: bool,
-) -> wgpu::TextureView {
-    let lanes = if vec4 { 4 } else { 1 };
-    let size = wgpu::Extent3d {
-        width,
-        height: values.len() as u32 / (lanes * width),
-        depth_or_array_layers: 1,
-    };
-    let format =
-        if vec4 { wgpu::TextureFormat::Rgba32Float } else { wgpu::TextureFormat::R32Float };
-    let texture = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("load probe table"),
-        size,
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    queue.write_texture(
-        texture.as_image_copy(),
-        bytemuck::cast_slice(values),
-        wgpu::TexelCopyBufferLayout {
-            offset: 0,
-            bytes_per_row: Some(width * lanes * 4),
-            rows_per_image: None,
-        },
-        size,
-    );
-    texture.create_view(&Default::default())
 }

@@ -21,6 +21,7 @@ use crate::codegen::wgsl::RunValues;
 use crate::codegen::{lower_graph_keeping, Mode};
 use crate::ir::{Graph, Module, NodeId, ParamId};
 use crate::reference::random::fold_seed;
+use crate::reference::Tensor;
 use crate::runtime::{initial_values, Gpu, ParamStore, Program};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,6 +101,32 @@ pub struct GradientRun {
     pub grads: Vec<(usize, ParamId, NodeId, Vec<f32>)>,
     /// The run values (seed, iteration) the run used.
     pub run: RunValues,
+}
+
+impl GradientRun {
+    /// Evaluates the run's graph on the CPU reference with the same inputs, parameters and
+    /// run values, returning every node's value by node index. `module` is the module the
+    /// run was made from.
+    pub fn reference_values(
+        &self,
+        module: &Module,
+    ) -> Result<Vec<Option<Tensor>>, crate::reference::ReferenceError> {
+        let inputs: HashMap<String, Tensor> = self
+            .inputs
+            .iter()
+            .map(|(name, values)| {
+                let node = self.graph.find(name).expect("run_gradients binds only graph inputs");
+                (name.clone(), Tensor::new(self.graph.shape(node).0.clone(), values.clone()))
+            })
+            .collect();
+        let mut params: Vec<Option<Tensor>> = module
+            .params
+            .iter()
+            .zip(&self.params)
+            .map(|(decl, values)| Some(Tensor::new(decl.shape.0.clone(), values.clone())))
+            .collect();
+        crate::reference::evaluate(&self.graph, &inputs, &mut params, Mode::Train, &self.run)
+    }
 }
 
 /// Differentiates `module`'s train section, runs it once on `gpu` and reads back every

@@ -1,9 +1,14 @@
-"""Time one pix2pix training step in netc and in PyTorch, one after the other, and print
-both median step times and their ratio.
+"""Time one pix2pix training step in netc and in PyTorch, taking turns, and print both
+median step times and their ratio.
 
-Usage: python3 bench/compare.py [--ngf 64] [--ndf 64] [--size 256] [--steps 5]
+Usage: python3 bench/compare.py [--ngf 64] [--ndf 64] [--size 256] [--steps 5] [--rounds 3]
 Needs a release build of netc (`cargo build --release`) and PyTorch (`pip install torch`).
 PyTorch runs on the CPU with its default thread count.
+
+Each round runs `netc bench` and then the PyTorch script for `--steps` timed steps each.
+The medians pool the steps of all rounds. On a shared machine either framework can run
+a third slower for tens of seconds at a time. Taking turns exposes both to the same
+conditions, where a single run of each can catch a slow spell in only one of them.
 """
 
 import argparse
@@ -23,42 +28,63 @@ def run_json(command):
     return json.loads(result.stdout[start:])
 
 
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--ndf", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each framework")
     parser.add_argument("--netc", default=str(ROOT / "target/release/netc"))
     args = parser.parse_args()
+    if args.steps < 1 or args.rounds < 1:
+        sys.exit(f"--steps and --rounds must be at least 1, got {args.steps} and {args.rounds}")
 
     sets = ["--set", f"ngf={args.ngf}", "--set", f"ndf={args.ndf}", "--set", f"size={args.size}"]
-    netc = run_json(
-        [args.netc, "bench", "models/pix2pix.net", *sets, "--steps", str(args.steps), "--json"]
-    )
-    torch = run_json(
-        [
-            sys.executable,
-            str(ROOT / "bench/pix2pix_torch.py"),
-            f"--ngf={args.ngf}",
-            f"--ndf={args.ndf}",
-            f"--size={args.size}",
-            f"--steps={args.steps}",
-        ]
-    )
-    ratio = netc["step_seconds_median"] / torch["step_seconds_median"]
-    print(f"pix2pix ngf={args.ngf} ndf={args.ndf} size={args.size}, {args.steps} timed steps")
+    netc_command = [
+        args.netc, "bench", "models/pix2pix.net", *sets, "--steps", str(args.steps), "--json"
+    ]
+    torch_command = [
+        sys.executable,
+        str(ROOT / "bench/pix2pix_torch.py"),
+        f"--ngf={args.ngf}",
+        f"--ndf={args.ndf}",
+        f"--size={args.size}",
+        f"--steps={args.steps}",
+    ]
+    netc_steps, torch_steps = [], []
+    print(f"pix2pix ngf={args.ngf} ndf={args.ndf} size={args.size}, "
+          f"{args.rounds} rounds of {args.steps} timed steps each")
+    for round_index in range(args.rounds):
+        netc = run_json(netc_command)
+        torch = run_json(torch_command)
+        netc_steps += netc["step_seconds"]
+        torch_steps += torch["step_seconds"]
+        print(
+            f"  round {round_index + 1}: netc {netc['step_seconds_median']:.4f} s, "
+            f"PyTorch {torch['step_seconds_median']:.4f} s, ratio "
+            f"{netc['step_seconds_median'] / torch['step_seconds_median']:.2f}"
+        )
+    netc_median, torch_median = median(netc_steps), median(torch_steps)
     print(
-        f"  netc    ({netc['adapter']}): {netc['step_seconds_median']:.4f} s/step "
-        f"(min {netc['step_seconds_min']:.4f}, max {netc['step_seconds_max']:.4f}), "
+        f"  netc    ({netc['adapter']}): {netc_median:.4f} s/step "
+        f"(min {min(netc_steps):.4f}, max {max(netc_steps):.4f}), "
         f"compile {netc['compile_seconds']:.2f} s"
     )
     print(
         f"  PyTorch ({torch['framework']}, {torch['threads']} threads): "
-        f"{torch['step_seconds_median']:.4f} s/step "
-        f"(min {torch['step_seconds_min']:.4f}, max {torch['step_seconds_max']:.4f})"
+        f"{torch_median:.4f} s/step "
+        f"(min {min(torch_steps):.4f}, max {max(torch_steps):.4f})"
     )
-    print(f"  ratio netc / PyTorch: {ratio:.2f}")
+    print(f"  ratio netc / PyTorch: {netc_median / torch_median:.2f}")
 
 
 if __name__ == "__main__":

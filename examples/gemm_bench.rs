@@ -410,7 +410,10 @@ fn main() {
     let skip_naive = args.iter().any(|a| a == "--no-naive");
     let add_baked = args.iter().any(|a| a == "--baked");
 
-    let gpu = open_gpu();
+    let mut gpu = open_gpu();
+    if args.iter().any(|a| a == "--storage") {
+        gpu.profile.texture_operands = false;
+    }
     println!(
         "{:<5} {:<29} {:>5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  tiling",
         "layer", "op", "M", "N", "K", "GFLOP", "naive", "naive/c", "tiled", "tiled/c", "compile"

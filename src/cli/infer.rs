@@ -87,6 +87,7 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
     check_inputs_kept(&args.infer, &out_dir)?;
 
     let gpu = Gpu::open(args.device.adapter.as_deref())?;
+    gpu.pin_driver_threads()?;
     let params = ParamStore::initialized(&gpu, &module, args.seed)?;
     match (&checkpoint, &args.weights) {
         (Some(checkpoint), Some(dir)) => load_weights(&gpu, &module, &params, dir, checkpoint)?,

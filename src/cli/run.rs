@@ -172,6 +172,7 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     // Data errors come before the device work, which takes minutes on a CPU adapter.
     let data = run::load_data(&module, &options).map_err(miette::Report::new)?;
     let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
+    gpu.pin_driver_threads().map_err(miette::Report::new)?;
     let trainer = Trainer::new(&gpu, &module, args.seed).map_err(miette::Report::new)?;
     if let Some(watcher) = watcher {
         watch_for_edits(watcher, options.source.clone(), stop.clone());

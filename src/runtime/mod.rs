@@ -5,6 +5,7 @@
 //! and records every dispatch into one compute pass of one command buffer. It submits
 //! that buffer once and reads back only the outputs the caller names.
 
+pub mod affinity;
 mod cache;
 mod device;
 mod params;
@@ -13,6 +14,7 @@ pub mod probe;
 mod program;
 mod timing;
 
+pub use affinity::Pinning;
 pub use cache::{kernel_key, CacheCounts, CachedPipeline, KernelCache};
 pub use device::{list_adapters, AdapterSummary, Gpu, LAVAPIPE_HINT};
 pub use params::{initial_values, ParamStore};

@@ -298,9 +298,18 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             * u64::from(problem.m.div_ceil(t.tile_m))
             * u64::from(problem.n.div_ceil(t.workgroup_size * t.tile_n))
     };
+    // A weight gradient whose columns are whole kernel rows loads each pixel once for all
+    // of them (`Problem::use_tap_runs`). Keeping those runs beat doubling the workgroups:
+    // at ngf=16, 128x128, the e1, l1 and d1 weight gradients (N = 48 or 96, K = 4096) ran
+    // at 19, 25 and 23 GFLOP/s with 16x4 tiles on 2 or 3 workgroups, against 13, 19 and
+    // 19 with 16x2 on 3 to 6 (2-core Intel Xeon, `examples/gemm_bench.rs`).
+    let kernel_width = geometry.kernel[1] as u32;
+    let weight_grad = matches!(op, ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad);
+    let keeps_runs =
+        |n: u32| weight_grad && n % kernel_width == 0 && (n / 2) % kernel_width != 0;
     let floor = min_workgroups(device);
     while workgroups(&tiling) < floor {
-        if tiling.tile_n > 2 {
+        if tiling.tile_n > 2 && !keeps_runs(tiling.tile_n) {
             tiling.tile_n /= 2;
         } else if tiling.tile_m > 2 * lanes.max(4) {
             tiling.tile_m /= 2;

@@ -6,7 +6,7 @@
 //! (`naive/c`, `tiled/c`), then the seconds to create the tiled pipeline.
 //!
 //! Usage: `cargo run --release --example gemm_bench -- [--layers e2,d6] [--ops fwd,wgrad]
-//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/tex][/unchecked][/baked]]... [--samples N] [--no-naive]
+//! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/split][/tex][/unchecked][/baked]]... [--samples N] [--no-naive]
 //! [--baked] [--ngf N] [--size S]`. Each figure is the median of `--samples` timed submits, each of enough
 //! back-to-back dispatches to take about 0.25 s. `/unchecked` creates the module without
 //! wgpu's bounds checks, `/baked` bakes every size into the shader instead of reading
@@ -93,6 +93,7 @@ fn parse_tiling(text: &str) -> Tiling {
         k_chunk: number("kc", 1),
         block_m: number("bm", 1024),
         subgroup_size,
+        split_k: parts.contains(&"split"),
         texture_operands: parts.contains(&"tex"),
     }
 }
@@ -405,6 +406,7 @@ fn main() {
         k_chunk: 1,
         block_m: 1,
         subgroup_size: None,
+        split_k: false,
         texture_operands: false,
     };
     let skip_naive = args.iter().any(|a| a == "--no-naive");
@@ -482,8 +484,9 @@ fn main() {
 fn describe(t: &Tiling) -> String {
     let subgroup = t.subgroup_size.map_or(String::new(), |s| format!("/sg{s}"));
     let textures = if t.texture_operands { "/tex" } else { "" };
+    let split = if t.split_k { "/split" } else { "" };
     format!(
-        "{}x{}/{}{subgroup}/kc{}/bm{}{textures}",
+        "{}x{}/{}{subgroup}/kc{}/bm{}{split}{textures}",
         t.tile_m, t.tile_n, t.workgroup_size, t.k_chunk, t.block_m
     )
 }

@@ -378,6 +378,9 @@ fn tilings(op: ConvOp, g: &ConvGeometry) -> Vec<Tiling> {
             list.push(with_subgroups(plain(size + 3, 3, 2 * size, 3, 5)));
             list.push(gemm::choose_tiling(op, g, &profile));
             list.push(with_subgroups(plain(64, 8, size, 4, 2)));
+            // Split reductions, with chunks of 4 and a ragged 3.
+            list.push(Tiling { split_k: true, ..with_subgroups(plain(5, 3, size, 4, 2)) });
+            list.push(Tiling { split_k: true, ..with_subgroups(plain(16, 4, size, 3, 1)) });
         }
         None => list.push(gemm::choose_tiling(op, g, &profile)),
     }
@@ -393,6 +396,7 @@ fn plain(tile_m: u32, tile_n: u32, workgroup_size: u32, k_chunk: u32, block_m: u
         k_chunk,
         block_m,
         subgroup_size: None,
+        split_k: false,
         texture_operands: false,
     }
 }
@@ -514,6 +518,44 @@ mod awkward {
         let case = Case::new(ConvOp::Conv2d, g, 3);
         let got = case.run(&tiling, false);
         case.check(&got, &sample_indices(got.len(), 4000), false, "folded grid");
+    }
+
+    #[test]
+    fn split_reduction_grid_is_folded() {
+        // Two rows of 256 x 256 columns, one column per workgroup of one subgroup, are
+        // 131,072 workgroups. The reduction over K = 9 is split over the lanes.
+        let Some(size) = gpu().profile.fixed_subgroup_size else {
+            eprintln!("the adapter has no fixed subgroup size; nothing to test");
+            return;
+        };
+        let g = ConvGeometry::conv2d(1, 1, [258, 258], 2, [3, 3], [1, 1], [0, 0]);
+        let tiling = Tiling { split_k: true, subgroup_size: Some(size), ..plain(1, 1, size, 4, 1) };
+        let kernel =
+            gemm::generate(ConvOp::Conv2d, &g, &tiling, false, MAX_GRID).expect("generate");
+        assert_eq!(kernel.grid.groups, 131_072);
+        assert!(kernel.grid.workgroups[1] > 1, "{:?}", kernel.grid.workgroups);
+        let case = Case::new(ConvOp::Conv2d, g, 4);
+        let got = case.run(&tiling, false);
+        case.check(&got, &sample_indices(got.len(), 4000), false, "split reduction, folded grid");
+    }
+
+    #[test]
+    fn few_columns_split_the_reduction() {
+        // The innermost U-Net layers at ngf=16, 128x128: one and four output pixels.
+        let profile = DeviceProfile {
+            fixed_subgroup_size: Some(8),
+            max_invocations: 1024,
+            cpu: true,
+            texture_operands: false,
+            max_texture_rows: 8192,
+        };
+        let e7 = ConvGeometry::conv2d(1, 128, [2, 2], 128, [4, 4], [2, 2], [1, 1]);
+        let e6 = ConvGeometry::conv2d(1, 128, [4, 4], 128, [4, 4], [2, 2], [1, 1]);
+        let e5 = ConvGeometry::conv2d(1, 128, [8, 8], 128, [4, 4], [2, 2], [1, 1]);
+        assert!(gemm::choose_tiling(ConvOp::Conv2d, &e7, &profile).split_k);
+        assert!(gemm::choose_tiling(ConvOp::Conv2d, &e6, &profile).split_k);
+        assert!(!gemm::choose_tiling(ConvOp::Conv2d, &e5, &profile).split_k);
+        assert!(!gemm::choose_tiling(ConvOp::Conv2dWeightGrad, &e7, &profile).split_k);
     }
 
     #[test]

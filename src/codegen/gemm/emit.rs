@@ -21,7 +21,7 @@ pub(super) fn kernel(
     sizes: Sizes,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
-    let columns_per_workgroup = t.workgroup_size * t.tile_n;
+    let columns_per_workgroup = if t.split_k { t.tile_n } else { t.workgroup_size * t.tile_n };
     let tiles_m = p.m.div_ceil(t.tile_m);
     let tiles_n = p.n.div_ceil(columns_per_workgroup);
     let total = u64::from(p.classes) * u64::from(tiles_m) * u64::from(tiles_n);
@@ -357,11 +357,21 @@ fn entry(
     s.push_str("    let parity = i32(flat) / (TILES_M * TILES_N);\n");
     s.push_str("    let tile = i32(flat) % (TILES_M * TILES_N);\n");
     let _ = writeln!(s, "    let m0 = (tile % TILES_M) * {tm};");
-    let _ = writeln!(s, "    let n0 = (tile / TILES_M) * {};", t.workgroup_size * tn);
+    let columns = if t.split_k { tn } else { t.workgroup_size * tn };
+    let _ = writeln!(s, "    let n0 = (tile / TILES_M) * {columns};");
     s.push_str(p.class_setup());
 
+    // With a split reduction every lane has the workgroup's columns n0 + j.
+    if t.split_k {
+        s.push_str("    let lane = i32(lane_id);\n");
+        for j in 0..tn {
+            let _ = writeln!(s, "    let col{j} = n0 + {j};");
+            s.push_str(&p.column_setup(j));
+        }
+    }
     // Column j of this invocation is n_lane + j * stride.
     let stride = match t.subgroup_size {
+        _ if t.split_k => 0,
         Some(lanes) => {
             let _ = writeln!(s, "    let lane = i32(lane_id);");
             let _ = writeln!(s, "    let n_lane = n0 + i32(subgroup_id) * {} + lane;", lanes * tn);
@@ -381,6 +391,7 @@ fn entry(
         let _ = writeln!(s, "    let c0 = {first};");
     }
     match (p.row_run, p.tap_run) {
+        _ if t.split_k => {}
         (Some(run), _) => s.push_str(&p.run_setup(run)),
         (None, Some(run)) => s.push_str(&p.tap_setup(run)),
         (None, None) => {
@@ -393,6 +404,7 @@ fn entry(
 
     // Rows this invocation loads of A: one per subgroup lane, or all of its own.
     let a_rows: Vec<String> = match t.subgroup_size {
+        _ if t.split_k => (0..tm).map(|i| format!("m0 + {i}")).collect(),
         Some(lanes) => {
             (0..tm.div_ceil(lanes)).map(|r| format!("m0 + {} + lane", r * lanes)).collect()
         }
@@ -409,6 +421,15 @@ fn entry(
     }
 
     main_loop(s, p, t, a_rows.len());
+    if t.split_k {
+        s.push_str("    // Each lane summed its own chunks; the first lane stores the total.\n");
+        for i in 0..tm {
+            for q in 0..tn / width {
+                let _ = writeln!(s, "    c{i}_{q} = subgroupAdd(c{i}_{q});");
+            }
+        }
+        s.push_str("    if lane != 0 {\n        return;\n    }\n");
+    }
 
     // Store the tile. The column and row parts of each offset are named once to keep the
     // shader short, because naga's WGSL parse time grew with the square of the function's
@@ -503,13 +524,21 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     s.push_str(p.loop_setup());
     let class_rows = p.class_rows_are_vectors();
     let vectors = vector_a(p, t) && !class_rows;
-    let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {chunk}) {{");
+    // A split reduction keeps the loop's trip count the same in every lane, and each
+    // lane's chunk starts at kl. Steps at or past K read zeros.
+    let ragged = ragged || t.split_k;
+    let (step, first) = match t.subgroup_size {
+        Some(lanes) if t.split_k => (chunk * lanes, format!("k0 + lane * {chunk}")),
+        _ => (chunk, "k0".to_string()),
+    };
+    let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {step}) {{");
+    let _ = writeln!(s, "        let kl = {first};");
     if let Some(run) = p.row_run {
         s.push_str(&p.run_loads(run, chunk));
     }
     if let Some(run) = p.tap_run {
         // The chunk's first pixel, the loads of all four, and the counters moved past them.
-        s.push_str("        let k = k0;\n");
+        s.push_str("        let k = kl;\n");
         if !vectors {
             s.push_str("        let chunk_col = kx;\n");
         }
@@ -521,19 +550,21 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     // conv_transpose2d's A loads need each step's tap, which the step setup decodes.
     let step_setup = !runs || (p.row_run.is_some() && p.op == ConvOp::ConvTranspose2d);
     for kk in 0..chunk {
-        let _ = writeln!(s, "        {{\n        let k = k0 + {kk};");
+        let _ = writeln!(s, "        {{\n        let k = kl + {kk};");
         if step_setup {
             s.push_str(p.step_setup());
         }
         let in_range = if ragged { " && k < K" } else { "" };
         // K is a multiple of 4 with vectors, so no step of a chunk is out of range, and
         // the first step's offset is a multiple of 4.
+        let chunk_live = if t.split_k { " && kl < K" } else { "" };
         for r in (0..a_loads).filter(|_| vectors && kk == 0) {
             let access = p.a_access(&format!("ar{r}"));
             let _ = writeln!(
                 s,
-                "        let av{r} = select(vec4<f32>(), \
-                 lhs_at(select(0i, ({}) / 4, ar{r}_live)), ar{r}_live);",
+                "        let av{r}_ok = ar{r}_live{chunk_live};\n        \
+                 let av{r} = select(vec4<f32>(), \
+                 lhs_at(select(0i, ({}) / 4, av{r}_ok)), av{r}_ok);",
                 access.offset
             );
             for (step, part) in ["x", "y", "z", "w"].iter().enumerate() {
@@ -545,8 +576,9 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         for r in (0..a_loads).filter(|_| class_rows && kk % taps == 0) {
             let _ = writeln!(
                 s,
-                "        let av{r} = select(vec4<f32>(), \
-                 lhs_at(select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, ar{r}_live)), ar{r}_live);"
+                "        let av{r}_ok = ar{r}_live{chunk_live};\n        \
+                 let av{r} = select(vec4<f32>(), \
+                 lhs_at(select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, av{r}_ok)), av{r}_ok);"
             );
             for step in 0..taps {
                 let _ = writeln!(s, "        a{}_{r} = {};", kk + step, p.class_tap(r, step));
@@ -607,6 +639,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         for kk in 0..chunk {
             for i in first..(first + block).min(tm) {
                 let a = match t.subgroup_size {
+                    _ if t.split_k => format!("a{kk}_{i}"),
                     Some(lanes) => {
                         format!("subgroupBroadcast(a{kk}_{}, {}u)", i / lanes, i % lanes)
                     }

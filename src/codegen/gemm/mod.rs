@@ -148,6 +148,12 @@ pub struct Tiling {
     /// Share A across a subgroup of this many invocations with `subgroupBroadcast`; `None`
     /// loads A in every invocation.
     pub subgroup_size: Option<u32>,
+    /// Spread the reduction over the lanes of the workgroup's one subgroup instead of
+    /// giving each lane its own columns: lane `l` sums the chunks `l, l + lanes, ...`, and
+    /// `subgroupAdd` adds the lanes' sums before the first lane stores them. For problems
+    /// with fewer columns than lanes, where most lanes would idle. Needs `subgroup_size`
+    /// equal to `workgroup_size`, and then `tile_n` is the workgroup's column count.
+    pub split_k: bool,
     /// Read A and B with `textureLoad` from 2D textures of [`TEXTURE_WIDTH`] texels a row
     /// rather than from storage buffers. Lavapipe (Mesa 22.3) loads storage values one lane
     /// at a time, and its texel fetches ran 9 times faster on an AMD Zen 2 but only 1.2 to
@@ -262,6 +268,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             k_chunk: 4,
             block_m: 2,
             subgroup_size: Some(size),
+            split_k: false,
             texture_operands: false,
         },
         (true, None) => Tiling {
@@ -271,6 +278,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             k_chunk: 4,
             block_m: 2,
             subgroup_size: None,
+            split_k: false,
             texture_operands: false,
         },
         (false, subgroup_size) => Tiling {
@@ -280,6 +288,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             k_chunk: 1,
             block_m: 8,
             subgroup_size,
+            split_k: false,
             texture_operands: false,
         },
     };
@@ -305,8 +314,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
     // 19 with 16x2 on 3 to 6 (2-core Intel Xeon, `examples/gemm_bench.rs`).
     let kernel_width = geometry.kernel[1] as u32;
     let weight_grad = matches!(op, ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad);
-    let keeps_runs =
-        |n: u32| weight_grad && n % kernel_width == 0 && (n / 2) % kernel_width != 0;
+    let keeps_runs = |n: u32| weight_grad && n % kernel_width == 0 && (n / 2) % kernel_width != 0;
     let floor = min_workgroups(device);
     while workgroups(&tiling) < floor {
         if tiling.tile_n > 2 && !keeps_runs(tiling.tile_n) {
@@ -315,6 +323,27 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
             tiling.tile_m /= 2;
         } else {
             break;
+        }
+    }
+
+    // A convolution with fewer columns than half a subgroup (the innermost U-Net layers)
+    // splits its reduction over the lanes instead. At ngf=16, 128x128 that took e7's
+    // conv2d (N = 1, K = 2048) from 1.7 to 2.4 GFLOP/s, d7's conv_transpose2d from 1.2 to
+    // 1.8 and d6's (N = 4) from 4.2 to 5.8, and left e6's at 7.6 (2-core Intel Xeon,
+    // `examples/gemm_bench.rs`). They read each weight once, so memory bounds them.
+    let forward = matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
+    if let (true, Some(lanes), true) = (device.cpu, device.fixed_subgroup_size, forward) {
+        if problem.n * 2 <= lanes && lanes <= device.max_invocations {
+            tiling = Tiling {
+                tile_m: problem.m.min(16),
+                tile_n: problem.n.next_power_of_two(),
+                workgroup_size: lanes,
+                k_chunk: 4,
+                block_m: 2,
+                subgroup_size: Some(lanes),
+                split_k: true,
+                texture_operands: false,
+            };
         }
     }
 
@@ -479,11 +508,13 @@ pub fn generate_fused(
     problem::check_geometry(op, geometry)?;
     check_tiling(tiling)?;
     let mut problem = Problem::new(op, geometry);
-    problem.pixel_counters = sizes == Sizes::Uniform;
-    if problem.row_runs_fit(tiling.k_chunk) {
+    // Pixel counters follow consecutive steps, and a lane of a split reduction skips steps.
+    problem.pixel_counters = sizes == Sizes::Uniform && !tiling.split_k;
+    // Runs give each lane neighbouring columns of its own, which a split reduction shares.
+    if problem.row_runs_fit(tiling.k_chunk) && !tiling.split_k {
         problem.use_row_runs(tiling.tile_n);
     }
-    if problem.tap_runs_fit(tiling.k_chunk, tiling.tile_n) {
+    if problem.tap_runs_fit(tiling.k_chunk, tiling.tile_n) && !tiling.split_k {
         problem.use_tap_runs(tiling.tile_n);
     }
     // Runs read B in consecutive stretches, which whole texels of four serve with about a
@@ -516,6 +547,9 @@ fn check_tiling(tiling: &Tiling) -> Result<(), GemmError> {
         if size == 0 || tiling.workgroup_size % size != 0 {
             return invalid("the workgroup size must be a multiple of the subgroup size");
         }
+    }
+    if tiling.split_k && tiling.subgroup_size != Some(tiling.workgroup_size) {
+        return invalid("a split reduction needs a workgroup of exactly one subgroup");
     }
     Ok(())
 }

@@ -217,7 +217,8 @@ fn min_workgroups(device: &DeviceProfile) -> u64 {
     }
 }
 
-/// Work (in FLOPs) from which a CPU adapter gets the 64x16 tile rather than 32x8.
+/// Work (in FLOPs) from which a CPU adapter gets its large tile (64x8, or 64x16 with
+/// texture operands) rather than 32x8.
 ///
 /// Lavapipe compiles a pipeline's machine code at its first dispatch, and a 64x16 GEMM
 /// shader took 8 to 10 s there against 0.7 to 0.9 s for 32x8 (2-core AMD EPYC Zen 4,
@@ -225,6 +226,7 @@ fn min_workgroups(device: &DeviceProfile) -> u64 {
 /// GFLOP full-size pix2pix layers about 10% faster, and the ngf=16, 128x128 layers (60
 /// MFLOP at most) no faster. With this threshold that training step's first run took 11 s
 /// instead of 71 s, and the full-size step kept its speed (2.11 s against 2.03 s, in noise).
+/// On a 2-core Intel Xeon, 64x8 tiles from 16 MFLOP up left that step at 0.070 s.
 const LARGE_TILE_FLOPS: u64 = 1 << 28;
 
 /// Returns whether `op` on `geometry` is a problem of [`LARGE_TILE_FLOPS`] or more, which
@@ -243,17 +245,22 @@ fn problem_flops(problem: &Problem) -> u64 {
 
 /// Picks the tiling for one op on one device.
 ///
-/// On a CPU adapter with subgroups the tile is 64x16 outputs per invocation for problems
-/// of [`LARGE_TILE_FLOPS`] and more (32x8 below), staged 4 steps at a time. Loads run
-/// one lane at a time on lavapipe (Mesa 22.3, LLVM 15, 8-wide AVX2 subgroups), so the
-/// tile is as large as compile time allows. On a 2-core AMD EPYC
-/// (Zen 2) `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36
-/// GFLOP/s on l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
-/// conv_transpose2d. Its pipeline took 0.07 s to create, against 0.03 s for 64x8. That
-/// needed a shorter shader, with vec4 accumulators and one store test per column (see
-/// `emit.rs`), because the earlier one took 0.55 s against 0.15 s. 64x32 was faster on
-/// l4 (48 GFLOP/s) but slower on d4 (23). The tile shrinks for small outputs so that
-/// there are at least two workgroups per core.
+/// On a CPU adapter with subgroups the tile for problems of [`LARGE_TILE_FLOPS`] and more
+/// is 64x8 outputs per invocation from storage buffers and 64x16 from texture operands,
+/// and 32x8 below, staged 4 steps at a time. Loads run one lane at a time on lavapipe
+/// (Mesa 22.3, LLVM 15, 8-wide AVX2 subgroups), and where they are slow a larger tile
+/// loads each value for more multiply-adds. With texture operands on a 2-core AMD EPYC
+/// (Zen 2), whose storage loads were 9 times slower than its texel fetches,
+/// `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36 GFLOP/s on
+/// l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
+/// conv_transpose2d. With storage operands on a 2-core Intel Xeon, where storage loads
+/// ran at 0.85 times the texel rate, 64x8 was the faster on all 16 full-size kernels of
+/// 1 GFLOP and more: l4's conv2d at 60 against 49 GFLOP/s, e3's at 56 against 45, d4's
+/// conv_transpose2d at 45 against 39 and l2's weight gradient at 54 against 46. The
+/// 64x16 shader also needed to be short, with vec4 accumulators and one store test per
+/// column (see `emit.rs`), or its pipeline took 0.55 s to create. 64x32 was faster on
+/// l4 (48 GFLOP/s, Zen 2) but slower on d4 (23). The tile shrinks for small outputs so
+/// that there are at least two workgroups per core.
 ///
 /// NOTE: the GPU choice (8x4 per invocation, 64 invocations) is a conventional register
 /// tile that has not been measured on a GPU.
@@ -263,7 +270,7 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
     let mut tiling = match (device.cpu, device.fixed_subgroup_size) {
         (true, Some(size)) => Tiling {
             tile_m: if large { 64 } else { 32 },
-            tile_n: if large { 16 } else { 8 },
+            tile_n: if large && device.texture_operands { 16 } else { 8 },
             workgroup_size: size,
             k_chunk: 4,
             block_m: 2,

@@ -9,8 +9,8 @@
 //!
 //! The workers are found by measurement. A short busy dispatch runs, and the candidates
 //! are the threads that the driver started while the device was opened ([`thread_ids`]
-//! before and after). Those that were on a CPU for at least half of the dispatch are the
-//! workers, and each gets one core of the caller's affinity mask. Nothing is pinned when
+//! before and after). Those that were on a CPU at least half as long as the busiest are
+//! the workers, and each gets one core of the caller's affinity mask. Nothing is pinned when
 //! there are more workers than cores, on GPUs, off Linux, or with `NETC_PIN_THREADS=off`.
 
 use super::RuntimeError;
@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 pub const PIN_THREADS_VAR: &str = "NETC_PIN_THREADS";
 
 /// How long the busy dispatches run while the worker threads are measured.
-const MEASURE_FOR: Duration = Duration::from_millis(30);
+const MEASURE_FOR: Duration = Duration::from_millis(50);
 
-/// The share of the measuring time a thread must have spent on a CPU to count as a
-/// worker.
+/// The share of the busiest candidate's CPU time that a thread must have had to count as
+/// a worker. Relative, so that the workers are found on a loaded machine too.
 const BUSY_SHARE: f64 = 0.5;
+
+/// The share of the measuring time the busiest candidate must have spent on a CPU for
+/// any thread to count as a worker.
+const MIN_BUSY_SHARE: f64 = 0.1;
 
 const BUSY: &str = "
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
@@ -77,7 +81,7 @@ pub fn thread_ids() -> HashSet<i32> {
 /// Finds the threads that run `device`'s shaders and pins each to its own core, when
 /// `cpu_adapter` is set and `NETC_PIN_THREADS` allows it. Only threads missing from
 /// `existing` (the [`thread_ids`] from before the device was opened) are candidates.
-/// Takes about 0.03 s.
+/// Takes about 0.05 s.
 pub fn pin_driver_threads(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -156,7 +160,7 @@ impl BusyWork {
 
 #[cfg(target_os = "linux")]
 mod platform {
-    use super::{BusyWork, Pinning, BUSY_SHARE};
+    use super::{BusyWork, Pinning, BUSY_SHARE, MIN_BUSY_SHARE};
     use crate::runtime::RuntimeError;
     use std::collections::{HashMap, HashSet};
 
@@ -215,13 +219,15 @@ mod platform {
         let wall = work.run(device, queue);
         let after = cpu_times();
 
-        let threshold = BUSY_SHARE * wall.as_nanos() as f64;
-        let mut workers: Vec<(i32, u64)> = after
+        let candidates: Vec<(i32, u64)> = after
             .iter()
             .filter(|&(tid, _)| !existing.contains(tid))
             .map(|(&tid, &time)| (tid, time.saturating_sub(before.get(&tid).copied().unwrap_or(0))))
-            .filter(|&(_, busy)| busy as f64 >= threshold)
             .collect();
+        let busiest = candidates.iter().map(|&(_, busy)| busy).max().unwrap_or(0) as f64;
+        let threshold = (BUSY_SHARE * busiest).max(MIN_BUSY_SHARE * wall.as_nanos() as f64);
+        let mut workers: Vec<(i32, u64)> =
+            candidates.into_iter().filter(|&(_, busy)| busy as f64 >= threshold).collect();
         workers.sort_unstable();
         tracing::debug!(?wall, ?workers, "busy threads (id, nanoseconds on a CPU)");
 

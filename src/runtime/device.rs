@@ -201,7 +201,7 @@ impl Gpu {
 
     /// Pins the threads that run this device's shaders to a core each, on CPU adapters
     /// (see [`super::affinity`]), and logs what it did. For long runs: it takes about
-    /// 0.03 s.
+    /// 0.05 s.
     pub fn pin_driver_threads(&self) -> Result<Pinning, RuntimeError> {
         let cpu = self.info.device_type == DeviceType::Cpu;
         let pinning = pin_driver_threads(&self.device, &self.queue, cpu, &self.threads_before)?;

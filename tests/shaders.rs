@@ -212,6 +212,27 @@ fn op_kind_shaders_match_snapshots() {
     }
 }
 
+/// The innermost encoder layer of pix2pix at ngf=16, 128x128, whose one output pixel per
+/// channel makes a CPU adapter split the reduction over the subgroup's lanes.
+#[test]
+fn split_reduction_conv_matches_snapshot() {
+    let mut b = Builder::new();
+    let x = b.input("x", &[1, 128, 2, 2]);
+    let (w, _) = b.param("w", &[128, 128, 4, 4]);
+    b.op("conv2d", Op::Conv2d { stride: [2, 2], padding: [1, 1] }, &[x, w]);
+    let mut target = cpu_target();
+    target.tuning.texture_operands = false;
+    let kernels = b.lower(Mode::Eval, &target);
+    let text = program_text(&kernels);
+    assert!(text.contains("subgroupAdd"), "{text}");
+    for kernel in &kernels {
+        if let Err(message) = validate_wgsl(&kernel.wgsl) {
+            panic!("kernel {} is invalid WGSL:\n{message}", kernel.name);
+        }
+    }
+    insta::assert_snapshot!("conv2d_split_reduction", text);
+}
+
 #[test]
 fn pix2pix_generator_program_matches_snapshot() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pix2pix.net");

@@ -527,18 +527,20 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     // A split reduction keeps the loop's trip count the same in every lane, and each
     // lane's chunk starts at kl. Steps at or past K read zeros.
     let ragged = ragged || t.split_k;
-    let (step, first) = match t.subgroup_size {
-        Some(lanes) if t.split_k => (chunk * lanes, format!("k0 + lane * {chunk}")),
-        _ => (chunk, "k0".to_string()),
+    let (step, start) = match t.subgroup_size {
+        Some(lanes) if t.split_k => (chunk * lanes, "kl"),
+        _ => (chunk, "k0"),
     };
     let _ = writeln!(s, "    for (var k0 = 0i; k0 < K; k0 += {step}) {{");
-    let _ = writeln!(s, "        let kl = {first};");
+    if t.split_k {
+        let _ = writeln!(s, "        let kl = k0 + lane * {chunk};");
+    }
     if let Some(run) = p.row_run {
         s.push_str(&p.run_loads(run, chunk));
     }
     if let Some(run) = p.tap_run {
         // The chunk's first pixel, the loads of all four, and the counters moved past them.
-        s.push_str("        let k = kl;\n");
+        let _ = writeln!(s, "        let k = {start};");
         if !vectors {
             s.push_str("        let chunk_col = kx;\n");
         }
@@ -550,7 +552,7 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
     // conv_transpose2d's A loads need each step's tap, which the step setup decodes.
     let step_setup = !runs || (p.row_run.is_some() && p.op == ConvOp::ConvTranspose2d);
     for kk in 0..chunk {
-        let _ = writeln!(s, "        {{\n        let k = kl + {kk};");
+        let _ = writeln!(s, "        {{\n        let k = {start} + {kk};");
         if step_setup {
             s.push_str(p.step_setup());
         }
@@ -560,11 +562,11 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         let chunk_live = if t.split_k { " && kl < K" } else { "" };
         for r in (0..a_loads).filter(|_| vectors && kk == 0) {
             let access = p.a_access(&format!("ar{r}"));
+            let ok = format!("ar{r}_live{chunk_live}");
             let _ = writeln!(
                 s,
-                "        let av{r}_ok = ar{r}_live{chunk_live};\n        \
-                 let av{r} = select(vec4<f32>(), \
-                 lhs_at(select(0i, ({}) / 4, av{r}_ok)), av{r}_ok);",
+                "        let av{r} = select(vec4<f32>(), \
+                 lhs_at(select(0i, ({}) / 4, {ok})), {ok});",
                 access.offset
             );
             for (step, part) in ["x", "y", "z", "w"].iter().enumerate() {
@@ -574,11 +576,11 @@ fn main_loop(s: &mut String, p: &Problem, t: &Tiling, a_loads: usize) {
         // A tap row of a parity class is one vec4 of the weight, its first step loads it.
         let taps = p.class_taps_per_row();
         for r in (0..a_loads).filter(|_| class_rows && kk % taps == 0) {
+            let ok = format!("ar{r}_live{chunk_live}");
             let _ = writeln!(
                 s,
-                "        let av{r}_ok = ar{r}_live{chunk_live};\n        \
-                 let av{r} = select(vec4<f32>(), \
-                 lhs_at(select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, av{r}_ok)), av{r}_ok);"
+                "        let av{r} = select(vec4<f32>(), \
+                 lhs_at(select(0i, (aoff - kx + ar{r} * (KH * KW)) / 4, {ok})), {ok});"
             );
             for step in 0..taps {
                 let _ = writeln!(s, "        a{}_{r} = {};", kk + step, p.class_tap(r, step));

@@ -20,12 +20,25 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_json(command):
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+def run_json(command, keys):
+    """Runs `command` from the repository root and returns the JSON object it prints, which
+    must have every key in `keys`."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    except OSError as error:
+        sys.exit(f"failed to start {command[0]}: {error}; build netc with "
+                 "`cargo build --release` or pass its path with --netc")
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr}")
-    start = result.stdout.index("{")
-    return json.loads(result.stdout[start:])
+    start = result.stdout.find("{")
+    try:
+        report = json.loads(result.stdout[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        report = None
+    if not isinstance(report, dict) or any(key not in report for key in keys):
+        sys.exit(f"{' '.join(command)} printed no JSON report with {', '.join(keys)}; "
+                 f"its output began: {result.stdout[:200]!r}")
+    return report
 
 
 def median(values):
@@ -45,12 +58,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="turns of each framework")
     parser.add_argument("--netc", default=str(ROOT / "target/release/netc"))
     args = parser.parse_args()
-    if args.steps < 1 or args.rounds < 1:
-        sys.exit(f"--steps and --rounds must be at least 1, got {args.steps} and {args.rounds}")
+    for name in ["steps", "rounds"]:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    # A relative --netc is taken from the current folder; netc itself runs from the root.
+    netc_path = str(pathlib.Path(args.netc).resolve())
 
     sets = ["--set", f"ngf={args.ngf}", "--set", f"ndf={args.ndf}", "--set", f"size={args.size}"]
     netc_command = [
-        args.netc, "bench", "models/pix2pix.net", *sets, "--steps", str(args.steps), "--json"
+        netc_path, "bench", "models/pix2pix.net", *sets, "--steps", str(args.steps), "--json"
     ]
     torch_command = [
         sys.executable,
@@ -60,24 +76,36 @@ def main():
         f"--size={args.size}",
         f"--steps={args.steps}",
     ]
+    keys = ["step_seconds", "step_seconds_median"]
+    netc_keys = keys + ["adapter", "compile_seconds"]
+    torch_keys = keys + ["framework", "threads"]
     netc_steps, torch_steps = [], []
+    rounds = "round" if args.rounds == 1 else "rounds"
+    steps = "step" if args.steps == 1 else "steps"
     print(f"pix2pix ngf={args.ngf} ndf={args.ndf} size={args.size}, "
-          f"{args.rounds} rounds of {args.steps} timed steps each")
-    for round_index in range(args.rounds):
-        netc = run_json(netc_command)
-        torch = run_json(torch_command)
-        netc_steps += netc["step_seconds"]
-        torch_steps += torch["step_seconds"]
-        print(
-            f"  round {round_index + 1}: netc {netc['step_seconds_median']:.4f} s, "
-            f"PyTorch {torch['step_seconds_median']:.4f} s, ratio "
-            f"{netc['step_seconds_median'] / torch['step_seconds_median']:.2f}"
-        )
+          f"{args.rounds} {rounds} of {args.steps} timed {steps} each")
+    netc = torch = None
+    try:
+        for round_index in range(args.rounds):
+            netc_round = run_json(netc_command, netc_keys)
+            torch_round = run_json(torch_command, torch_keys)
+            netc, torch = netc_round, torch_round
+            netc_steps += netc["step_seconds"]
+            torch_steps += torch["step_seconds"]
+            print(
+                f"  round {round_index + 1}: netc {netc['step_seconds_median']:.4f} s, "
+                f"PyTorch {torch['step_seconds_median']:.4f} s, ratio "
+                f"{netc['step_seconds_median'] / torch['step_seconds_median']:.2f}"
+            )
+    except KeyboardInterrupt:
+        if netc is None:
+            sys.exit("interrupted before the first round finished")
+        print("  interrupted: the figures below pool the finished rounds")
     netc_median, torch_median = median(netc_steps), median(torch_steps)
     print(
         f"  netc    ({netc['adapter']}): {netc_median:.4f} s/step "
         f"(min {min(netc_steps):.4f}, max {max(netc_steps):.4f}), "
-        f"compile {netc['compile_seconds']:.2f} s"
+        f"compile {netc['compile_seconds']:.2f} s in the last round"
     )
     print(
         f"  PyTorch ({torch['framework']}, {torch['threads']} threads): "

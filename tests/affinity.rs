@@ -31,6 +31,11 @@ fn worker_threads_are_pinned_one_to_a_core() {
         }
         other => panic!("an invalid setting must be rejected, got {other:?}"),
     }
+    std::env::set_var("NETC_PIN_THREADS", "x".repeat(10_000));
+    match gpu.pin_driver_threads() {
+        Err(RuntimeError::InvalidSetting { value, .. }) => assert_eq!(value.len(), 43, "{value}"),
+        other => panic!("a long invalid setting must be rejected, got {other:?}"),
+    }
     std::env::set_var("NETC_PIN_THREADS", "off");
     match gpu.pin_driver_threads().expect("off is a valid setting") {
         Pinning::Skipped(reason) => assert!(reason.contains("NETC_PIN_THREADS"), "{reason}"),

@@ -37,6 +37,7 @@ pub fn run(args: &BenchArgs) -> miette::Result<ExitCode> {
         BenchOptions { steps: args.steps, warmup: args.warmup, infer: args.infer, seed: args.seed };
     // The options and the model are checked before the device is opened and probed.
     let parsed = parse(&args.model.file, &args.model.set, &options).map_err(miette::Report::new)?;
+    netc::runtime::affinity::check_setting().map_err(miette::Report::new)?;
     let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
     gpu.pin_driver_threads().map_err(miette::Report::new)?;
     let report = bench_parsed(&gpu, &parsed, &options).map_err(miette::Report::new)?;

@@ -85,6 +85,7 @@ pub fn run(args: &RunArgs) -> miette::Result<ExitCode> {
     let out_dir =
         args.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-infer", module.name)));
     check_inputs_kept(&args.infer, &out_dir)?;
+    netc::runtime::affinity::check_setting()?;
 
     let gpu = Gpu::open(args.device.adapter.as_deref())?;
     gpu.pin_driver_threads()?;

@@ -170,6 +170,7 @@ fn train(args: &RunArgs, dataset: &str) -> miette::Result<ExitCode> {
     };
 
     // Data errors come before the device work, which takes minutes on a CPU adapter.
+    netc::runtime::affinity::check_setting().map_err(miette::Report::new)?;
     let data = run::load_data(&module, &options).map_err(miette::Report::new)?;
     let gpu = Gpu::open(args.device.adapter.as_deref()).map_err(miette::Report::new)?;
     gpu.pin_driver_threads().map_err(miette::Report::new)?;

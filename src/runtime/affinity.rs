@@ -11,7 +11,8 @@
 //! are the threads that the driver started while the device was opened ([`thread_ids`]
 //! before and after). Those that were on a CPU at least half as long as the busiest are
 //! the workers, and each gets one core of the caller's affinity mask. Nothing is pinned when
-//! there are more workers than cores, on GPUs, off Linux, or with `NETC_PIN_THREADS=off`.
+//! there are more workers than cores, when other threads were nearly as busy (so the
+//! workers are unclear), on GPUs, off Linux, or with `NETC_PIN_THREADS=off`.
 
 use super::RuntimeError;
 use std::collections::HashSet;
@@ -30,6 +31,11 @@ const BUSY_SHARE: f64 = 0.5;
 /// The share of the measuring time the busiest candidate must have spent on a CPU for
 /// any thread to count as a worker.
 const MIN_BUSY_SHARE: f64 = 0.1;
+
+/// The share of the busiest candidate's CPU time below which a thread is clearly not a
+/// worker. A thread between this and [`BUSY_SHARE`] makes the workers unclear, as when
+/// more workers than cores share the time unevenly, and then nothing is pinned.
+const CLEARLY_IDLE_SHARE: f64 = 0.25;
 
 const BUSY: &str = "
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
@@ -56,7 +62,11 @@ pub enum Pinning {
     Skipped(String),
 }
 
-/// Reads `NETC_PIN_THREADS`: `on` (or no value) and `off`.
+/// The maximum number of characters of an invalid value that an error repeats.
+const EXCERPT_CHARS: usize = 40;
+
+/// Reads `NETC_PIN_THREADS`: `on`, `1` or `true` (or unset, or empty) pin, and `off`, `0`
+/// or `false` do not.
 fn setting() -> Result<bool, RuntimeError> {
     let Some(raw) = std::env::var_os(PIN_THREADS_VAR) else {
         return Ok(true);
@@ -65,12 +75,24 @@ fn setting() -> Result<bool, RuntimeError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "on" | "1" | "true" => Ok(true),
         "off" | "0" | "false" => Ok(false),
-        _ => Err(RuntimeError::InvalidSetting {
-            name: PIN_THREADS_VAR,
-            value,
-            expected: "on or off",
-        }),
+        _ => {
+            let mut excerpt: String = value.chars().take(EXCERPT_CHARS).collect();
+            if excerpt.len() < value.len() {
+                excerpt.push_str("...");
+            }
+            Err(RuntimeError::InvalidSetting {
+                name: PIN_THREADS_VAR,
+                value: excerpt,
+                expected: "on or off (also 1, 0, true, false); unset means on",
+            })
+        }
     }
+}
+
+/// Checks `NETC_PIN_THREADS` without opening a device, so that a command can reject an
+/// invalid value before slow work.
+pub fn check_setting() -> Result<(), RuntimeError> {
+    setting().map(|_| ())
 }
 
 /// Returns the ids of this process's threads (empty off Linux).
@@ -160,7 +182,7 @@ impl BusyWork {
 
 #[cfg(target_os = "linux")]
 mod platform {
-    use super::{BusyWork, Pinning, BUSY_SHARE, MIN_BUSY_SHARE};
+    use super::{BusyWork, Pinning, BUSY_SHARE, CLEARLY_IDLE_SHARE, MIN_BUSY_SHARE};
     use crate::runtime::RuntimeError;
     use std::collections::{HashMap, HashSet};
 
@@ -226,21 +248,31 @@ mod platform {
             .collect();
         let busiest = candidates.iter().map(|&(_, busy)| busy).max().unwrap_or(0) as f64;
         let threshold = (BUSY_SHARE * busiest).max(MIN_BUSY_SHARE * wall.as_nanos() as f64);
+        let idle_below =
+            (CLEARLY_IDLE_SHARE * busiest).max(MIN_BUSY_SHARE * wall.as_nanos() as f64);
+        let not_idle = candidates.iter().filter(|&&(_, busy)| busy as f64 >= idle_below).count();
         let mut workers: Vec<(i32, u64)> =
             candidates.into_iter().filter(|&(_, busy)| busy as f64 >= threshold).collect();
         workers.sort_unstable();
-        tracing::debug!(?wall, ?workers, "busy threads (id, nanoseconds on a CPU)");
+        tracing::debug!(?wall, ?workers, not_idle, "busy threads (id, nanoseconds on a CPU)");
 
         let cores = allowed_cores();
         if workers.len() < 2 {
             return Ok(Pinning::Skipped(format!(
-                "{} busy worker thread(s) found, nothing to spread",
+                "found {} busy worker thread, nothing to spread",
                 workers.len()
+            )));
+        }
+        if not_idle > workers.len() {
+            return Ok(Pinning::Skipped(format!(
+                "the workers are unclear: {} other thread(s) were busy for a quarter to a half \
+                 as long as the busiest",
+                not_idle - workers.len()
             )));
         }
         if workers.len() > cores.len() {
             return Ok(Pinning::Skipped(format!(
-                "{} worker threads and {} cores allowed",
+                "found {} worker threads for {} allowed core(s)",
                 workers.len(),
                 cores.len()
             )));

@@ -254,9 +254,9 @@ fn problem_flops(problem: &Problem) -> u64 {
 /// `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36 GFLOP/s on
 /// l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
 /// conv_transpose2d. With storage operands on a 2-core Intel Xeon, where storage loads
-/// ran at 0.85 times the texel rate, 64x8 was the faster on all 16 full-size kernels of
-/// 1 GFLOP and more: l4's conv2d at 60 against 49 GFLOP/s, e3's at 56 against 45, d4's
-/// conv_transpose2d at 45 against 39 and l2's weight gradient at 54 against 46. The
+/// ran at 0.85 times the texel rate, 64x8 was the faster on all 12 full-size kernels
+/// timed (1 to 4 GFLOP each): l4's conv2d at 60 against 49 GFLOP/s, e3's at 56 against
+/// 45, d4's conv_transpose2d at 45 against 39 and l2's weight gradient at 54 against 46. The
 /// 64x16 shader also needed to be short, with vec4 accumulators and one store test per
 /// column (see `emit.rs`), or its pipeline took 0.55 s to create. 64x32 was faster on
 /// l4 (48 GFLOP/s, Zen 2) but slower on d4 (23). The tile shrinks for small outputs so

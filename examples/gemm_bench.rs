@@ -7,11 +7,13 @@
 //!
 //! Usage: `cargo run --release --example gemm_bench -- [--layers e2,d6] [--ops fwd,wgrad]
 //! [--tiling TMxTN/WG[/sgS][/kcC][/bmB][/split][/tex][/unchecked][/baked]]... [--samples N] [--no-naive]
-//! [--baked] [--ngf N] [--size S]`. Each figure is the median of `--samples` timed submits, each of enough
+//! [--baked] [--storage] [--ngf N] [--size S]`. Each figure is the median of `--samples` timed submits, each of enough
 //! back-to-back dispatches to take about 0.25 s. `/unchecked` creates the module without
 //! wgpu's bounds checks, `/baked` bakes every size into the shader instead of reading
-//! some from its uniform block, and `/tex` reads the operands from textures. `--baked`
-//! adds the baked variant of the chosen tiling, so the two are timed side by side.
+//! some from its uniform block, `/split` splits the reduction over the subgroup's lanes,
+//! and `/tex` reads the operands from textures. `--baked` adds the baked variant of the
+//! chosen tiling, so the two are timed side by side. `--storage` makes the chosen tiling
+//! read storage buffers, as on an adapter whose texel fetches are not much faster.
 
 use netc::codegen::gemm::{self, ConvGeometry, ConvOp, DeviceProfile, Sizes, Tiling};
 use netc::runtime::upload_operand;

@@ -4,10 +4,12 @@
 //! (lavapipe in CI), at awkward sizes; a small U-Net with skips end to end; and the GAN
 //! iteration, whose steps leave the other network's parameters bit-identical.
 
+mod support;
+
 mod common {
     use netc::ir::{
-        DataSpec, Graph, Half, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind,
-        Schedule, Shape, StepSpec, TrainSpec,
+        Graph, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind, Schedule, Shape,
+        StepSpec, TrainSpec,
     };
     use netc::runtime::Gpu;
     use std::sync::{Mutex, OnceLock};
@@ -122,15 +124,7 @@ mod common {
         pub fn train_module(&self, steps: Vec<StepSpec>) -> Module {
             let mut module = self.module();
             module.train = Some(TrainSpec {
-                data: DataSpec {
-                    input: Half::Right,
-                    target: Half::Left,
-                    resize: None,
-                    crop: None,
-                    flip: false,
-                    batch: 1,
-                    labeled: None,
-                },
+                data: crate::support::paired_data(),
                 graph: self.graph.clone(),
                 steps,
                 schedule: Schedule::Constant,

@@ -3,9 +3,11 @@
 //! activation, a concat or a batch norm where the fusion pass (src/passes/fusion.rs) or
 //! the view pass (src/passes/views.rs) has to decide whether to fuse or place it.
 
+mod support;
+
 use netc::codegen::Mode;
-use netc::ir::{DataSpec, Half, Schedule, Shape, StepSpec, TrainSpec};
 use netc::ir::{Graph, Init, Module, NodeId, Op, Optimizer, ParamDecl, ParamId, ParamKind};
+use netc::ir::{Schedule, Shape, StepSpec, TrainSpec};
 use netc::runtime::Gpu;
 use netc::train::gradcheck::run_gradients;
 use std::sync::{Mutex, OnceLock};
@@ -115,15 +117,7 @@ impl Builder {
             optimizer: Optimizer::Adam { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8 },
             span: None,
         };
-        let data = DataSpec {
-            input: Half::Right,
-            target: Half::Left,
-            resize: None,
-            crop: None,
-            flip: false,
-            batch: 1,
-            labeled: None,
-        };
+        let data = support::paired_data();
         Module {
             name: "fusion".into(),
             params: self.params.clone(),

@@ -6,8 +6,7 @@ mod support;
 use netc::codegen::Mode;
 use netc::infer::{load_input, Generator, InferError};
 use netc::ir::{
-    DataSpec, Graph, Half, Init, Module, Net, NetInput, Op, ParamDecl, ParamKind, Schedule, Shape,
-    TrainSpec,
+    Graph, Half, Init, Module, Net, NetInput, Op, ParamDecl, ParamKind, Schedule, Shape, TrainSpec,
 };
 use netc::runtime::{initial_values, Gpu, ParamStore};
 use std::path::{Path, PathBuf};
@@ -92,15 +91,7 @@ fn tiny_generator(channels: usize, paired: bool) -> Module {
     });
     if paired {
         module.train = Some(TrainSpec {
-            data: DataSpec {
-                input: Half::Right,
-                target: Half::Left,
-                resize: None,
-                crop: None,
-                flip: false,
-                batch: 1,
-                labeled: None,
-            },
+            data: support::paired_data(),
             graph: Graph::new(),
             steps: Vec::new(),
             schedule: Schedule::Constant,

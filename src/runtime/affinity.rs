@@ -1,7 +1,8 @@
 //! Pins the threads that a CPU adapter runs shaders on, one to each core.
 //!
-//! Lavapipe (Mesa 22.3) runs each dispatch's workgroups on a pool of worker threads, one
-//! per core, while the submitting thread waits. On the 2-core build machine Linux often
+//! Lavapipe (Mesa 22.3) runs each dispatch's workgroups on a pool of worker threads (one
+//! per allowed core unless `LP_NUM_THREADS` sets another count) while the submitting
+//! thread waits. On the 2-core build machine Linux often
 //! left both workers on one core for several seconds at a time. `netc bench` at ngf=16,
 //! 128x128 then ran in spells of 0.095 to 0.110 s a step between spells of 0.070 to
 //! 0.074 s. In three 200-step runs each, 13, 29 and 21 steps took more than 0.085 s
@@ -11,8 +12,9 @@
 //! are the threads that the driver started while the device was opened ([`thread_ids`]
 //! before and after). Those that were on a CPU at least half as long as the busiest are
 //! the workers, and each gets one core of the caller's affinity mask. Nothing is pinned when
-//! there are more workers than cores, when other threads were nearly as busy (so the
-//! workers are unclear), on GPUs, off Linux, or with `NETC_PIN_THREADS=off`.
+//! there are more workers than cores, when another new thread was busy for a quarter to a
+//! half as long as the busiest (so the workers are unclear), on GPUs, off Linux, or with
+//! `NETC_PIN_THREADS=off`.
 
 use super::RuntimeError;
 use std::collections::HashSet;
@@ -37,6 +39,7 @@ const MIN_BUSY_SHARE: f64 = 0.1;
 /// more workers than cores share the time unevenly, and then nothing is pinned.
 const CLEARLY_IDLE_SHARE: f64 = 0.25;
 
+/// The busy dispatch's shader: a chain of 2048 multiply-adds per invocation.
 const BUSY: &str = "
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 
@@ -60,6 +63,9 @@ pub enum Pinning {
     Pinned(Vec<(i32, usize)>),
     /// Nothing was pinned, for this reason.
     Skipped(String),
+    /// A call to `sched_setaffinity` failed, with this message. The workers before the
+    /// failing one stay pinned.
+    Failed(String),
 }
 
 /// The maximum number of characters of an invalid value that an error repeats.
@@ -157,6 +163,7 @@ impl BusyWork {
         work
     }
 
+    /// Runs the busy dispatch once and waits for it.
     fn submit(&self, device: &wgpu::Device, queue: &wgpu::Queue) {
         let mut encoder = device.create_command_encoder(&Default::default());
         {
@@ -231,6 +238,8 @@ mod platform {
         }
     }
 
+    /// Measures which new threads run the busy dispatch and pins each to its own allowed
+    /// core, or returns why it pinned nothing.
     pub(super) fn pin(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
@@ -247,9 +256,9 @@ mod platform {
             .map(|(&tid, &time)| (tid, time.saturating_sub(before.get(&tid).copied().unwrap_or(0))))
             .collect();
         let busiest = candidates.iter().map(|&(_, busy)| busy).max().unwrap_or(0) as f64;
-        let threshold = (BUSY_SHARE * busiest).max(MIN_BUSY_SHARE * wall.as_nanos() as f64);
-        let idle_below =
-            (CLEARLY_IDLE_SHARE * busiest).max(MIN_BUSY_SHARE * wall.as_nanos() as f64);
+        let floor = MIN_BUSY_SHARE * wall.as_nanos() as f64;
+        let threshold = (BUSY_SHARE * busiest).max(floor);
+        let idle_below = (CLEARLY_IDLE_SHARE * busiest).max(floor);
         let not_idle = candidates.iter().filter(|&&(_, busy)| busy as f64 >= idle_below).count();
         let mut workers: Vec<(i32, u64)> =
             candidates.into_iter().filter(|&(_, busy)| busy as f64 >= threshold).collect();
@@ -259,7 +268,7 @@ mod platform {
         let cores = allowed_cores();
         if workers.len() < 2 {
             return Ok(Pinning::Skipped(format!(
-                "found {} busy worker thread, nothing to spread",
+                "found {} busy worker thread(s), so there is nothing to spread",
                 workers.len()
             )));
         }
@@ -283,7 +292,7 @@ mod platform {
             match pin_thread(tid, core) {
                 Ok(()) => pinned.push((tid, core)),
                 Err(error) => {
-                    return Ok(Pinning::Skipped(format!(
+                    return Ok(Pinning::Failed(format!(
                         "pinning thread {tid} to core {core} failed: {error} \
                          ({} worker(s) before it stay pinned)",
                         pinned.len()

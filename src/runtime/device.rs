@@ -200,8 +200,8 @@ impl Gpu {
     }
 
     /// Pins the threads that run this device's shaders to a core each, on CPU adapters
-    /// (see [`super::affinity`]), and logs what it did. For long runs: it takes about
-    /// 0.05 s.
+    /// (see [`super::affinity`]), and logs the outcome. It takes about 0.05 s, so the
+    /// long-running commands call it.
     pub fn pin_driver_threads(&self) -> Result<Pinning, RuntimeError> {
         let cpu = self.info.device_type == DeviceType::Cpu;
         let pinning = pin_driver_threads(&self.device, &self.queue, cpu, &self.threads_before)?;
@@ -210,6 +210,9 @@ impl Gpu {
                 let threads: Vec<String> =
                     threads.iter().map(|(tid, core)| format!("{tid}->{core}")).collect();
                 tracing::info!(threads = %threads.join(" "), "pinned the driver's worker threads");
+            }
+            Pinning::Failed(message) => {
+                tracing::warn!(%message, "failed to pin the driver's worker threads");
             }
             Pinning::Skipped(reason) => {
                 tracing::debug!(%reason, "left the driver's threads unpinned");

@@ -21,7 +21,7 @@ pub(super) fn kernel(
     sizes: Sizes,
     max_workgroups_per_dimension: u32,
 ) -> Result<GemmKernel, GemmError> {
-    let columns_per_workgroup = if t.split_k { t.tile_n } else { t.workgroup_size * t.tile_n };
+    let columns_per_workgroup = columns_per_workgroup(t);
     let tiles_m = p.m.div_ceil(t.tile_m);
     let tiles_n = p.n.div_ceil(columns_per_workgroup);
     let total = u64::from(p.classes) * u64::from(tiles_m) * u64::from(tiles_n);
@@ -69,6 +69,16 @@ pub(super) fn kernel(
         flops: 0,
         shape: uniforms.iter().map(|u| u.value).collect(),
     })
+}
+
+/// Returns the output columns one workgroup covers: every lane's `tile_n`, or with a split
+/// reduction the `tile_n` that all lanes share.
+fn columns_per_workgroup(t: &Tiling) -> u32 {
+    if t.split_k {
+        t.tile_n
+    } else {
+        t.workgroup_size * t.tile_n
+    }
 }
 
 /// Returns whether the kernel loads its A values four reduction steps at a time, as
@@ -357,8 +367,7 @@ fn entry(
     s.push_str("    let parity = i32(flat) / (TILES_M * TILES_N);\n");
     s.push_str("    let tile = i32(flat) % (TILES_M * TILES_N);\n");
     let _ = writeln!(s, "    let m0 = (tile % TILES_M) * {tm};");
-    let columns = if t.split_k { tn } else { t.workgroup_size * tn };
-    let _ = writeln!(s, "    let n0 = (tile / TILES_M) * {columns};");
+    let _ = writeln!(s, "    let n0 = (tile / TILES_M) * {};", columns_per_workgroup(t));
     s.push_str(p.class_setup());
 
     // With a split reduction every lane has the workgroup's columns n0 + j.
@@ -422,7 +431,9 @@ fn entry(
 
     main_loop(s, p, t, a_rows.len());
     if t.split_k {
-        s.push_str("    // Each lane summed its own chunks; the first lane stores the total.\n");
+        s.push_str(
+            "    // Each lane summed its own chunks, and the first lane stores the total.\n",
+        );
         for i in 0..tm {
             for q in 0..tn / width {
                 let _ = writeln!(s, "    c{i}_{q} = subgroupAdd(c{i}_{q});");

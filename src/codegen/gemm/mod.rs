@@ -249,15 +249,15 @@ fn problem_flops(problem: &Problem) -> u64 {
 /// is 64x8 outputs per invocation from storage buffers and 64x16 from texture operands,
 /// and 32x8 below, staged 4 steps at a time. Loads run one lane at a time on lavapipe
 /// (Mesa 22.3, LLVM 15, 8-wide AVX2 subgroups), and where they are slow a larger tile
-/// loads each value for more multiply-adds. With texture operands on a 2-core AMD EPYC
-/// (Zen 2), whose storage loads were 9 times slower than its texel fetches,
+/// loads each value for more multiply-adds. On a 2-core AMD EPYC (Zen 2) storage loads
+/// ran 9 times slower than texel fetches. There, with texture operands,
 /// `examples/gemm_bench.rs` measured 64x16 against 64x8 at 42 against 36 GFLOP/s on
 /// l4's conv2d, 32 against 28 on its weight gradient and 35 against 25 on d4's
-/// conv_transpose2d. With storage operands on a 2-core Intel Xeon, where storage loads
-/// ran at 0.85 times the texel rate, 64x8 was the faster on all 12 full-size kernels
+/// conv_transpose2d. On a 2-core Intel Xeon storage loads ran at 0.85 times the texel
+/// rate. There, with storage operands, 64x8 was the faster on all 12 full-size kernels
 /// timed (1 to 4 GFLOP each): l4's conv2d at 60 against 49 GFLOP/s, e3's at 56 against
-/// 45, d4's conv_transpose2d at 45 against 39 and l2's weight gradient at 54 against 46. The
-/// 64x16 shader also needed to be short, with vec4 accumulators and one store test per
+/// 45, d4's conv_transpose2d at 45 against 39 and l2's weight gradient at 54 against 46.
+/// The 64x16 shader also needed to be short, with vec4 accumulators and one store test per
 /// column (see `emit.rs`), or its pipeline took 0.55 s to create. 64x32 was faster on
 /// l4 (48 GFLOP/s, Zen 2) but slower on d4 (23). The tile shrinks for small outputs so
 /// that there are at least two workgroups per core.
@@ -267,7 +267,25 @@ fn problem_flops(problem: &Problem) -> u64 {
 pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile) -> Tiling {
     let problem = Problem::new(op, geometry);
     let large = problem_flops(&problem) >= LARGE_TILE_FLOPS;
+    // A convolution with fewer columns than half a subgroup (the innermost U-Net layers)
+    // splits its reduction over the lanes instead. At ngf=16, 128x128 that took e7's
+    // conv2d (N = 1, K = 2048) from 1.7 to 2.4 GFLOP/s, d7's conv_transpose2d from 1.2 to
+    // 1.8 and d6's (N = 4) from 4.2 to 5.8, and left e6's at 7.6 (2-core Intel Xeon,
+    // `examples/gemm_bench.rs`). They read each weight once, so memory bounds them.
+    let forward = matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
+    let few_columns =
+        |lanes: u32| forward && problem.n * 2 <= lanes && lanes <= device.max_invocations;
     let mut tiling = match (device.cpu, device.fixed_subgroup_size) {
+        (true, Some(lanes)) if few_columns(lanes) => Tiling {
+            tile_m: problem.m.min(16),
+            tile_n: problem.n.next_power_of_two(),
+            workgroup_size: lanes,
+            k_chunk: 4,
+            block_m: 2,
+            subgroup_size: Some(lanes),
+            split_k: true,
+            texture_operands: false,
+        },
         (true, Some(size)) => Tiling {
             tile_m: if large { 64 } else { 32 },
             tile_n: if large && device.texture_operands { 16 } else { 8 },
@@ -300,58 +318,8 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
         },
     };
 
-    // No taller than the output, even below the subgroup width (the lanes past M then load
-    // no row of A), no wider than it needs, and small enough to give every thread some
-    // work. The 3-row output layer d1 went from 6.9 to 9.0 GFLOP/s with a 3-row tile, and
-    // the 1-row logits from 2.7 to 8.0.
-    let lanes = tiling.subgroup_size.unwrap_or(1);
-    tiling.tile_m = tiling.tile_m.min(problem.m).max(1);
-    while tiling.tile_n > 1 && tiling.workgroup_size * (tiling.tile_n / 2) >= problem.n {
-        tiling.tile_n /= 2;
-    }
-    let workgroups = |t: &Tiling| {
-        u64::from(problem.classes)
-            * u64::from(problem.m.div_ceil(t.tile_m))
-            * u64::from(problem.n.div_ceil(t.workgroup_size * t.tile_n))
-    };
-    // A weight gradient whose columns are whole kernel rows loads each pixel once for all
-    // of them (`Problem::use_tap_runs`). Keeping those runs beat doubling the workgroups:
-    // at ngf=16, 128x128, the e1, l1 and d1 weight gradients (N = 48 or 96, K = 4096) ran
-    // at 19, 25 and 23 GFLOP/s with 16x4 tiles on 2 or 3 workgroups, against 13, 19 and
-    // 19 with 16x2 on 3 to 6 (2-core Intel Xeon, `examples/gemm_bench.rs`).
-    let kernel_width = geometry.kernel[1] as u32;
-    let weight_grad = matches!(op, ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad);
-    let keeps_runs = |n: u32| weight_grad && n % kernel_width == 0 && (n / 2) % kernel_width != 0;
-    let floor = min_workgroups(device);
-    while workgroups(&tiling) < floor {
-        if tiling.tile_n > 2 && !keeps_runs(tiling.tile_n) {
-            tiling.tile_n /= 2;
-        } else if tiling.tile_m > 2 * lanes.max(4) {
-            tiling.tile_m /= 2;
-        } else {
-            break;
-        }
-    }
-
-    // A convolution with fewer columns than half a subgroup (the innermost U-Net layers)
-    // splits its reduction over the lanes instead. At ngf=16, 128x128 that took e7's
-    // conv2d (N = 1, K = 2048) from 1.7 to 2.4 GFLOP/s, d7's conv_transpose2d from 1.2 to
-    // 1.8 and d6's (N = 4) from 4.2 to 5.8, and left e6's at 7.6 (2-core Intel Xeon,
-    // `examples/gemm_bench.rs`). They read each weight once, so memory bounds them.
-    let forward = matches!(op, ConvOp::Conv2d | ConvOp::ConvTranspose2d);
-    if let (true, Some(lanes), true) = (device.cpu, device.fixed_subgroup_size, forward) {
-        if problem.n * 2 <= lanes && lanes <= device.max_invocations {
-            tiling = Tiling {
-                tile_m: problem.m.min(16),
-                tile_n: problem.n.next_power_of_two(),
-                workgroup_size: lanes,
-                k_chunk: 4,
-                block_m: 2,
-                subgroup_size: Some(lanes),
-                split_k: true,
-                texture_operands: false,
-            };
-        }
+    if !tiling.split_k {
+        fit_to_problem(&mut tiling, op, geometry, &problem, device);
     }
 
     // Lavapipe on a 2-core AMD EPYC (Zen 2) took e3's conv2d from 11.6 to 22.2 GFLOP/s
@@ -375,6 +343,51 @@ pub fn choose_tiling(op: ConvOp, geometry: &ConvGeometry, device: &DeviceProfile
         tiling.block_m = 1;
     }
     tiling
+}
+
+/// Shrinks `tiling` to `problem`: no taller than the output, no wider than it needs, and
+/// small enough to give every thread some work.
+fn fit_to_problem(
+    tiling: &mut Tiling,
+    op: ConvOp,
+    geometry: &ConvGeometry,
+    problem: &Problem,
+    device: &DeviceProfile,
+) {
+    // No taller than the output, even below the subgroup width (the lanes past M then load
+    // no row of A), no wider than it needs, and small enough to give every thread some
+    // work. The 3-row output layer d1 went from 6.9 to 9.0 GFLOP/s with a 3-row tile, and
+    // the 1-row logits from 2.7 to 8.0.
+    let lanes = tiling.subgroup_size.unwrap_or(1);
+    tiling.tile_m = tiling.tile_m.min(problem.m).max(1);
+    while tiling.tile_n > 1 && tiling.workgroup_size * (tiling.tile_n / 2) >= problem.n {
+        tiling.tile_n /= 2;
+    }
+
+    let workgroups = |t: &Tiling| {
+        u64::from(problem.classes)
+            * u64::from(problem.m.div_ceil(t.tile_m))
+            * u64::from(problem.n.div_ceil(t.workgroup_size * t.tile_n))
+    };
+
+    // A weight gradient whose columns are whole kernel rows loads each pixel once for all
+    // of them (`Problem::use_tap_runs`). Keeping those runs beat doubling the workgroups:
+    // at ngf=16, 128x128, the e1, l1 and d1 weight gradients (N = 48 or 96, K = 4096) ran
+    // at 19, 25 and 23 GFLOP/s with 16x4 tiles on 2 or 3 workgroups, against 13, 19 and
+    // 19 with 16x2 on 3 to 6 (2-core Intel Xeon, `examples/gemm_bench.rs`).
+    let kernel_width = geometry.kernel[1] as u32;
+    let weight_grad = matches!(op, ConvOp::Conv2dWeightGrad | ConvOp::ConvTranspose2dWeightGrad);
+    let keeps_runs = |n: u32| weight_grad && n % kernel_width == 0 && (n / 2) % kernel_width != 0;
+    let floor = min_workgroups(device);
+    while workgroups(tiling) < floor {
+        if tiling.tile_n > 2 && !keeps_runs(tiling.tile_n) {
+            tiling.tile_n /= 2;
+        } else if tiling.tile_m > 2 * lanes.max(4) {
+            tiling.tile_m /= 2;
+        } else {
+            break;
+        }
+    }
 }
 
 /// The tensor a binding holds.
